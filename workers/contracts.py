@@ -1,0 +1,92 @@
+"""What the API and the workers agree on: task names, queues and payloads.
+
+This module is the only part of ``workers`` that ``service`` imports. It must stay free of
+torch, transformers and Celery so the API process remains light: the API sends tasks *by name*.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GPU_QUEUE = "sift.gpu"
+"""Warmup training and gradient featurization: needs the model (and a GPU in production)."""
+CPU_QUEUE = "sift.cpu"
+"""Streaming score computation over stored feature shards: matmuls, no model."""
+
+VALUATION_FEATURIZE = "sift.valuation.featurize"
+"""Stage 1 of a valuation: warmup checkpoints, then pool (Adam) and probe (SGD) features."""
+VALUATION_SCORE = "sift.valuation.score"
+"""Stage 2 of a valuation: stream pool feature shards against probe features, store the scores."""
+
+TASK_QUEUES: dict[str, str] = {
+    VALUATION_FEATURIZE: GPU_QUEUE,
+    VALUATION_SCORE: CPU_QUEUE,
+}
+
+
+class ValuationTask(BaseModel):
+    """Payload of both valuation stages: everything else is read from the database by id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    valuation_id: str
+
+
+# --- Valuation settings: the wire format the API validates and the worker resolves. ------------
+# ``None`` means "the model's default", resolved by the worker and written back to the valuation
+# (LESS's r=128, alpha=512 for real models; scaled down for the builtin tiny model).
+
+BUILTIN_MODELS: dict[str, str] = {
+    "builtin:tiny-llama": "random-init 2-layer Llama (hidden 64) with a byte-level tokenizer; CPU",
+}
+"""Models built in code, needing no files or hub (tests and the demo)."""
+
+Method = Literal["less", "tracin"]
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+
+
+class LoraSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int | None = Field(None, ge=1, le=1024, description="LoRA rank; default 128 (8 for builtin)")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 4*r as in LESS")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
+
+
+class WarmupSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(0.05, gt=0.0, le=1.0, description="seeded random fraction of the pool")
+    epochs: int = Field(4, ge=1, le=100)
+    learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    batch_size: int = Field(16, ge=1, le=4096)
+    weight_decay: float = Field(0.0, ge=0.0)
+    seed: int = Field(0, ge=0)
+
+
+class ProjectionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(8192, ge=1, le=1 << 20, description="projected feature dimension d")
+    seed: int = Field(0, ge=0)
+
+
+class ValuationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    warmup: WarmupSpec = Field(default_factory=WarmupSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    projection: ProjectionSpec = Field(default_factory=ProjectionSpec)
+    max_length: int = Field(512, ge=8, le=1 << 16, description="tokens per example; longer is cut")
+    batch_size: int = Field(8, ge=1, le=4096, description="featurization batch size")
+    shard_size: int = Field(1024, ge=1, le=1 << 20, description="pool records per feature shard")
+    adam_bias_correction: bool = Field(
+        False, description="LESS's code uses raw moments (False); NICE app. F writes 1-beta^t"
+    )
+    dtype: ComputeDtype = "float32"
