@@ -1,0 +1,234 @@
+"""Every ORM model, in one module so Alembic sees one metadata.
+
+The Celery workers read and write these tables too; column names are part of the contract.
+Ids of public resources are uuid4 hex strings; timestamps are aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from service.db.base import Base, UTCDateTime, new_id, utcnow
+
+# Plain JSON (not JSONB) on Postgres: the text is kept as written, so key order of ``raw``
+# records survives and an export gives records back verbatim.
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+FINISHED_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+
+
+def _in(column: str, values: Any) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    n_records: Mapped[int] = mapped_column(Integer)
+    n_duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    """Skipped exact duplicates: ``[{"index", "record_id", "duplicate_of"}]``."""
+    content_hash: Mapped[str] = mapped_column(String(64))
+    """sha256 over (record_id, record content_hash) in position order."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    records: Mapped[list[Record]] = relationship(
+        back_populates="dataset",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="Record.position",
+    )
+
+
+class Record(Base):
+    __tablename__ = "records"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "record_id"),
+        Index(None, "dataset_id", "position"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    record_id: Mapped[str] = mapped_column(String(255))
+    position: Mapped[int] = mapped_column(Integer)
+    subtask: Mapped[str | None] = mapped_column(String(255))
+    messages: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    """Normalized ``[{"role", "content"}]``; the last message is the assistant response."""
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    raw: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The record exactly as uploaded."""
+    content_hash: Mapped[str] = mapped_column(String(64))
+    """sha256 of the canonical JSON of ``messages``."""
+
+    dataset: Mapped[Dataset] = relationship(back_populates="records")
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    """``builtin:<name>``, an absolute local directory, or a hub id ``org/name``."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (CheckConstraint(_in("status", JobStatus), name="status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
+    stage: Mapped[str | None] = mapped_column(String(64))
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    notes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Valuation(Base):
+    __tablename__ = "valuations"
+    __table_args__ = (CheckConstraint(_in("method", ("less", "tracin")), name="method"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    pool_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    probe_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    method: Mapped[str] = mapped_column(String(16))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """``ValuationSettings.model_dump()`` as requested; the worker writes back resolved values."""
+    warmup_run_id: Mapped[str | None] = mapped_column(ForeignKey("warmup_runs.id"))
+    score_blob_key: Mapped[str | None] = mapped_column(String(1024))
+    n_scored: Mapped[int | None] = mapped_column(Integer)
+    skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    """``[{"record_id", "dataset", "reason"}]``: records the worker could not score."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
+
+
+class WarmupRun(Base):
+    __tablename__ = "warmup_runs"
+    __table_args__ = (CheckConstraint(_in("status", ("running", "complete")), name="status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    content_key: Mapped[str] = mapped_column(String(128), unique=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    pool_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    n_train: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    checkpoints: Mapped[list[Checkpoint]] = relationship(
+        back_populates="warmup_run",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="Checkpoint.epoch",
+    )
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("warmup_run_id", "epoch"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    warmup_run_id: Mapped[str] = mapped_column(ForeignKey("warmup_runs.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    mean_lr: Mapped[float] = mapped_column(Float)
+    adapter_blob_key: Mapped[str] = mapped_column(String(1024))
+    optimizer_blob_key: Mapped[str] = mapped_column(String(1024))
+    content_hash: Mapped[str] = mapped_column(String(64))
+
+    warmup_run: Mapped[WarmupRun] = relationship(back_populates="checkpoints")
+
+
+class FeatureSet(Base):
+    __tablename__ = "feature_sets"
+    __table_args__ = (
+        CheckConstraint(_in("kind", ("sgd", "adam")), name="kind"),
+        CheckConstraint(_in("status", ("building", "complete")), name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    content_key: Mapped[str] = mapped_column(String(128), unique=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id"))
+    kind: Mapped[str] = mapped_column(String(8))
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dim: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    n_records: Mapped[int] = mapped_column(Integer)
+    shard_size: Mapped[int] = mapped_column(Integer)
+    n_shards: Mapped[int] = mapped_column(Integer)
+    blob_prefix: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), default="building")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Score(Base):
+    __tablename__ = "scores"
+    __table_args__ = (
+        UniqueConstraint("valuation_id", "rank"),
+        Index(None, "valuation_id", "record_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    valuation_id: Mapped[str] = mapped_column(ForeignKey("valuations.id", ondelete="CASCADE"))
+    record_id: Mapped[str] = mapped_column(String(255))
+    rank: Mapped[int] = mapped_column(Integer)
+    """0-based; the worker breaks ties deterministically, so ordering by rank is total."""
+    score: Mapped[float] = mapped_column(Float)
+    per_subtask: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+
+
+class Selection(Base):
+    __tablename__ = "selections"
+    __table_args__ = (
+        CheckConstraint(_in("rule", ("top_k", "top_fraction", "threshold")), name="rule"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    valuation_id: Mapped[str] = mapped_column(
+        ForeignKey("valuations.id", ondelete="CASCADE"), index=True
+    )
+    rule: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float] = mapped_column(Float)
+    n_selected: Mapped[int] = mapped_column(Integer)
+    record_ids: Mapped[list[str]] = mapped_column(JSON)
+    """Selected pool record ids in rank order."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,43 @@
+"""``?limit=&offset=`` paging shared by every list endpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Generic, TypeVar
+
+from fastapi import Depends, Query
+from pydantic import BaseModel
+
+from service.config import Settings, get_settings
+from service.errors import InvalidInput
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Pagination:
+    limit: int
+    offset: int
+
+
+def get_pagination(
+    settings: Annotated[Settings, Depends(get_settings)],
+    limit: Annotated[int, Query(ge=1, description="page size (at most SIFT_PAGE_SIZE_MAX)")] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Pagination:
+    if limit > settings.page_size_max:
+        raise InvalidInput(
+            f"limit must be at most {settings.page_size_max}", field="query.limit"
+        )
+    return Pagination(limit=limit, offset=offset)
+
+
+PaginationDep = Annotated[Pagination, Depends(get_pagination)]

@@ -1,0 +1,79 @@
+"""The task queue boundary: the API sends tasks to the workers *by name*.
+
+``celery_app`` is the one Celery application. The worker module (``workers``) does
+``from service.queue import celery_app`` and registers its tasks on it; this module never
+imports a task, so the API process never imports the heavy worker code.
+
+Endpoints reach the queue through :data:`QueueDep`; tests override :func:`get_queue` with a
+recorder -- the only mock in the service tests.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Protocol
+
+from celery import Celery
+from fastapi import Depends
+from pydantic import BaseModel
+
+from service.config import get_settings
+from workers import contracts
+
+
+def _make_celery_app(broker_url: str) -> Celery:
+    app = Celery("sift", broker=broker_url)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_routes={name: {"queue": queue} for name, queue in contracts.TASK_QUEUES.items()},
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+celery_app = _make_celery_app(get_settings().broker_url)
+
+
+def enqueue(task_name: str, payload: BaseModel) -> None:
+    """Send ``task_name`` with ``payload`` as keyword arguments to the task's queue."""
+    if task_name not in contracts.TASK_QUEUES:
+        raise ValueError(f"unknown task {task_name!r}; known: {sorted(contracts.TASK_QUEUES)}")
+    celery_app.send_task(
+        task_name,
+        kwargs=payload.model_dump(mode="json"),
+        queue=contracts.TASK_QUEUES[task_name],
+    )
+
+
+def ping_broker(timeout_s: float = 3.0) -> None:
+    """Raise if the broker cannot be reached (``memory://`` always can)."""
+    with celery_app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
+
+
+class TaskQueue(Protocol):
+    def enqueue(self, task_name: str, payload: BaseModel) -> None: ...
+
+    def ping(self) -> None: ...
+
+
+class CeleryQueue:
+    """The real queue: Celery ``send_task`` by name."""
+
+    def enqueue(self, task_name: str, payload: BaseModel) -> None:
+        enqueue(task_name, payload)
+
+    def ping(self) -> None:
+        ping_broker()
+
+
+def get_queue() -> TaskQueue:
+    return CeleryQueue()
+
+
+QueueDep = Annotated[TaskQueue, Depends(get_queue)]

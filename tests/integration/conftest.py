@@ -1,0 +1,101 @@
+"""A production-shaped stack per test session: a uvicorn API process and a Celery worker process
+on Postgres, Redis and S3 — real servers, no mocks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests.integration.servers import Servers, _process, free_port, real_servers, s3_client, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Stack:
+    api: str
+    database_url: str
+    bucket: str
+    s3_endpoint_url: str
+    env: dict[str, str]
+    logs: Path
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    with real_servers() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    suffix = uuid.uuid4().hex[:8]
+    admin = create_engine(servers.database_url, isolation_level="AUTOCOMMIT")
+    db_name = f"sift_it_{suffix}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
+    database_url = make_url(servers.database_url).set(database=db_name).render_as_string(hide_password=False)
+    bucket = f"sift-it-{suffix}"
+    broker = urlsplit(servers.broker_url)
+    broker_url = f"redis://{broker.hostname}:{broker.port}/3"  # a db of its own
+    env = {
+        **os.environ,
+        "SIFT_ENV": "production",
+        "SIFT_DATABASE_URL": database_url,
+        "SIFT_BROKER_URL": broker_url,
+        "SIFT_BLOB_URL": f"s3://{bucket}",
+        "SIFT_S3_ENDPOINT_URL": servers.s3_endpoint_url,
+        "SIFT_EMBEDDED_WORKER": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=env,
+                   check=True, capture_output=True)
+    import redis
+
+    redis.Redis.from_url(broker_url).flushdb()
+    logs = tmp_path_factory.mktemp("stack-logs")
+    port = free_port()
+    worker_cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+                  "--queues", "sift.gpu,sift.cpu", "--pool", "solo", "--concurrency", "1",
+                  "--loglevel", "INFO", "--hostname", f"it-{suffix}@%h"]
+    api_cmd = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
+               "--port", str(port)]
+    try:
+        with _process(worker_cmd, logs / "worker.log", env=env), \
+                _process(api_cmd, logs / "api.log", env=env):
+            api = f"http://127.0.0.1:{port}"
+            wait_for(lambda: httpx.get(f"{api}/readyz").raise_for_status(), "the API", timeout=60)
+            yield Stack(api, database_url, bucket, servers.s3_endpoint_url, env, logs)
+    finally:
+        for name in ("worker.log", "api.log"):
+            path = logs / name
+            if path.exists():
+                sys.stderr.write(f"\n--- {name} (tail) ---\n{path.read_text()[-3000:]}\n")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        admin.dispose()
+        s3 = s3_client(servers.s3_endpoint_url)
+        try:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for obj in page.get("Contents", []):
+                    s3.delete_object(Bucket=bucket, Key=obj["Key"])
+            s3.delete_bucket(Bucket=bucket)
+        except Exception:  # noqa: BLE001 - best-effort cleanup of a throwaway bucket
+            pass
+
+
+@pytest.fixture()
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api, timeout=60) as client:
+        yield client

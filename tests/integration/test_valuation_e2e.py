@@ -1,0 +1,170 @@
+"""A user's whole path through the production stack: HTTP → Celery worker → Postgres → S3."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.integration.conftest import Stack
+from tests.integration.servers import s3_client
+
+pytestmark = pytest.mark.integration
+
+DEMO = Path(__file__).resolve().parents[2] / "service" / "demo_data"
+SETTINGS: dict[str, Any] = {
+    "warmup": {"fraction": 0.5, "epochs": 2, "learning_rate": 1e-3, "batch_size": 8, "seed": 0},
+    "lora": {"r": 8, "alpha": 32},
+    "projection": {"dim": 512, "seed": 0},
+    "max_length": 96,
+    "batch_size": 16,
+    "shard_size": 40,
+}
+
+
+def _records(name: str, per_task: int | None = None) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (DEMO / name).read_text().splitlines() if line.strip()]
+    if per_task is None:
+        return rows
+    seen: Counter[str] = Counter()
+    kept = []
+    for row in rows:
+        task = row["metadata"]["task"]
+        if seen[task] < per_task:
+            seen[task] += 1
+            kept.append(row)
+    return kept
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+
+
+def _upload(api: httpx.Client, name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    response = api.post("/v1/datasets", files={"file": (f"{name}.jsonl", _jsonl(rows))}, data={"name": name})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _model(api: httpx.Client) -> str:
+    existing = [m for m in api.get("/v1/models").json()["items"] if m["source"] == "builtin:tiny-llama"]
+    if existing:
+        return str(existing[0]["id"])
+    response = api.post("/v1/models", json={"name": "tiny", "source": "builtin:tiny-llama"})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _wait(api: httpx.Client, valuation_id: str, until: tuple[str, ...], timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = api.get(f"/v1/valuations/{valuation_id}").json()
+        if body["status"] in until:
+            return body
+        assert time.monotonic() < deadline, f"valuation stuck: {body}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def pool(stack: Stack) -> dict[str, Any]:
+    with httpx.Client(base_url=stack.api, timeout=60) as api:
+        return _upload(api, "it-pool", _records("pool.jsonl", per_task=24))
+
+
+def _value(api: httpx.Client, pool_id: str, probes_id: str, settings: dict[str, Any] = SETTINGS) -> dict[str, Any]:
+    response = api.post("/v1/valuations", json={
+        "model_id": _model(api), "pool_dataset_id": pool_id, "probe_dataset_id": probes_id,
+        "method": "less", "settings": settings,
+    })
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_less_valuation_end_to_end(api: httpx.Client, stack: Stack, pool: dict[str, Any]) -> None:
+    probe_rows = _records("probes.jsonl")
+    probe_task = probe_rows[0]["metadata"]["task"]
+    probes = _upload(api, "it-probes", probe_rows)
+    queued = _value(api, pool["id"], probes["id"])
+    assert queued["status"] == "queued"
+
+    done = _wait(api, queued["id"], ("succeeded", "failed", "cancelled"))
+    assert done["status"] == "succeeded", done["error"]
+    assert done["progress"]["done"] == done["progress"]["total"]
+    assert set(done["timings"]) >= {"warmup", "featurize", "score"}
+
+    # Scores: every pool record once, ordered by rank, paged, with the per-subtask breakdown.
+    first = api.get(f"/v1/valuations/{queued['id']}/scores", params={"limit": 50, "offset": 0}).json()
+    second = api.get(f"/v1/valuations/{queued['id']}/scores", params={"limit": 500, "offset": 50}).json()
+    items = first["items"] + second["items"]
+    assert first["total"] == pool["n_records"] == len(items)
+    assert [i["rank"] for i in items] == list(range(len(items)))
+    assert all(a["score"] >= b["score"] for a, b in zip(items, items[1:], strict=False))
+    subtasks = {r.get("subtask") for r in probe_rows}
+    assert all(set(i["per_subtask"]) == subtasks for i in items)
+    assert all(i["score"] == pytest.approx(max(i["per_subtask"].values())) for i in items)
+
+    # Selection and verbatim export: the planted task dominates the top.
+    top_k = 24
+    selection = api.post(f"/v1/valuations/{queued['id']}/selections", json={"rule": "top_k", "value": top_k})
+    assert selection.status_code == 201, selection.text
+    exported = api.get(f"/v1/selections/{selection.json()['id']}/export", params={"format": "jsonl"})
+    assert exported.status_code == 200
+    records = [json.loads(line) for line in exported.text.splitlines()]
+    assert [r.get("id") for r in records] == [i["record_id"] for i in items[:top_k]]
+    uploaded = {r["id"]: r for r in _records("pool.jsonl", per_task=24)}
+    assert all(r == uploaded[r["id"]] for r in records)
+    share = sum(r["metadata"]["task"] == probe_task for r in records) / top_k
+    assert share >= 0.5, f"only {share:.0%} of the top {top_k} come from the probes' task"
+
+    # Artifacts landed in Postgres and in the S3 bucket.
+    engine = create_engine(stack.database_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from checkpoints")).scalar() == SETTINGS["warmup"]["epochs"]
+        assert conn.execute(text("select count(*) from feature_sets where status = 'complete'")).scalar() == 4
+    engine.dispose()
+    keys = [o["Key"] for o in s3_client(stack.s3_endpoint_url).list_objects_v2(Bucket=stack.bucket)["Contents"]]
+    assert any(k.startswith("warmup/") and k.endswith("adapter.safetensors") for k in keys)
+    n_shards = -(-pool["n_records"] // SETTINGS["shard_size"])
+    assert sum(k.startswith("features/") for k in keys) == SETTINGS["warmup"]["epochs"] * (n_shards + 1)
+    assert f"scores/{queued['id']}.jsonl" in keys
+
+
+def test_second_probe_set_reuses_pool_features(api: httpx.Client, pool: dict[str, Any]) -> None:
+    first = _upload(api, "it-probes-a", _records("probes.jsonl"))
+    done = _wait(api, _value(api, pool["id"], first["id"])["id"], ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+
+    other_task = next(r for r in _records("pool.jsonl") if r["metadata"]["task"] != _records("probes.jsonl")[0]["metadata"]["task"])
+    second_rows = [{"prompt": other_task["prompt"], "response": other_task["response"], "subtask": "other"}]
+    second = _upload(api, "it-probes-b", second_rows)
+    again = _wait(api, _value(api, pool["id"], second["id"])["id"], ("succeeded", "failed"))
+    assert again["status"] == "succeeded", again["error"]
+    notes = " ".join(again["notes"])
+    assert "reused warmup run" in notes
+    assert notes.count("reused adam features") == SETTINGS["warmup"]["epochs"]
+    assert "reused sgd features" not in notes
+
+
+def test_cancel_mid_job(api: httpx.Client, pool: dict[str, Any]) -> None:
+    probes = _upload(api, "it-probes-cancel", _records("probes.jsonl"))
+    slow = {**SETTINGS, "warmup": {**SETTINGS["warmup"], "epochs": 30, "seed": 7}}
+    queued = _value(api, pool["id"], probes["id"], slow)
+    _wait(api, queued["id"], ("running",), timeout=120)
+    response = api.post(f"/v1/valuations/{queued['id']}/cancel")
+    assert response.status_code == 202, response.text
+    done = _wait(api, queued["id"], ("cancelled", "succeeded", "failed"), timeout=300)
+    assert done["status"] == "cancelled"
+    assert api.get(f"/v1/valuations/{queued['id']}/scores").status_code == 409
+    assert api.post(f"/v1/valuations/{queued['id']}/cancel").status_code == 409
+
+
+def test_readyz_reports_every_dependency(api: httpx.Client) -> None:
+    body = api.get("/readyz").json()
+    assert api.get("/readyz").status_code == 200
+    assert {"database", "broker", "blob_store"} <= set(json.dumps(body).replace('"', " ").split())

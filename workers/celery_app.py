@@ -1,0 +1,21 @@
+"""The worker process's Celery app: the API's app (``service.queue``) plus the task modules.
+
+Start a production worker with::
+
+    celery -A workers.celery_app worker -Q sift.gpu,sift.cpu --pool solo
+
+The embedded default (``sift serve``) runs the same app in a thread of the API process.
+"""
+
+from __future__ import annotations
+
+from service.queue import celery_app
+from workers.contracts import CPU_QUEUE, GPU_QUEUE
+
+celery_app.conf.update(include=["workers.tasks.valuation"])
+celery_app.loader.import_default_modules()
+
+QUEUES = (GPU_QUEUE, CPU_QUEUE)
+app = celery_app
+
+__all__ = ["QUEUES", "app", "celery_app"]

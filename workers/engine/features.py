@@ -1,0 +1,274 @@
+"""Projected gradient features at one checkpoint, with the provenance that makes them comparable.
+
+``featurize`` computes, for examples z and a checkpoint θ^e,
+    pool  (kind "adam"): Γ(z; θ^e) Π      (Adam feature, seed 002 app. F)   [N, d]
+    probe (kind "sgd") : ∇θ L(z; θ^e) Π   (plain gradient, LESS)            [N, d]
+Scores are only meaningful between features of the same model, adapter, projection Π and
+token budget, so each ``FeatureSet`` carries a ``Provenance`` that is checked before any
+concatenation or scoring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+
+from workers.engine.data import TokenizedExample, collate
+from workers.engine.errors import Cancelled, InvalidInput, ProvenanceMismatch
+from workers.engine.gradients import (
+    PerExampleGradientFn,
+    adam_features,
+    loop_per_example_gradients,
+    sgd_features,
+)
+from workers.engine.lora import load_adapter_state, lora_parameters, parameter_order_hash
+from workers.engine.projection import Projector
+from workers.engine.safetensors_meta import read_metadata
+from workers.engine.warmup import Checkpoint
+
+FeatureKind = Literal["sgd", "adam"]
+FEATURE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+"""Storage dtypes of features; scoring always computes in at least float32."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Everything that must agree for two feature sets to be compared.
+
+    ``checkpoint`` is ``checkpoint_hash`` of the adapter; ``projector`` the projector's spec;
+    ``seed`` and ``dim`` those of Π; ``param_order_hash`` the layout of R^P; ``kind`` "sgd"
+    (probes) or "adam" (pool); ``dtype`` the storage dtype of the features.
+    """
+
+    model: str
+    checkpoint: str
+    projector: str
+    seed: int
+    dim: int
+    dtype: str
+    param_order_hash: str
+    kind: str
+    max_length: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("sgd", "adam"):
+            raise InvalidInput(f"provenance kind must be 'sgd' or 'adam', got {self.kind!r}")
+        if self.dtype not in FEATURE_DTYPES:
+            raise InvalidInput(f"provenance dtype must be one of {sorted(FEATURE_DTYPES)}")
+        if self.dim < 1 or self.max_length < 1:
+            raise InvalidInput(f"dim and max_length must be >= 1, got {self.dim}, {self.max_length}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Provenance:
+        expected = {f.name for f in fields(cls)}
+        if set(data) != expected:
+            raise InvalidInput(
+                f"provenance fields differ: missing {sorted(expected - set(data))}, "
+                f"unexpected {sorted(set(data) - expected)}"
+            )
+        return cls(**data)
+
+    def require_compatible(self, other: Provenance, *, allow_kind_difference: bool) -> None:
+        """Raise ``ProvenanceMismatch`` naming every field that differs (``kind`` optionally
+        exempt: pool Adam features are scored against probe SGD features)."""
+        ignored = {"kind"} if allow_kind_difference else set()
+        diffs = [
+            f"{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"
+            for f in fields(self)
+            if f.name not in ignored and getattr(self, f.name) != getattr(other, f.name)
+        ]
+        if diffs:
+            raise ProvenanceMismatch("incompatible feature provenance: " + "; ".join(diffs))
+
+
+@dataclass
+class FeatureSet:
+    """Features [N, d] of N records, row i belonging to ``record_ids[i]``."""
+
+    provenance: Provenance
+    record_ids: list[str]
+    subtasks: list[str | None]
+    features: Tensor
+
+    def __post_init__(self) -> None:
+        n = len(self.record_ids)
+        if self.features.ndim != 2 or self.features.shape != (n, self.provenance.dim):
+            raise InvalidInput(
+                f"features must be [N={n}, d={self.provenance.dim}], "
+                f"got {tuple(self.features.shape)}"
+            )
+        if len(self.subtasks) != n:
+            raise InvalidInput(f"{len(self.subtasks)} subtasks for {n} records")
+        if self.features.dtype != FEATURE_DTYPES[self.provenance.dtype]:
+            raise InvalidInput(
+                f"features are {self.features.dtype}, provenance says {self.provenance.dtype}"
+            )
+
+    def to_safetensors(self) -> bytes:
+        """One tensor ``features``; provenance, ids and subtasks as JSON in the metadata."""
+        return save_safetensors(
+            {"features": self.features.detach().cpu().contiguous()},
+            metadata={
+                "provenance": json.dumps(self.provenance.to_dict(), sort_keys=True),
+                "record_ids": json.dumps(self.record_ids),
+                "subtasks": json.dumps(self.subtasks),
+            },
+        )
+
+    @classmethod
+    def from_safetensors(cls, blob: bytes) -> FeatureSet:
+        meta = read_metadata(blob)
+        try:
+            provenance = Provenance.from_dict(json.loads(meta["provenance"]))
+            record_ids = json.loads(meta["record_ids"])
+            subtasks = json.loads(meta["subtasks"])
+        except (KeyError, ValueError) as exc:
+            raise InvalidInput(f"feature blob lacks its metadata: {exc}") from exc
+        return cls(provenance, record_ids, subtasks, load_safetensors(blob)["features"])
+
+    @staticmethod
+    def concat(parts: Sequence[FeatureSet]) -> FeatureSet:
+        """Stack shards row-wise; every part must have exactly the same provenance."""
+        if not parts:
+            raise InvalidInput("nothing to concatenate")
+        first = parts[0].provenance
+        for part in parts[1:]:
+            first.require_compatible(part.provenance, allow_kind_difference=False)
+        return FeatureSet(
+            provenance=first,
+            record_ids=[rid for part in parts for rid in part.record_ids],
+            subtasks=[sub for part in parts for sub in part.subtasks],
+            features=torch.cat([part.features for part in parts]),
+        )
+
+
+def checkpoint_hash(adapter_state: dict[str, Tensor]) -> str:
+    """sha256 over names, shapes and fp32 values of an adapter: identifies θ^e's adapter."""
+    digest = hashlib.sha256()
+    for name in sorted(adapter_state):
+        tensor = adapter_state[name].detach().to(device="cpu", dtype=torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def flat_moments(model: PeftModel, checkpoint: Checkpoint) -> tuple[Tensor, Tensor]:
+    """Adam moments m^e, v^e [P] flattened in ``lora_parameters`` order (like the gradients)."""
+    names = [name for name, _ in lora_parameters(model)]
+    missing = [n for n in names if n not in checkpoint.exp_avg or n not in checkpoint.exp_avg_sq]
+    if missing:
+        raise ProvenanceMismatch(f"checkpoint lacks Adam moments for {missing[:5]}")
+    exp_avg = torch.cat([checkpoint.exp_avg[n].reshape(-1) for n in names]).to(torch.float32)
+    exp_avg_sq = torch.cat([checkpoint.exp_avg_sq[n].reshape(-1) for n in names])
+    return exp_avg, exp_avg_sq.to(torch.float32)
+
+
+def featurize(
+    model: PeftModel,
+    examples: Sequence[TokenizedExample],
+    *,
+    kind: FeatureKind,
+    checkpoint: Checkpoint,
+    projector: Projector,
+    provenance: Provenance,
+    batch_size: int,
+    pad_token_id: int,
+    gradient_fn: PerExampleGradientFn = loop_per_example_gradients,
+    adam_bias_correction: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> FeatureSet:
+    """Projected features of ``examples`` at ``checkpoint``: [N, d] in ``provenance.dtype``.
+
+    Loads the checkpoint's adapter into ``model`` itself (so features can never be computed
+    at the wrong θ^e) and checks that ``provenance`` describes this computation. The model runs
+    in eval mode (LoRA dropout off: a feature must be a deterministic function of z and θ^e);
+    its previous mode is restored afterwards. ``on_progress`` gets the number of examples done
+    after each batch; ``should_stop`` returning True raises ``Cancelled``.
+    """
+    if batch_size < 1:
+        raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
+    load_adapter_state(model, checkpoint.adapter_state)
+    _require_provenance_describes(model, examples, kind, checkpoint, projector, provenance)
+    exp_avg, exp_avg_sq = flat_moments(model, checkpoint) if kind == "adam" else (None, None)
+    device = lora_parameters(model)[0][1].device
+    out_dtype = FEATURE_DTYPES[provenance.dtype]
+    rows: list[Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(examples), batch_size):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"featurization cancelled after {start} of {len(examples)}")
+            batch = collate(examples[start : start + batch_size], pad_token_id)
+            grads = gradient_fn(model, {k: v.to(device) for k, v in batch.items()})
+            if exp_avg is not None and exp_avg_sq is not None:
+                feats = adam_features(
+                    grads,
+                    exp_avg.to(grads.device),
+                    exp_avg_sq.to(grads.device),
+                    step=checkpoint.step,
+                    bias_correction=adam_bias_correction,
+                )
+            else:
+                feats = sgd_features(grads)
+            rows.append(projector.project(feats).to(device="cpu", dtype=out_dtype))
+            if on_progress is not None:
+                on_progress(start + len(batch["input_ids"]))
+    finally:
+        model.train(was_training)
+    features = torch.cat(rows) if rows else torch.zeros((0, projector.dim), dtype=out_dtype)
+    return FeatureSet(
+        provenance=provenance,
+        record_ids=[ex.record_id for ex in examples],
+        subtasks=[ex.subtask for ex in examples],
+        features=features,
+    )
+
+
+def _require_provenance_describes(
+    model: PeftModel,
+    examples: Sequence[TokenizedExample],
+    kind: FeatureKind,
+    checkpoint: Checkpoint,
+    projector: Projector,
+    provenance: Provenance,
+) -> None:
+    n_params = sum(p.numel() for _, p in lora_parameters(model))
+    actual = {
+        "kind": kind,
+        "checkpoint": checkpoint_hash(checkpoint.adapter_state),
+        "projector": projector.spec(),
+        "seed": projector.seed,
+        "dim": projector.dim,
+        "param_order_hash": parameter_order_hash(model),
+    }
+    diffs = [
+        f"{key}: provenance says {getattr(provenance, key)!r}, actual {value!r}"
+        for key, value in actual.items()
+        if getattr(provenance, key) != value
+    ]
+    if projector.input_dim != n_params:
+        diffs.append(f"projector input_dim {projector.input_dim} != {n_params} LoRA parameters")
+    too_long = [ex.record_id for ex in examples if len(ex.input_ids) > provenance.max_length]
+    if too_long:
+        diffs.append(f"{len(too_long)} examples exceed max_length {provenance.max_length}")
+    if diffs:
+        raise ProvenanceMismatch("provenance does not describe this featurization: " + "; ".join(diffs))

@@ -1,0 +1,111 @@
+"""Per-example LoRA gradients ∇θ L(z; θ) and the features built from them (seed 002 §2.1, app. F).
+
+Shapes: B examples per batch, T tokens, V vocabulary, P LoRA parameters (``lora_parameters``
+order). Every gradient function maps a collated batch to a ``[B, P]`` float32 matrix.
+
+Training (pool) examples use Adam features Γ(z; θ^e) (LESS, NICE app. F); validation (probe)
+examples use plain SGD gradients (``sgd_features``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from peft import PeftModel
+from torch import Tensor
+
+from workers.engine.data import IGNORE_INDEX
+from workers.engine.errors import InvalidInput
+from workers.engine.lora import lora_parameters
+
+PerExampleGradientFn = Callable[[PeftModel, dict[str, Tensor]], Tensor]
+"""``(model, batch from data.collate) -> [B, P]`` flat per-example LoRA gradients, float32."""
+
+
+def response_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-example NTP loss L(z; θ) = -P⁻¹ Σ_p log f(y^p | x, y^<p) (seed 002 §2): [B].
+
+    ``logits`` [B, T, V] at position t predict token t+1, so they are scored against
+    ``labels[:, 1:]``; positions labelled ``-100`` (prompt, padding) are not counted.
+    """
+    shifted_logits = logits[:, :-1, :]
+    targets = labels[:, 1:]
+    is_target = targets != IGNORE_INDEX
+    n_targets = is_target.sum(dim=1)
+    if bool((n_targets == 0).any()):
+        raise InvalidInput("an example has no response token to take the loss on")
+    token_nll = torch.nn.functional.cross_entropy(
+        shifted_logits.transpose(1, 2), targets.masked_fill(~is_target, 0), reduction="none"
+    )  # [B, T-1]
+    return (token_nll * is_target).sum(dim=1) / n_targets
+
+
+def loop_per_example_gradients(model: PeftModel, batch: dict[str, Tensor]) -> Tensor:
+    """One forward + backward per row, padding removed: [B, P] float32 (the reference path).
+
+    Uses the model in whatever mode the caller set (``featurize`` sets eval: no dropout).
+    The batched interface lets a hook-based method (one backward for the whole batch,
+    per-example gradients from layer inputs and output gradients) replace this loop later;
+    it must then equal this function, which the tests check against a brute-force reference.
+    """
+    params = [p for _, p in lora_parameters(model)]
+    input_ids, attention_mask, labels = (
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["labels"],
+    )
+    rows: list[Tensor] = []
+    with torch.enable_grad():
+        for b in range(input_ids.shape[0]):
+            length = int(attention_mask[b].sum())
+            if not bool(attention_mask[b, :length].all()):
+                raise InvalidInput("batch must be right-padded (attention_mask = 1...1 0...0)")
+            ids = input_ids[b : b + 1, :length]
+            logits = model(input_ids=ids, attention_mask=attention_mask[b : b + 1, :length]).logits
+            loss = response_nll(logits, labels[b : b + 1, :length])[0]
+            grads = torch.autograd.grad(loss, params)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]).to(torch.float32))
+    return torch.stack(rows)
+
+
+def sgd_features(grads: Tensor) -> Tensor:
+    """Probe features: the plain gradient ∇θ L(z_v; θ^e), [B, P] -> [B, P] (LESS)."""
+    return grads
+
+
+def adam_features(
+    grads: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    *,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    bias_correction: bool = False,
+) -> Tensor:
+    """Pool features Γ(z; θ^e) = m' / sqrt(v' + ε), the Adam update z would cause (app. F).
+
+    m' = β1 m + (1-β1) g and v' = β2 v + (1-β2) g², elementwise, from the checkpoint's Adam
+    moments ``exp_avg`` = m, ``exp_avg_sq`` = v [P] and per-example gradients g [B, P].
+
+    ``bias_correction=False`` (default) follows LESS's released code: raw moments. NICE app. F
+    writes the bias-corrected m'/(1-β1^t), v'/(1-β2^t); with ``True`` we use t = ``step`` + 1,
+    the index of the Adam step that would take g after ``step`` optimizer steps. ε stays inside
+    the square root in both cases, as in both sources.
+    """
+    if grads.ndim != 2 or exp_avg.shape != (grads.shape[1],) or exp_avg_sq.shape != exp_avg.shape:
+        raise InvalidInput(
+            f"expected grads [B, P] and moments [P]; got {tuple(grads.shape)}, "
+            f"{tuple(exp_avg.shape)}, {tuple(exp_avg_sq.shape)}"
+        )
+    if step < 0:
+        raise InvalidInput(f"step must be >= 0, got {step}")
+    m = beta1 * exp_avg + (1.0 - beta1) * grads
+    v = beta2 * exp_avg_sq + (1.0 - beta2) * grads**2
+    if bias_correction:
+        t = step + 1
+        m = m / (1.0 - beta1**t)
+        v = v / (1.0 - beta2**t)
+    return m / torch.sqrt(v + eps)

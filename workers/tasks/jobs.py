@@ -1,0 +1,79 @@
+"""Job status bookkeeping for tasks: each update commits in its own short session, so progress
+is visible to the API while the task runs and survives a worker that dies mid-job."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from service.db.models import Job
+from service.db.session import SessionLocal
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobTracker:
+    """Moves one job row through queued → running → succeeded | failed | cancelled."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._stage: str | None = None
+        self._stage_started = time.monotonic()
+
+    def _update(self, **fields: object) -> Job:
+        with SessionLocal() as session:
+            job = session.get(Job, self.job_id)
+            if job is None:
+                raise LookupError(f"job {self.job_id} does not exist")
+            for name, value in fields.items():
+                setattr(job, name, value)
+            session.commit()
+            session.refresh(job)
+            session.expunge(job)
+            return job
+
+    def read(self) -> Job:
+        return self._update()
+
+    def start(self) -> None:
+        job = self.read()
+        self._update(status="running", started_at=job.started_at or _now(), error=None)
+
+    def stage(self, name: str, total: int = 0) -> None:
+        """Close the current stage's timing and open the next one."""
+        timings = self._close_stage()
+        self._stage, self._stage_started = name, time.monotonic()
+        self._update(stage=name, progress_done=0, progress_total=total, timings=timings)
+
+    def _close_stage(self) -> dict[str, float]:
+        timings = dict(self.read().timings or {})
+        if self._stage is not None:
+            elapsed = time.monotonic() - self._stage_started
+            timings[self._stage] = round(timings.get(self._stage, 0.0) + elapsed, 3)
+        return timings
+
+    def advance(self, n: int) -> None:
+        job = self.read()
+        self._update(progress_done=min(job.progress_done + n, max(job.progress_total, 0)))
+
+    def note(self, text: str) -> None:
+        notes = list(self.read().notes or [])
+        if text not in notes:
+            self._update(notes=[*notes, text])
+
+    def cancel_requested(self) -> bool:
+        return bool(self.read().cancel_requested)
+
+    def succeed(self) -> None:
+        self._update(status="succeeded", stage="done", timings=self._close_stage(), finished_at=_now())
+        self._stage = None
+
+    def fail(self, message: str) -> None:
+        self._update(status="failed", error=message, timings=self._close_stage(), finished_at=_now())
+        self._stage = None
+
+    def cancel(self) -> None:
+        self._update(status="cancelled", timings=self._close_stage(), finished_at=_now())
+        self._stage = None

@@ -1,0 +1,512 @@
+"""Valuation tasks: warmup → features → scores, each step idempotent and resumable.
+
+Every expensive artifact is stored under a *content key* (a hash of everything that determines
+it), so a re-delivered task, a restarted job or a second valuation on the same pool finds what
+was already computed and skips it:
+
+- warmup checkpoints:  ``warmup/<key>/epoch-NNN/{adapter,optimizer}.safetensors``
+- feature shards:      ``features/<key>/shard-NNNNN.safetensors`` (one per pool record range)
+- scores:              ``scores/<valuation id>.jsonl`` plus the ``scores`` table
+
+A shard is written once, atomically (the blob store guarantees it); a shard that exists is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from service.blobs import BlobStore, blob_store_from_settings
+from service.config import get_settings
+from service.db.models import Checkpoint as CheckpointRow
+from service.db.models import Dataset, FeatureSet as FeatureSetRow, Model, Record, Score
+from service.db.models import Valuation, WarmupRun
+from service.db.session import SessionLocal
+from service.queue import celery_app, enqueue
+from workers.contracts import VALUATION_FEATURIZE, VALUATION_SCORE, ValuationSettings, ValuationTask
+from workers.engine import data, features, influence, lora, models, projection, warmup
+from workers.engine.errors import Cancelled, EngineError
+from workers.tasks.jobs import JobTracker
+
+log = logging.getLogger(__name__)
+
+TINY_LORA = {"r": 8, "alpha": 32.0}
+LESS_LORA = {"r": 128, "alpha": 512.0}
+
+
+def content_key(**parts: Any) -> str:
+    """sha256 of the canonical JSON of everything that determines an artifact."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def resolve_settings(requested: dict[str, Any], source: str) -> ValuationSettings:
+    """Fill the model-dependent defaults (LoRA rank and alpha) left as ``None`` by the user."""
+    settings = ValuationSettings.model_validate(requested)
+    defaults = TINY_LORA if source == models.TINY_LLAMA else LESS_LORA
+    r = settings.lora.r if settings.lora.r is not None else defaults["r"]
+    alpha = settings.lora.alpha if settings.lora.alpha is not None else 4.0 * r
+    return settings.model_copy(update={"lora": settings.lora.model_copy(update={"r": r, "alpha": alpha})})
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class LoadedDataset:
+    """A dataset's records as engine examples, in position order, with its content hash."""
+
+    id: str
+    content_hash: str
+    examples: list[data.Example]
+
+
+def _load_dataset(dataset_id: str) -> LoadedDataset:
+    with SessionLocal() as session:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise EngineError(f"dataset {dataset_id} no longer exists")
+        rows = session.scalars(
+            select(Record).where(Record.dataset_id == dataset_id).order_by(Record.position)
+        ).all()
+        examples = [
+            data.Example(
+                record_id=row.record_id,
+                messages=tuple({"role": m["role"], "content": m["content"]} for m in row.messages),
+                subtask=row.subtask,
+            )
+            for row in rows
+        ]
+        return LoadedDataset(dataset.id, dataset.content_hash, examples)
+
+
+class Context:
+    """Everything one valuation task needs; datasets are read only when a stage asks for them."""
+
+    def __init__(self, valuation_id: str) -> None:
+        with SessionLocal() as session:
+            valuation = session.get(Valuation, valuation_id)
+            if valuation is None:
+                raise LookupError(valuation_id)
+            model = session.get(Model, valuation.model_id)
+            if model is None:
+                raise EngineError(f"model {valuation.model_id} no longer exists")
+            self.settings = resolve_settings(valuation.settings, model.source)
+            valuation.settings = self.settings.model_dump()
+            session.commit()
+            self.valuation_id = valuation_id
+            self.job = JobTracker(valuation.job_id)
+            self.method: str = valuation.method
+            self.model_source: str = model.source
+            self.model_id: str = model.id
+            self._pool_id: str = valuation.pool_dataset_id
+            self._probe_id: str = valuation.probe_dataset_id
+        self.blobs: BlobStore = blob_store_from_settings(get_settings())
+
+    @cached_property
+    def pool(self) -> LoadedDataset:
+        return _load_dataset(self._pool_id)
+
+    @cached_property
+    def probes(self) -> LoadedDataset:
+        return _load_dataset(self._probe_id)
+
+
+def _load_context(valuation_id: str) -> Context | None:
+    try:
+        return Context(valuation_id)
+    except LookupError:
+        log.warning("valuation %s does not exist; dropping task", valuation_id)
+        return None
+
+
+def _run_job(valuation_id: str, body: Callable[[Context], None]) -> None:
+    """Common envelope: skip finished jobs, honour cancellation, turn errors into job status."""
+    ctx = _load_context(valuation_id)
+    if ctx is None:
+        return
+    job = ctx.job.read()
+    if job.status in ("succeeded", "failed", "cancelled"):
+        log.info("valuation %s already %s; nothing to do", valuation_id, job.status)
+        return
+    if job.cancel_requested:
+        ctx.job.cancel()
+        return
+    ctx.job.start()
+    try:
+        body(ctx)
+    except Cancelled:
+        ctx.job.cancel()
+    except EngineError as exc:
+        ctx.job.fail(str(exc))
+    except Exception as exc:
+        ctx.job.fail(f"internal error: {type(exc).__name__}: {exc}")
+        raise
+
+
+# --- stage 1: warmup and features (GPU queue) -------------------------------------------------
+
+
+def _record_skipped(ctx: Context, skipped: dict[str, list[data.SkippedExample]]) -> None:
+    with SessionLocal() as session:
+        valuation = session.get(Valuation, ctx.valuation_id)
+        assert valuation is not None  # loaded moments ago; deletion is refused while it exists
+        valuation.skipped = [
+            {"record_id": s.record_id, "dataset": name, "reason": s.reason}
+            for name, items in skipped.items()
+            for s in items
+        ]
+        session.commit()
+
+
+def _warmup_checkpoints(
+    ctx: Context, model: Any, tokenizer: Any, pool: list[data.TokenizedExample], fingerprint: str
+) -> list[tuple[str, warmup.Checkpoint]]:
+    """Train (or reuse) the warmup LoRA run; returns (checkpoint row id, checkpoint) per epoch."""
+    s = ctx.settings
+    warm = warmup.WarmupSettings(**s.warmup.model_dump())
+    key = content_key(
+        model=fingerprint, pool=ctx.pool.content_hash, warmup=s.warmup.model_dump(),
+        lora=s.lora.model_dump(), max_length=s.max_length, dtype=s.dtype,
+    )
+    with SessionLocal() as session:
+        run = session.scalar(select(WarmupRun).where(WarmupRun.content_key == key))
+        if run is not None and run.status == "complete":
+            rows = session.scalars(
+                select(CheckpointRow)
+                .where(CheckpointRow.warmup_run_id == run.id)
+                .order_by(CheckpointRow.epoch)
+            ).all()
+            ctx.job.note(f"reused warmup run {run.id} ({len(rows)} checkpoints)")
+            _set_warmup_run(ctx.valuation_id, run.id)
+            return [
+                (
+                    row.id,
+                    warmup.checkpoint_from_safetensors(
+                        ctx.blobs.get_bytes(row.adapter_blob_key),
+                        ctx.blobs.get_bytes(row.optimizer_blob_key),
+                    ),
+                )
+                for row in rows
+            ]
+        if run is None:
+            run = WarmupRun(
+                content_key=key, model_id=ctx.model_id, pool_dataset_id=ctx.pool.id,
+                settings={"warmup": s.warmup.model_dump(), "lora": s.lora.model_dump()},
+                status="running",
+            )
+            session.add(run)
+            try:
+                session.commit()
+            except IntegrityError:  # another worker created it first; train our own copy
+                session.rollback()
+                run = session.scalar(select(WarmupRun).where(WarmupRun.content_key == key))
+        assert run is not None
+        run_id = run.id
+    _set_warmup_run(ctx.valuation_id, run_id)
+
+    subset = warmup.select_warmup_subset(len(pool), warm.fraction, warm.seed)
+    train = [pool[i] for i in subset]
+    ctx.job.stage("warmup", total=warm.epochs)
+    saved: list[tuple[str, warmup.Checkpoint]] = []
+
+    def on_checkpoint(ckpt: warmup.Checkpoint) -> None:
+        adapter_bytes, optimizer_bytes = warmup.checkpoint_to_safetensors(ckpt)
+        prefix = f"warmup/{key}/epoch-{ckpt.epoch:03d}"
+        ctx.blobs.put_bytes(f"{prefix}/adapter.safetensors", adapter_bytes)
+        ctx.blobs.put_bytes(f"{prefix}/optimizer.safetensors", optimizer_bytes)
+        with SessionLocal() as session:
+            session.execute(
+                delete(CheckpointRow).where(
+                    CheckpointRow.warmup_run_id == run_id, CheckpointRow.epoch == ckpt.epoch
+                )
+            )
+            row = CheckpointRow(
+                warmup_run_id=run_id, epoch=ckpt.epoch, step=ckpt.step, mean_lr=ckpt.mean_lr,
+                adapter_blob_key=f"{prefix}/adapter.safetensors",
+                optimizer_blob_key=f"{prefix}/optimizer.safetensors",
+                content_hash=features.checkpoint_hash(ckpt.adapter_state),
+            )
+            session.add(row)
+            session.commit()
+            saved.append((row.id, ckpt))
+        ctx.job.advance(1)
+
+    warmup.warmup(
+        model, train, warm, pad_token_id=tokenizer.pad_token_id,
+        on_checkpoint=on_checkpoint, should_stop=ctx.job.cancel_requested,
+    )
+    with SessionLocal() as session:
+        run_row = session.get(WarmupRun, run_id)
+        assert run_row is not None
+        run_row.status, run_row.n_train = "complete", len(train)
+        session.commit()
+    return saved
+
+
+def _set_warmup_run(valuation_id: str, run_id: str) -> None:
+    with SessionLocal() as session:
+        valuation = session.get(Valuation, valuation_id)
+        assert valuation is not None
+        valuation.warmup_run_id = run_id
+        session.commit()
+
+
+def _shards(records: Sequence[data.Example], size: int) -> list[list[data.Example]]:
+    return [list(records[i : i + size]) for i in range(0, len(records), size)] or [[]]
+
+
+def _featurize_dataset(
+    ctx: Context,
+    *,
+    dataset: LoadedDataset,
+    kind: str,
+    model: Any,
+    tokenizer: Any,
+    checkpoint_row_id: str,
+    ckpt: warmup.Checkpoint,
+    fingerprint: str,
+    shard_size: int,
+) -> None:
+    """Compute (or reuse) one feature set: ``kind`` features of ``dataset`` at one checkpoint."""
+    s = ctx.settings
+    n_params = sum(p.numel() for _, p in lora.lora_parameters(model))
+    projector = projection.RademacherProjector(
+        input_dim=n_params, dim=s.projection.dim, seed=s.projection.seed
+    )
+    provenance = features.Provenance(
+        model=fingerprint,
+        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
+        projector=projector.spec(),
+        seed=s.projection.seed,
+        dim=s.projection.dim,
+        dtype=s.dtype if s.dtype == "float32" else "float16",
+        param_order_hash=lora.parameter_order_hash(model),
+        kind=kind,
+        max_length=s.max_length,
+    )
+    key = content_key(
+        provenance=provenance.to_dict(), dataset=dataset.content_hash, shard_size=shard_size,
+        adam_bias_correction=s.adam_bias_correction if kind == "adam" else None,
+    )
+    prefix = f"features/{key}"
+    shards = _shards(dataset.examples, shard_size)
+    with SessionLocal() as session:
+        row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
+        if row is not None and row.status == "complete":
+            ctx.job.note(
+                f"reused {kind} features of dataset {dataset.id} at epoch {ckpt.epoch} "
+                f"(feature set {row.id})"
+            )
+            ctx.job.advance(len(dataset.examples))
+            return
+        if row is None:
+            row = FeatureSetRow(
+                content_key=key, dataset_id=dataset.id, checkpoint_id=checkpoint_row_id, kind=kind,
+                provenance=provenance.to_dict(), dim=provenance.dim, dtype=provenance.dtype,
+                n_records=len(dataset.examples), shard_size=shard_size, n_shards=len(shards),
+                blob_prefix=prefix, status="building",
+            )
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+        row_key = key
+
+    for index, shard in enumerate(shards):
+        shard_key = f"{prefix}/shard-{index:05d}.safetensors"
+        if ctx.blobs.exists(shard_key):  # written atomically: existing means finished
+            ctx.job.advance(len(shard))
+            continue
+        tokenized, _ = data.tokenize_examples(tokenizer, shard, s.max_length)
+        feature_set = features.featurize(
+            model, tokenized, kind=kind, checkpoint=ckpt, projector=projector,
+            provenance=provenance, batch_size=s.batch_size, pad_token_id=tokenizer.pad_token_id,
+            adam_bias_correction=s.adam_bias_correction, should_stop=ctx.job.cancel_requested,
+        )
+        ctx.blobs.put_bytes(shard_key, feature_set.to_safetensors())
+        ctx.job.advance(len(shard))
+
+    with SessionLocal() as session:
+        done = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == row_key))
+        assert done is not None
+        done.status = "complete"
+        session.commit()
+
+
+def featurize_valuation(ctx: Context) -> None:
+    s = ctx.settings
+    ctx.job.stage("load model")
+    dtype = getattr(torch, s.dtype)
+    model, tokenizer = models.load_model_and_tokenizer(ctx.model_source, dtype=dtype, device=_device())
+    fingerprint = models.model_fingerprint(ctx.model_source, model)
+
+    ctx.job.stage("tokenize")
+    pool_tok, pool_skipped = data.tokenize_examples(tokenizer, ctx.pool.examples, s.max_length)
+    probe_tok, probe_skipped = data.tokenize_examples(tokenizer, ctx.probes.examples, s.max_length)
+    _record_skipped(ctx, {"pool": pool_skipped, "probes": probe_skipped})
+    if not pool_tok:
+        raise EngineError(f"every pool record's response was truncated away at max_length={s.max_length}")
+    if not probe_tok:
+        raise EngineError(f"every probe record's response was truncated away at max_length={s.max_length}")
+    if pool_skipped or probe_skipped:
+        ctx.job.note(
+            f"skipped {len(pool_skipped)} pool and {len(probe_skipped)} probe records whose "
+            f"response did not fit in max_length={s.max_length} (see 'skipped')"
+        )
+
+    peft_model = lora.attach_lora(
+        model,
+        lora.LoraSettings(
+            r=int(s.lora.r or 0), alpha=float(s.lora.alpha or 0), dropout=s.lora.dropout,
+            target_modules=tuple(s.lora.target_modules),
+        ),
+    )
+    checkpoints = _warmup_checkpoints(ctx, peft_model, tokenizer, pool_tok, fingerprint)
+
+    total = len(checkpoints) * (len(ctx.pool.examples) + len(ctx.probes.examples))
+    ctx.job.stage("featurize", total=total)
+    for row_id, ckpt in checkpoints:
+        _featurize_dataset(
+            ctx, dataset=ctx.pool, kind="adam", model=peft_model, tokenizer=tokenizer,
+            checkpoint_row_id=row_id, ckpt=ckpt, fingerprint=fingerprint, shard_size=s.shard_size,
+        )
+        _featurize_dataset(
+            ctx, dataset=ctx.probes, kind="sgd", model=peft_model, tokenizer=tokenizer,
+            checkpoint_row_id=row_id, ckpt=ckpt, fingerprint=fingerprint,
+            shard_size=max(len(ctx.probes.examples), 1),
+        )
+    ctx.job.stage("queued for scoring")
+    enqueue(VALUATION_SCORE, ValuationTask(valuation_id=ctx.valuation_id))
+
+
+# --- stage 2: scores (CPU queue) --------------------------------------------------------------
+
+
+def _feature_sets_by_epoch(valuation_id: str) -> tuple[list[float], list[FeatureSetRow], list[FeatureSetRow]]:
+    """Pool and probe feature-set rows of this valuation, one of each per checkpoint, in epoch order."""
+    with SessionLocal() as session:
+        valuation = session.get(Valuation, valuation_id)
+        assert valuation is not None
+        ckpts = session.scalars(
+            select(CheckpointRow)
+            .where(CheckpointRow.warmup_run_id == valuation.warmup_run_id)
+            .order_by(CheckpointRow.epoch)
+        ).all()
+        lrs, pool_sets, probe_sets = [], [], []
+        for ckpt in ckpts:
+            sets = session.scalars(
+                select(FeatureSetRow).where(
+                    FeatureSetRow.checkpoint_id == ckpt.id,
+                    FeatureSetRow.status == "complete",
+                    FeatureSetRow.dataset_id.in_([valuation.pool_dataset_id, valuation.probe_dataset_id]),
+                )
+            ).all()
+            pool = [f for f in sets if f.dataset_id == valuation.pool_dataset_id and f.kind == "adam"]
+            probe = [f for f in sets if f.dataset_id == valuation.probe_dataset_id and f.kind == "sgd"]
+            settings = ValuationSettings.model_validate(valuation.settings)
+            pool = [f for f in pool if _matches(f, settings)]
+            probe = [f for f in probe if _matches(f, settings)]
+            if len(pool) != 1 or len(probe) != 1:
+                raise EngineError(
+                    f"features for epoch {ckpt.epoch} are missing (pool {len(pool)}, probes "
+                    f"{len(probe)}); run the featurize stage again"
+                )
+            lrs.append(ckpt.mean_lr)
+            pool_sets.append(pool[0])
+            probe_sets.append(probe[0])
+            session.expunge(pool[0])
+            session.expunge(probe[0])
+        return lrs, pool_sets, probe_sets
+
+
+def _matches(row: FeatureSetRow, settings: ValuationSettings) -> bool:
+    prov = row.provenance
+    return (
+        prov["dim"] == settings.projection.dim
+        and prov["seed"] == settings.projection.seed
+        and prov["max_length"] == settings.max_length
+    )
+
+
+def _load_features(blobs: BlobStore, row: FeatureSetRow, index: int) -> features.FeatureSet:
+    return features.FeatureSet.from_safetensors(
+        blobs.get_bytes(f"{row.blob_prefix}/shard-{index:05d}.safetensors")
+    )
+
+
+def score_valuation(ctx: Context) -> None:
+    lrs, pool_sets, probe_sets = _feature_sets_by_epoch(ctx.valuation_id)
+    probes = [
+        features.FeatureSet.concat([_load_features(ctx.blobs, row, i) for i in range(row.n_shards)])
+        for row in probe_sets
+    ]
+    n_shards = pool_sets[0].n_shards
+    if any(row.n_shards != n_shards for row in pool_sets):
+        raise EngineError("pool feature sets disagree on sharding across checkpoints")
+    ctx.job.stage("score", total=n_shards)
+    record_ids: list[str] = []
+    scores: list[float] = []
+    per_subtask: dict[str, list[float]] = {}
+    for index in range(n_shards):  # stream: one pool shard per checkpoint in memory at a time
+        if ctx.job.cancel_requested():
+            raise Cancelled("cancelled during scoring")
+        pool = [_load_features(ctx.blobs, row, index) for row in pool_sets]
+        shard = influence.score_shard(pool, probes, lrs, method=ctx.method)  # type: ignore[arg-type]
+        record_ids += shard.record_ids
+        scores += shard.scores.tolist()
+        for name, values in shard.per_subtask.items():
+            per_subtask.setdefault(name, []).extend(values.tolist())
+        ctx.job.advance(1)
+
+    order = influence.rank(record_ids, torch.tensor(scores, dtype=torch.float64))
+    lines = []
+    rows = []
+    for rank_, i in enumerate(order):
+        breakdown = {name: values[i] for name, values in per_subtask.items()}
+        rows.append(
+            {"valuation_id": ctx.valuation_id, "record_id": record_ids[i], "rank": rank_,
+             "score": scores[i], "per_subtask": breakdown}
+        )
+        lines.append(json.dumps({"rank": rank_, "record_id": record_ids[i], "score": scores[i],
+                                 "per_subtask": breakdown}))
+    score_key = f"scores/{ctx.valuation_id}.jsonl"
+    ctx.blobs.put_bytes(score_key, ("\n".join(lines) + "\n").encode())
+    with SessionLocal() as session:  # replace, never append: a re-run writes the same rows
+        session.execute(delete(Score).where(Score.valuation_id == ctx.valuation_id))
+        if rows:
+            session.execute(Score.__table__.insert(), rows)
+        valuation = session.get(Valuation, ctx.valuation_id)
+        assert valuation is not None
+        valuation.score_blob_key, valuation.n_scored = score_key, len(rows)
+        session.commit()
+    ctx.job.succeed()
+
+
+# --- Celery entry points ----------------------------------------------------------------------
+
+
+@celery_app.task(name=VALUATION_FEATURIZE, acks_late=True, reject_on_worker_lost=True)
+def featurize_task(valuation_id: str) -> None:
+    """Warmup checkpoints, pool Adam features and probe SGD features; then enqueue scoring."""
+    _run_job(ValuationTask(valuation_id=valuation_id).valuation_id, featurize_valuation)
+
+
+@celery_app.task(name=VALUATION_SCORE, acks_late=True, reject_on_worker_lost=True)
+def score_task(valuation_id: str) -> None:
+    """LESS / TracIn scores streamed over the stored pool shards."""
+    _run_job(ValuationTask(valuation_id=valuation_id).valuation_id, score_valuation)
+
+
+__all__ = ["content_key", "featurize_task", "resolve_settings", "score_task"]
