@@ -263,9 +263,7 @@ class S3BlobStore:
         keys = self.list_keys(prefix)
         for start in range(0, len(keys), 1000):
             batch = [{"Key": self.prefix + k} for k in keys[start : start + 1000]]
-            self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-            )
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
     def ping(self) -> None:

@@ -18,23 +18,31 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = "development"
     database_url: str = Field(
-        "sqlite:///.sift/sift.db",
+        default="sqlite:///.sift/sift.db",
         description="SQLAlchemy URL; postgresql:// URLs are run with the psycopg 3 driver",
     )
     blob_url: str = Field(
-        "file://.sift/blobs",
+        default="file://.sift/blobs",
         description="file://<dir> (relative to the working directory, or file:///abs) "
         "or s3://bucket/optional/prefix",
     )
-    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
-    broker_url: str = Field("memory://", description="Celery broker; memory:// is in-process")
-    embedded_worker: bool = Field(
-        True, description="`sift serve` also runs a worker in-process (development)"
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, moto)"
     )
-    page_size_max: int = Field(1000, ge=1)
-    max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    broker_url: str = Field(
+        default="memory://", description="Celery broker; memory:// is in-process"
+    )
+    broker_visibility_timeout_s: int = Field(
+        default=3600, ge=1,
+        description="Redis: an unacknowledged task (its worker died) is redelivered after this",
+    )
+    embedded_worker: bool = Field(
+        default=True, description="`sift serve` also runs a worker in-process (development)"
+    )
+    page_size_max: int = Field(default=1000, ge=1)
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     check_model_paths: bool = Field(
-        True, description="a model given as a local path must exist and hold config.json"
+        default=True, description="a model given as a local path must exist and hold config.json"
     )
 
     @model_validator(mode="after")

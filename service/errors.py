@@ -6,6 +6,7 @@ the classes they may raise in ``responses=error_responses(...)`` so the OpenAPI 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -69,15 +70,22 @@ class ServiceUnavailable(SiftError):
     description = "A backing service (database, broker, blob store) is unavailable"
 
 
+class UnsupportedMediaType(SiftError):
+    status_code = 415
+    code = "unsupported_media_type"
+    description = "Unsupported Content-Type"
+
+
 def error_responses(*errors: type[SiftError]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the given error classes (422 is always included)."""
     out: dict[int | str, dict[str, Any]] = {}
-    for err in (*errors, InvalidInput):
+    classes: tuple[type[SiftError], ...] = (*errors, InvalidInput)
+    for err in classes:
         out[err.status_code] = {"model": ErrorResponse, "description": err.description}
     return out
 
 
-def _loc_to_field(loc: tuple[Any, ...] | list[Any]) -> str:
+def _loc_to_field(loc: Sequence[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
@@ -108,9 +116,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SiftError, _sift_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
-
-
-class UnsupportedMediaType(SiftError):
-    status_code = 415
-    code = "unsupported_media_type"
-    description = "Unsupported Content-Type"

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from service.config import Settings, get_settings
 from service.errors import InvalidInput
 
-
 T = TypeVar("T")
+DEFAULT_LIMIT = 100
 
 
 class Page(BaseModel, Generic[T]):
@@ -30,13 +30,16 @@ class Pagination:
 
 def get_pagination(
     settings: Annotated[Settings, Depends(get_settings)],
-    limit: Annotated[int, Query(ge=1, description="page size (at most SIFT_PAGE_SIZE_MAX)")] = 100,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, description=f"page size; default {DEFAULT_LIMIT}, at most SIFT_PAGE_SIZE_MAX"),
+    ] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Pagination:
+    if limit is None:
+        limit = min(DEFAULT_LIMIT, settings.page_size_max)
     if limit > settings.page_size_max:
-        raise InvalidInput(
-            f"limit must be at most {settings.page_size_max}", field="query.limit"
-        )
+        raise InvalidInput(f"limit must be at most {settings.page_size_max}", field="query.limit")
     return Pagination(limit=limit, offset=offset)
 
 

@@ -20,7 +20,7 @@ from service.config import get_settings
 from workers import contracts
 
 
-def _make_celery_app(broker_url: str) -> Celery:
+def _make_celery_app(broker_url: str, visibility_timeout_s: int = 3600) -> Celery:
     app = Celery("sift", broker=broker_url)
     app.conf.update(
         task_acks_late=True,
@@ -32,11 +32,15 @@ def _make_celery_app(broker_url: str) -> Celery:
         accept_content=["json"],
         result_serializer="json",
         broker_connection_retry_on_startup=True,
+        # acks_late + this: a task whose worker was killed goes back to the queue and resumes.
+        broker_transport_options={"visibility_timeout": visibility_timeout_s},
     )
     return app
 
 
-celery_app = _make_celery_app(get_settings().broker_url)
+celery_app = _make_celery_app(
+    get_settings().broker_url, get_settings().broker_visibility_timeout_s
+)
 
 
 def enqueue(task_name: str, payload: BaseModel) -> None:
@@ -50,9 +54,9 @@ def enqueue(task_name: str, payload: BaseModel) -> None:
     )
 
 
-def ping_broker(timeout_s: float = 3.0) -> None:
+def ping_broker(app: Celery | None = None, timeout_s: float = 3.0) -> None:
     """Raise if the broker cannot be reached (``memory://`` always can)."""
-    with celery_app.connection_for_write() as connection:
+    with (app or celery_app).connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
 
 

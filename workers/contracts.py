@@ -80,9 +80,9 @@ class ProjectionSpec(BaseModel):
 class ValuationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    warmup: WarmupSpec = Field(default_factory=WarmupSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    projection: ProjectionSpec = Field(default_factory=ProjectionSpec)
+    warmup: WarmupSpec = Field(default_factory=lambda: WarmupSpec())
+    lora: LoraSpec = Field(default_factory=lambda: LoraSpec())
+    projection: ProjectionSpec = Field(default_factory=lambda: ProjectionSpec())
     max_length: int = Field(512, ge=8, le=1 << 16, description="tokens per example; longer is cut")
     batch_size: int = Field(8, ge=1, le=4096, description="featurization batch size")
     shard_size: int = Field(1024, ge=1, le=1 << 20, description="pool records per feature shard")

@@ -127,8 +127,7 @@ async def create_dataset(request: Request, session: SessionDep, settings: Settin
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "multipart/form-data"):
         raise UnsupportedMediaType(
-            f"content type {content_type or 'none'!r}: send application/json or "
-            "multipart/form-data"
+            f"content type {content_type or 'none'!r}: send application/json or multipart/form-data"
         )
     body = await _read_body(request, settings.max_upload_bytes)
     if content_type == "multipart/form-data":

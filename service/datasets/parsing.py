@@ -101,7 +101,9 @@ def parse_jsonl(data: bytes, field_name: str = "file") -> list[tuple[str, Any]]:
         try:
             items.append((f"line {number}", loads_strict(line)))
         except ValueError as e:  # json.JSONDecodeError is a ValueError
-            raise InvalidInput(f"line {number}: invalid JSON: {e}", field=f"line {number}") from None
+            raise InvalidInput(
+                f"line {number}: invalid JSON: {e}", field=f"line {number}"
+            ) from None
     return items
 
 
@@ -126,8 +128,9 @@ def _normalize_messages(location: str, value: Any) -> list[dict[str, str]]:
     last = messages[-1]
     if last["role"] != "assistant":
         raise _fail(
-            location, f"messages.{len(messages) - 1}.role", "of the last message must be "
-            "'assistant' (the response)"
+            location,
+            f"messages.{len(messages) - 1}.role",
+            "of the last message must be 'assistant' (the response)",
         )
     if not last["content"].strip():
         raise _fail(location, f"messages.{len(messages) - 1}.content", "(the response) is empty")
@@ -211,7 +214,9 @@ def parse_records(items: list[tuple[str, Any]], source_field: str = "records") -
             continue
         first = by_hash.get(record.content_hash)
         if first is not None:
-            duplicates.append({"index": index, "record_id": record.record_id, "duplicate_of": first})
+            duplicates.append(
+                {"index": index, "record_id": record.record_id, "duplicate_of": first}
+            )
             continue
         by_id[record.record_id] = (record.content_hash, location)
         by_hash[record.content_hash] = record.record_id

@@ -22,10 +22,7 @@ def exists(session: Session, dataset_id: str) -> bool:
 def list_page(session: Session, limit: int, offset: int) -> tuple[Sequence[Dataset], int]:
     total = session.scalar(select(func.count()).select_from(Dataset)) or 0
     rows = session.scalars(
-        select(Dataset)
-        .order_by(Dataset.created_at.desc(), Dataset.id)
-        .limit(limit)
-        .offset(offset)
+        select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
     ).all()
     return rows, total
 
@@ -46,7 +43,8 @@ def subtask_counts(session: Session, dataset_ids: Sequence[str]) -> dict[str, di
         .order_by(Record.dataset_id, Record.subtask)
     ).all()
     for dataset_id, subtask, n in rows:
-        counts[dataset_id][subtask] = n
+        if subtask is not None:
+            counts[dataset_id][subtask] = n
     return counts
 
 

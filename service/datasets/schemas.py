@@ -3,9 +3,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-EXAMPLE_RECORDS: list[dict[str, Any]] = [
+EXAMPLE_RECORDS: list[JsonValue] = [
     {
         "id": "ex-1",
         "prompt": "Name a prime number greater than 10.",
@@ -51,7 +51,9 @@ class DatasetRead(BaseModel):
     n_records: int
     n_duplicates: int
     duplicates: list[DuplicateRead]
-    subtasks: dict[str, int] = Field(description="records per subtask (records without one omitted)")
+    subtasks: dict[str, int] = Field(
+        description="records per subtask (records without one omitted)"
+    )
     content_hash: str
     created_at: datetime
 

@@ -71,8 +71,17 @@ def get_engine() -> Engine:
     return _engine_for(get_settings().database_url)
 
 
-SessionLocal = sessionmaker(autoflush=False, expire_on_commit=False)
-"""Unbound factory: ``SessionLocal(bind=get_engine())``; prefer :func:`session_scope`."""
+class _LazySessionMaker(sessionmaker[Session]):
+    """A sessionmaker bound, at call time, to :func:`get_engine` unless given ``bind``."""
+
+    def __call__(self, **local_kw: Any) -> Session:
+        local_kw.setdefault("bind", get_engine())
+        return super().__call__(**local_kw)
+
+
+SessionLocal = _LazySessionMaker(autoflush=False, expire_on_commit=False)
+"""``SessionLocal()`` -- a new session on the settings' database. Commit it yourself, or use
+:func:`session_scope`, which does."""
 
 
 @contextmanager
@@ -91,7 +100,7 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
 
 def get_db() -> Iterator[Session]:
     """Request-scoped session; the endpoint commits, an exception rolls back."""
-    session = SessionLocal(bind=get_engine())
+    session = SessionLocal()
     try:
         yield session
     except BaseException:

@@ -70,7 +70,7 @@ def _postgres(root: Path) -> Iterator[str]:
         shutil.chown(root, "postgres")
         shutil.chown(data, "postgres")
     port = free_port()
-    _as_postgres([str(bindir / "initdb"), "-q", "-D", str(data), "-U", "postgres", "--auth=trust"])
+    _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"])
     _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w",
                   "-o", f"-h 127.0.0.1 -p {port} -k {data}", "start"])
     try:
@@ -80,9 +80,11 @@ def _postgres(root: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                 start_new_session=True)
     try:
         yield proc

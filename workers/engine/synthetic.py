@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from workers.engine.errors import InvalidInput
+
 TASKS: tuple[str, ...] = ("arithmetic", "uppercase", "reverse_words", "capital", "repeat_letter")
 
 _WORDS = (
@@ -32,22 +34,22 @@ def _arithmetic(rng: random.Random) -> tuple[str, str]:
 
 def _uppercase(rng: random.Random) -> tuple[str, str]:
     word = rng.choice(_WORDS)
-    return f"Write this word in capital letters: {word}", word.upper()
+    return f"Uppercase: {word}", word.upper()
 
 
 def _reverse_words(rng: random.Random) -> tuple[str, str]:
-    words = rng.sample(_WORDS, rng.randint(3, 5))
-    return f"Reverse the order of these words: {' '.join(words)}", " ".join(reversed(words))
+    words = rng.sample(_WORDS, rng.randint(2, 4))
+    return f"Reverse: {' '.join(words)}", " ".join(reversed(words))
 
 
 def _capital(rng: random.Random) -> tuple[str, str]:
     country, capital = rng.choice(_CAPITALS)
-    return f"Name the capital city of {country}.", capital
+    return f"What is the capital of {country}?", f"The capital of {country} is {capital}."
 
 
 def _repeat_letter(rng: random.Random) -> tuple[str, str]:
     letter, n = rng.choice("abcdefghijklmnopqrstuvwxyz"), rng.randint(3, 12)
-    return f"Repeat the letter {letter} exactly {n} times.", letter * n
+    return f"Repeat the letter {letter} {n} times.", "-".join(letter * n)
 
 
 _GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
@@ -66,7 +68,7 @@ def planted_tasks(n_per_task: int, seed: int, *, id_prefix: str = "z") -> list[d
     ``messages`` a user prompt and the assistant answer; ids are ``{id_prefix}-{task}-{i:03d}``.
     """
     if n_per_task < 1:
-        raise ValueError(f"n_per_task must be >= 1, got {n_per_task}")
+        raise InvalidInput(f"n_per_task must be >= 1, got {n_per_task}")
     rng = random.Random(seed)
     records: list[dict[str, object]] = []
     for task in TASKS:

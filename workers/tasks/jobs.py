@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from sqlalchemy import update
+
 from service.db.models import Job
 from service.db.session import SessionLocal
 
@@ -37,9 +39,19 @@ class JobTracker:
     def read(self) -> Job:
         return self._update()
 
-    def start(self) -> None:
-        job = self.read()
-        self._update(status="running", started_at=job.started_at or _now(), error=None)
+    def start(self) -> bool:
+        """queued → running, atomically; False if the job was cancelled (or finished) meanwhile.
+
+        A re-delivered task finds its job already running and carries on from what is stored.
+        """
+        with SessionLocal() as session:
+            moved = session.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == "queued")
+                .values(status="running", started_at=_now(), error=None)
+            ).rowcount
+            session.commit()
+        return bool(moved) or self.read().status == "running"
 
     def stage(self, name: str, total: int = 0) -> None:
         """Close the current stage's timing and open the next one."""

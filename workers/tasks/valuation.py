@@ -142,7 +142,9 @@ def _run_job(valuation_id: str, body: Callable[[Context], None]) -> None:
     if job.cancel_requested:
         ctx.job.cancel()
         return
-    ctx.job.start()
+    if not ctx.job.start():
+        log.info("valuation %s was cancelled before it started", valuation_id)
+        return
     try:
         body(ctx)
     except Cancelled:

@@ -1,0 +1,40 @@
+"""The FastAPI application: ``create_app()`` and the module-level ``app``.
+
+Importing this module connects to nothing; the database, broker and blob store are reached on
+first use. It never imports torch (``tests/service/test_no_torch.py`` holds it to that).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from service import health
+from service.datasets.endpoints import router as datasets_router
+from service.errors import install_error_handlers
+from service.models.endpoints import router as models_router
+from service.selections.endpoints import router as selections_router
+from service.valuations.endpoints import router as valuations_router
+
+API_PREFIX = "/v1"
+
+DESCRIPTION = """\
+Sift values instruction-tuning data: which pool records most help a target task (LESS-style
+gradient influence). Upload a pool and a probe dataset, register a model, start a valuation,
+then read ranked scores and export a selection.
+
+Errors have one shape: `{"error": {"code", "message", "field"}}`.
+"""
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Sift", version="0.1.0", description=DESCRIPTION)
+    install_error_handlers(app)
+    v1 = APIRouter(prefix=API_PREFIX)
+    for router in (datasets_router, models_router, valuations_router, selections_router):
+        v1.include_router(router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,75 @@
+"""Model registration rules. No commits here: the endpoint commits."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.db.models import Model
+from service.errors import Conflict, InvalidInput, NotFound
+from service.models import repository
+from service.models.schemas import ModelCreate, ModelRead
+from service.pagination import Page, Pagination
+from workers.contracts import BUILTIN_MODELS
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def resolve_source(source: str, settings: Settings) -> str:
+    """Validate ``source``; local paths come back absolute (workers may run elsewhere)."""
+    if source.startswith("builtin:"):
+        if source not in BUILTIN_MODELS:
+            known = ", ".join(sorted(BUILTIN_MODELS))
+            raise InvalidInput(f"unknown builtin model {source!r}; known: {known}", field="source")
+        return source
+    if source.startswith(("/", ".", "~")):
+        path = Path(source).expanduser().absolute()
+        if settings.check_model_paths:
+            if not path.is_dir():
+                raise InvalidInput(f"model directory {path} does not exist", field="source")
+            if not (path / "config.json").is_file():
+                raise InvalidInput(f"model directory {path} has no config.json", field="source")
+        return os.path.normpath(path)
+    if not HUB_ID.match(source) or ".." in source:
+        raise InvalidInput(
+            f"source {source!r} is neither 'builtin:<name>', a local path (starting with '/', "
+            "'.' or '~') nor a hub id 'org/name'",
+            field="source",
+        )
+    return source
+
+
+def create_model(session: Session, body: ModelCreate, settings: Settings) -> Model:
+    source = resolve_source(body.source, settings)
+    if repository.get_by_name(session, body.name) is not None:
+        raise Conflict(f"a model named {body.name!r} already exists", field="name")
+    model = Model(name=body.name, source=source)
+    session.add(model)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:  # a concurrent request took the name
+        raise Conflict(f"a model named {body.name!r} already exists", field="name") from None
+    return model
+
+
+def get_model(session: Session, model_id: str) -> Model:
+    model = repository.get(session, model_id)
+    if model is None:
+        raise NotFound(f"model {model_id} not found", field="model_id")
+    return model
+
+
+def list_models(session: Session, page: Pagination) -> Page[ModelRead]:
+    rows, total = repository.list_page(session, page.limit, page.offset)
+    return Page(
+        items=[ModelRead.model_validate(m) for m in rows],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )

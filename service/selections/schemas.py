@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Rule = Literal["top_k", "top_fraction", "threshold"]
+
+
+class SelectionCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"rule": "top_fraction", "value": 0.05},
+                {"rule": "top_k", "value": 1000},
+                {"rule": "threshold", "value": 0.0},
+            ]
+        },
+    )
+
+    rule: Rule = Field(
+        description="top_k: the k best ranks; top_fraction: the best ceil(f*N); threshold: "
+        "every score >= value"
+    )
+    value: float = Field(
+        allow_inf_nan=False,
+        description="k (an integer >= 1), a fraction in (0, 1], or a score threshold",
+    )
+
+
+class SelectionRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    valuation_id: str
+    rule: str
+    value: float
+    n_selected: int
+    record_ids: list[str] = Field(description="selected pool record ids, best rank first")
+    created_at: datetime

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.db.session import SessionDep
+from service.errors import Conflict, NotFound, ServiceUnavailable, error_responses
+from service.pagination import Page, PaginationDep
+from service.queue import QueueDep
+from service.valuations import service
+from service.valuations.schemas import ScoreRead, ValuationCreate, ValuationRead
+from workers.contracts import VALUATION_FEATURIZE, ValuationTask
+
+router = APIRouter(prefix="/valuations", tags=["valuations"])
+log = logging.getLogger(__name__)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=ValuationRead,
+    responses=error_responses(ServiceUnavailable),
+)
+def create_valuation(body: ValuationCreate, session: SessionDep, queue: QueueDep) -> Any:
+    """Create a valuation job and queue its first stage (featurization).
+
+    The job and valuation are committed *before* the task is sent, so the worker always finds
+    them. If the broker refuses the task the job is marked failed and the reply is 503.
+    """
+    valuation = service.create_valuation(session, body)
+    session.commit()
+    try:
+        queue.enqueue(VALUATION_FEATURIZE, ValuationTask(valuation_id=valuation.id))
+    except Exception as e:
+        log.exception("enqueue failed for valuation %s", valuation.id)
+        service.mark_enqueue_failed(session, valuation, e)
+        session.commit()
+        raise ServiceUnavailable(
+            f"valuation {valuation.id} was created but could not be queued ({e}); its job is "
+            "marked failed"
+        ) from e
+    return service.to_read(valuation)
+
+
+@router.get("", response_model=Page[ValuationRead])
+def list_valuations(session: SessionDep, page: PaginationDep) -> Any:
+    return service.list_valuations(session, page)
+
+
+@router.get("/{valuation_id}", response_model=ValuationRead, responses=error_responses(NotFound))
+def get_valuation(valuation_id: str, session: SessionDep) -> Any:
+    return service.to_read(service.get_valuation(session, valuation_id))
+
+
+@router.post(
+    "/{valuation_id}/cancel",
+    status_code=202,
+    response_model=ValuationRead,
+    responses=error_responses(NotFound, Conflict),
+)
+def cancel_valuation(valuation_id: str, session: SessionDep) -> Any:
+    """Cancel: a queued valuation is cancelled at once, a running one when the worker next
+    checks ``cancel_requested``; a finished one cannot be cancelled (409)."""
+    valuation = service.cancel_valuation(session, valuation_id)
+    session.commit()
+    return service.to_read(valuation)
+
+
+@router.get(
+    "/{valuation_id}/scores",
+    response_model=Page[ScoreRead],
+    responses=error_responses(NotFound, Conflict),
+)
+def list_scores(valuation_id: str, session: SessionDep, page: PaginationDep) -> Any:
+    """Pool records by rank (0 = most valuable); 409 until the valuation has succeeded."""
+    return service.list_scores(session, valuation_id, page)

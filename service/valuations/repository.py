@@ -1,0 +1,54 @@
+"""Every valuation, job and score query."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db.models import Job, Score, Valuation
+
+
+def get(session: Session, valuation_id: str, *, for_update: bool = False) -> Valuation | None:
+    stmt = select(Valuation).where(Valuation.id == valuation_id)
+    valuation = session.scalar(stmt)
+    if valuation is not None and for_update:
+        # Lock the job row: a worker picking the job up races with a cancel.
+        session.scalar(
+            select(Job)
+            .where(Job.id == valuation.job_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    return valuation
+
+
+def list_page(session: Session, limit: int, offset: int) -> tuple[Sequence[Valuation], int]:
+    total = session.scalar(select(func.count()).select_from(Valuation)) or 0
+    rows = session.scalars(
+        select(Valuation)
+        .order_by(Valuation.created_at.desc(), Valuation.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return rows, total
+
+
+def scores_page(
+    session: Session, valuation_id: str, limit: int, offset: int
+) -> tuple[Sequence[Score], int]:
+    total = (
+        session.scalar(
+            select(func.count()).select_from(Score).where(Score.valuation_id == valuation_id)
+        )
+        or 0
+    )
+    rows = session.scalars(
+        select(Score)
+        .where(Score.valuation_id == valuation_id)
+        .order_by(Score.rank)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return rows, total

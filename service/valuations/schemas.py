@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers.contracts import Method, ValuationSettings
+
+
+class ValuationCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_id": "5f0c6b7e9a3d4c2b8e1f0a9d7c6b5a41",
+                    "pool_dataset_id": "0b6d5c4e3f2a41908f7e6d5c4b3a2918",
+                    "probe_dataset_id": "9a8b7c6d5e4f43218a9b8c7d6e5f4a3b",
+                    "method": "less",
+                    "settings": {
+                        "warmup": {"fraction": 0.05, "epochs": 4},
+                        "projection": {"dim": 8192},
+                    },
+                }
+            ]
+        },
+    )
+
+    model_id: str
+    pool_dataset_id: str = Field(description="the records to value (training candidates)")
+    probe_dataset_id: str = Field(description="the target-task examples (validation set)")
+    method: Method = "less"
+    settings: ValuationSettings = Field(
+        default_factory=lambda: ValuationSettings.model_validate({})
+    )
+
+
+class ProgressRead(BaseModel):
+    done: int
+    total: int
+
+
+class ValuationRead(BaseModel):
+    id: str
+    job_id: str
+    method: str
+    model_id: str
+    pool_dataset_id: str
+    probe_dataset_id: str
+    settings: dict[str, Any] = Field(
+        description="as requested; once the worker starts, with model defaults resolved"
+    )
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    stage: str | None
+    progress: ProgressRead
+    cancel_requested: bool
+    error: str | None
+    notes: list[str] = Field(description="e.g. which cached warmup runs or features were reused")
+    timings: dict[str, float] = Field(description="seconds per stage")
+    skipped: list[dict[str, Any]] = Field(description="[{record_id, dataset, reason}]")
+    n_scored: int | None
+    warmup_run_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ScoreRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    rank: int = Field(description="0-based; 0 is the most valuable record")
+    record_id: str
+    score: float
+    per_subtask: dict[str, float]

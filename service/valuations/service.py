@@ -1,0 +1,137 @@
+"""Valuation rules. No commits here: the endpoint (or task) commits.
+
+A valuation is a row in ``valuations`` plus its ``jobs`` row (status, progress, errors). The
+API creates both as ``queued``; the workers move the job through ``running`` to a finished
+state. Cancelling a queued job finishes it at once; a running job only gets
+``cancel_requested`` and the worker stops at its next check.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from service.datasets import repository as datasets
+from service.db.base import utcnow
+from service.db.models import FINISHED_STATUSES, Job, JobStatus, Valuation
+from service.errors import Conflict, InvalidInput, NotFound
+from service.models import repository as models
+from service.pagination import Page, Pagination
+from service.valuations import repository
+from service.valuations.schemas import ScoreRead, ValuationCreate, ValuationRead
+
+JOB_KIND = "valuation"
+
+
+def create_valuation(session: Session, body: ValuationCreate) -> Valuation:
+    if not models.exists(session, body.model_id):
+        raise InvalidInput(f"model {body.model_id} does not exist", field="body.model_id")
+    for field in ("pool_dataset_id", "probe_dataset_id"):
+        dataset_id = getattr(body, field)
+        if not datasets.exists(session, dataset_id):
+            raise InvalidInput(f"dataset {dataset_id} does not exist", field=f"body.{field}")
+    job = Job(
+        kind=JOB_KIND,
+        status=JobStatus.queued.value,
+        progress_done=0,
+        progress_total=0,
+        notes=[],
+        timings={},
+        cancel_requested=False,
+    )
+    session.add(job)
+    session.flush()
+    valuation = Valuation(
+        job_id=job.id,
+        model_id=body.model_id,
+        pool_dataset_id=body.pool_dataset_id,
+        probe_dataset_id=body.probe_dataset_id,
+        method=body.method,
+        settings=body.settings.model_dump(mode="json"),
+        skipped=[],
+    )
+    valuation.job = job
+    session.add(valuation)
+    session.flush()
+    return valuation
+
+
+def mark_enqueue_failed(session: Session, valuation: Valuation, error: Exception) -> None:
+    job = valuation.job
+    job.status = JobStatus.failed.value
+    job.error = f"could not enqueue the valuation: {type(error).__name__}: {error}"
+    job.finished_at = utcnow()
+    session.flush()
+
+
+def get_valuation(session: Session, valuation_id: str, *, for_update: bool = False) -> Valuation:
+    valuation = repository.get(session, valuation_id, for_update=for_update)
+    if valuation is None:
+        raise NotFound(f"valuation {valuation_id} not found", field="valuation_id")
+    return valuation
+
+
+def require_succeeded(valuation: Valuation) -> None:
+    status = valuation.job.status
+    if status != JobStatus.succeeded:
+        raise Conflict(
+            f"valuation {valuation.id} has status {status!r}; scores exist only once it has "
+            "succeeded"
+        )
+
+
+def cancel_valuation(session: Session, valuation_id: str) -> Valuation:
+    valuation = get_valuation(session, valuation_id, for_update=True)
+    job = valuation.job
+    if job.status in FINISHED_STATUSES:
+        raise Conflict(f"valuation {valuation_id} has already finished (status {job.status!r})")
+    job.cancel_requested = True
+    if job.status == JobStatus.queued:
+        job.status = JobStatus.cancelled.value
+        job.finished_at = utcnow()
+    session.flush()
+    return valuation
+
+
+def to_read(valuation: Valuation) -> ValuationRead:
+    job = valuation.job
+    return ValuationRead.model_validate(
+        {
+            "id": valuation.id,
+            "job_id": valuation.job_id,
+            "method": valuation.method,
+            "model_id": valuation.model_id,
+            "pool_dataset_id": valuation.pool_dataset_id,
+            "probe_dataset_id": valuation.probe_dataset_id,
+            "settings": valuation.settings,
+            "status": job.status,
+            "stage": job.stage,
+            "progress": {"done": job.progress_done, "total": job.progress_total},
+            "cancel_requested": job.cancel_requested,
+            "error": job.error,
+            "notes": job.notes,
+            "timings": job.timings,
+            "skipped": valuation.skipped,
+            "n_scored": valuation.n_scored,
+            "warmup_run_id": valuation.warmup_run_id,
+            "created_at": valuation.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+        }
+    )
+
+
+def list_valuations(session: Session, page: Pagination) -> Page[ValuationRead]:
+    rows, total = repository.list_page(session, page.limit, page.offset)
+    return Page(items=[to_read(v) for v in rows], total=total, limit=page.limit, offset=page.offset)
+
+
+def list_scores(session: Session, valuation_id: str, page: Pagination) -> Page[ScoreRead]:
+    valuation = get_valuation(session, valuation_id)
+    require_succeeded(valuation)
+    rows, total = repository.scores_page(session, valuation_id, page.limit, page.offset)
+    return Page(
+        items=[ScoreRead.model_validate(s) for s in rows],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )

@@ -1,0 +1,91 @@
+"""Brute-force references: the formulas of seed 002 §2 / app. F written out, slow and obvious.
+
+Nothing here reuses the engine's math (loss, features, cosine, sums, aggregation); only the
+parameter order (``lora_parameters``) is shared, since it defines the coordinates of R^P.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from workers.engine.data import TokenizedExample
+from workers.engine.lora import lora_parameters
+
+
+def reference_gradient(model: torch.nn.Module, example: TokenizedExample) -> Tensor:
+    """∇θ L(z; θ) [P] with L = -P⁻¹ Σ_p log softmax(logits)[next token] over response tokens."""
+    params = [p for _, p in lora_parameters(model)]
+    ids = torch.tensor([example.input_ids])
+    with torch.enable_grad():
+        logits = model(input_ids=ids).logits[0]  # [T, V]
+        log_probs = torch.log_softmax(logits, dim=-1)
+        terms = []
+        for t in range(1, len(example.input_ids)):
+            if example.labels[t] != -100:
+                terms.append(-log_probs[t - 1, example.labels[t]])
+        loss = torch.stack(terms).sum() / len(terms)
+        grads = torch.autograd.grad(loss, params)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def reference_adam_feature(
+    g: Tensor, m: Tensor, v: Tensor, *, step: int, bias_correction: bool
+) -> Tensor:
+    """Γ = m'/sqrt(v' + ε), elementwise, with optional 1 - β^t (t = step + 1)."""
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    out = []
+    for g_k, m_k, v_k in zip(g.tolist(), m.tolist(), v.tolist(), strict=True):
+        m_new = beta1 * m_k + (1 - beta1) * g_k
+        v_new = beta2 * v_k + (1 - beta2) * g_k * g_k
+        if bias_correction:
+            m_new = m_new / (1 - beta1 ** (step + 1))
+            v_new = v_new / (1 - beta2 ** (step + 1))
+        out.append(m_new / math.sqrt(v_new + eps))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def reference_cosine(a: Tensor, b: Tensor) -> float:
+    dot = float((a.double() * b.double()).sum())
+    norm_a = math.sqrt(float((a.double() ** 2).sum()))
+    norm_b = math.sqrt(float((b.double() ** 2).sum()))
+    return 0.0 if norm_a == 0 or norm_b == 0 else dot / (norm_a * norm_b)
+
+
+def reference_scores(
+    pool_feats: Sequence[Tensor],
+    probe_feats: Sequence[Tensor],
+    probe_subtasks: Sequence[str | None],
+    mean_lrs: Sequence[float],
+    *,
+    method: str,
+) -> list[float]:
+    """Inf(z_i, D_V) = max_j mean_{v in j} Σ_e c_e sim_e(i, v), as explicit loops.
+
+    ``pool_feats[e]`` [N, d], ``probe_feats[e]`` [M, d]. less: c_e = η̄_e / Σ η̄, sim = cosine;
+    tracin: c_e = η̄_e, sim = inner product.
+    """
+    n, m = pool_feats[0].shape[0], probe_feats[0].shape[0]
+    total_lr = sum(mean_lrs)
+    subtasks = ["default" if s is None else s for s in probe_subtasks]
+    scores = []
+    for i in range(n):
+        per_probe = []
+        for v in range(m):
+            s = 0.0
+            for e in range(len(mean_lrs)):
+                a, b = pool_feats[e][i], probe_feats[e][v]
+                if method == "less":
+                    s += mean_lrs[e] / total_lr * reference_cosine(a, b)
+                else:
+                    s += mean_lrs[e] * float((a.double() * b.double()).sum())
+            per_probe.append(s)
+        best = -math.inf
+        for subtask in set(subtasks):
+            members = [per_probe[v] for v in range(m) if subtasks[v] == subtask]
+            best = max(best, sum(members) / len(members))
+        scores.append(best)
+    return scores

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db.models import Job, JobStatus, Valuation
+from tests.service.conftest import RecordingQueue, finish_valuation
+from workers.contracts import TASK_QUEUES, VALUATION_FEATURIZE, ValuationSettings
+
+
+def test_create_commits_then_enqueues(
+    client: TestClient, db: Session, queue: RecordingQueue, make_valuation: Any
+) -> None:
+    valuation = make_valuation()
+    assert valuation["status"] == "queued"
+    assert valuation["method"] == "less"
+    assert valuation["progress"] == {"done": 0, "total": 0}
+    assert valuation["settings"] == ValuationSettings.model_validate({}).model_dump(mode="json")
+    assert valuation["notes"] == [] and valuation["skipped"] == [] and valuation["n_scored"] is None
+    assert queue.sent == [(VALUATION_FEATURIZE, {"valuation_id": valuation["id"]})]
+    assert VALUATION_FEATURIZE in TASK_QUEUES
+
+    row = db.get(Valuation, valuation["id"])
+    assert row is not None and row.job.kind == "valuation" and row.job.status == "queued"
+    assert client.get(f"/v1/valuations/{valuation['id']}").json() == valuation
+
+
+def test_settings_and_method_are_validated_and_stored(make_valuation: Any) -> None:
+    valuation = make_valuation(
+        method="tracin", settings={"projection": {"dim": 64}, "warmup": {"epochs": 2}}
+    )
+    assert valuation["method"] == "tracin"
+    assert valuation["settings"]["projection"]["dim"] == 64
+    assert valuation["settings"]["warmup"]["epochs"] == 2
+    assert valuation["settings"]["lora"]["r"] is None  # resolved later by the worker
+
+
+def test_bad_bodies(
+    client: TestClient,
+    db: Session,
+    queue: RecordingQueue,
+    make_dataset: Callable[..., dict[str, Any]],
+    model: dict[str, Any],
+) -> None:
+    ds = make_dataset(2)
+    good = {"model_id": model["id"], "pool_dataset_id": ds["id"], "probe_dataset_id": ds["id"]}
+    cases = [
+        ({**good, "model_id": "nope"}, "body.model_id"),
+        ({**good, "pool_dataset_id": "nope"}, "body.pool_dataset_id"),
+        ({**good, "probe_dataset_id": "nope"}, "body.probe_dataset_id"),
+        ({k: v for k, v in good.items() if k != "model_id"}, "body.model_id"),
+        ({**good, "method": "shapley"}, "body.method"),
+        ({**good, "settings": {"projection": {"dim": 0}}}, "body.settings.projection.dim"),
+        ({**good, "settings": {"warmup": {"fraction": "lots"}}}, "body.settings.warmup.fraction"),
+        ({**good, "settings": {"bogus": 1}}, "body.settings.bogus"),
+        ({**good, "pool_dataset_id": 5}, "body.pool_dataset_id"),
+    ]
+    for body, field in cases:
+        response = client.post("/v1/valuations", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["error"]["field"] == field, response.text
+    assert db.scalar(select(func.count()).select_from(Valuation)) == 0
+    assert db.scalar(select(func.count()).select_from(Job)) == 0
+    assert queue.sent == []
+
+
+def test_enqueue_failure_marks_job_failed(
+    client: TestClient,
+    db: Session,
+    queue: RecordingQueue,
+    make_dataset: Callable[..., dict[str, Any]],
+    model: dict[str, Any],
+) -> None:
+    queue.fail_with = ConnectionError("broker down")
+    ds = make_dataset(2)
+    body = {"model_id": model["id"], "pool_dataset_id": ds["id"], "probe_dataset_id": ds["id"]}
+    response = client.post("/v1/valuations", json=body)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"
+    valuation = db.scalars(select(Valuation)).one()
+    assert valuation.job.status == "failed"
+    assert "broker down" in (valuation.job.error or "")
+    assert valuation.job.finished_at is not None
+    read = client.get(f"/v1/valuations/{valuation.id}").json()
+    assert read["status"] == "failed" and "broker down" in read["error"]
+
+
+def test_get_reflects_worker_progress(client: TestClient, db: Session, make_valuation: Any) -> None:
+    valuation = make_valuation()
+    job = db.get(Valuation, valuation["id"]).job  # type: ignore[union-attr]
+    job.status, job.stage, job.progress_done, job.progress_total = "running", "warmup", 1, 4
+    job.notes = ["reused pool features of dataset x"]
+    job.timings = {"load model": 0.5}
+    db.commit()
+    read = client.get(f"/v1/valuations/{valuation['id']}").json()
+    assert read["status"] == "running" and read["stage"] == "warmup"
+    assert read["progress"] == {"done": 1, "total": 4}
+    assert read["notes"] == ["reused pool features of dataset x"]
+    assert read["timings"] == {"load model": 0.5}
+    assert read["created_at"].endswith(("+00:00", "Z"))
+
+
+def test_list_and_unknown(client: TestClient, make_valuation: Any) -> None:
+    ids = {make_valuation()["id"] for _ in range(3)}
+    page = client.get("/v1/valuations", params={"limit": 2}).json()
+    rest = client.get("/v1/valuations", params={"limit": 2, "offset": 2}).json()
+    assert page["total"] == 3
+    assert {v["id"] for v in page["items"] + rest["items"]} == ids
+    for path in ("/v1/valuations/nope", "/v1/valuations/nope/scores"):
+        assert client.get(path).status_code == 404
+    assert client.post("/v1/valuations/nope/cancel").status_code == 404
+
+
+def test_cancel_queued_is_immediate(client: TestClient, make_valuation: Any) -> None:
+    valuation = make_valuation()
+    response = client.post(f"/v1/valuations/{valuation['id']}/cancel")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "cancelled" and body["cancel_requested"] is True
+    assert body["finished_at"] is not None
+    again = client.post(f"/v1/valuations/{valuation['id']}/cancel")
+    assert again.status_code == 409 and "cancelled" in again.json()["error"]["message"]
+
+
+def test_cancel_running_only_requests(client: TestClient, db: Session, make_valuation: Any) -> None:
+    valuation = make_valuation()
+    row = db.get(Valuation, valuation["id"])
+    assert row is not None
+    row.job.status = JobStatus.running.value
+    db.commit()
+    body = client.post(f"/v1/valuations/{valuation['id']}/cancel").json()
+    assert body["status"] == "running" and body["cancel_requested"] is True
+    assert body["finished_at"] is None
+    db.refresh(row.job)
+    assert row.job.cancel_requested is True
+
+
+def test_cancel_finished_conflicts(client: TestClient, db: Session, make_valuation: Any) -> None:
+    for status in (JobStatus.succeeded, JobStatus.failed):
+        valuation = make_valuation()
+        finish_valuation(db, valuation["id"], status=status)
+        response = client.post(f"/v1/valuations/{valuation['id']}/cancel")
+        assert response.status_code == 409
+        assert status.value in response.json()["error"]["message"]
+
+
+def test_scores_by_rank_paged(client: TestClient, db: Session, make_valuation: Any) -> None:
+    valuation = make_valuation()
+    scores = [("pool3", 0.9), ("pool0", 0.5), ("pool1", 0.5), ("pool4", 0.1), ("pool2", -1.0)]
+    finish_valuation(db, valuation["id"], scores)
+    page = client.get(
+        f"/v1/valuations/{valuation['id']}/scores", params={"limit": 2, "offset": 1}
+    ).json()
+    assert page["total"] == 5 and page["limit"] == 2 and page["offset"] == 1
+    assert page["items"] == [
+        {"rank": 1, "record_id": "pool0", "score": 0.5, "per_subtask": {"default": 0.5}},
+        {"rank": 2, "record_id": "pool1", "score": 0.5, "per_subtask": {"default": 0.5}},
+    ]
+    whole = client.get(f"/v1/valuations/{valuation['id']}/scores").json()["items"]
+    assert [s["record_id"] for s in whole] == [r for r, _ in scores]
+    assert client.get(f"/v1/valuations/{valuation['id']}").json()["n_scored"] == 5
+
+
+def test_scores_conflict_until_succeeded(
+    client: TestClient, db: Session, make_valuation: Any
+) -> None:
+    valuation = make_valuation()
+    response = client.get(f"/v1/valuations/{valuation['id']}/scores")
+    assert response.status_code == 409
+    assert "queued" in response.json()["error"]["message"]
+    finish_valuation(db, valuation["id"], status=JobStatus.failed)
+    response = client.get(f"/v1/valuations/{valuation['id']}/scores")
+    assert response.status_code == 409 and "failed" in response.json()["error"]["message"]
