@@ -27,7 +27,9 @@ def _prepare_local_storage() -> None:
     """Create the folders the embedded default writes into and bring its database up to date."""
     settings = get_settings()
     if settings.database_url.startswith("sqlite:///"):
-        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(
+            parents=True, exist_ok=True
+        )
     if settings.blob_url.startswith("file://"):
         Path(settings.blob_url.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     from service.db.migrate import upgrade_head
@@ -46,8 +48,14 @@ def embedded_worker() -> Iterator[None]:
     from workers.celery_app import QUEUES, celery_app
 
     with start_worker(
-        celery_app, pool="solo", concurrency=1, perform_ping_check=False,
-        queues=list(QUEUES), loglevel="WARNING", shutdown_timeout=60.0,
+        celery_app,
+        pool="solo",
+        concurrency=1,
+        perform_ping_check=False,
+        queues=list(QUEUES),
+        loglevel="WARNING",
+        shutdown_timeout=60.0,
+        hostname="sift-embedded@localhost",
     ):
         yield
 
@@ -93,8 +101,19 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     queues = args.queues or ",".join(QUEUES)
     celery_app.worker_main(
-        ["worker", "--loglevel", args.loglevel, "--queues", queues, "--pool", "solo",
-         "--concurrency", "1", "--hostname", args.hostname]
+        [
+            "worker",
+            "--loglevel",
+            args.loglevel,
+            "--queues",
+            queues,
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--hostname",
+            args.hostname,
+        ]
     )
 
 
@@ -106,8 +125,14 @@ def cmd_migrate(_: argparse.Namespace) -> None:
 # --- demo -------------------------------------------------------------------------------------
 
 DEMO_SETTINGS: dict[str, Any] = {
-    "warmup": {"fraction": 0.5, "epochs": 3, "learning_rate": 1e-3, "warmup_ratio": 0.03,
-               "batch_size": 8, "seed": 0},
+    "warmup": {
+        "fraction": 0.5,
+        "epochs": 3,
+        "learning_rate": 1e-3,
+        "warmup_ratio": 0.03,
+        "batch_size": 8,
+        "seed": 0,
+    },
     "lora": {"r": 8, "alpha": 32},
     "projection": {"dim": 2048, "seed": 0},
     "max_length": 96,
@@ -118,7 +143,9 @@ DEMO_SETTINGS: dict[str, Any] = {
 
 def _check(response: Any) -> Any:
     if response.status_code >= 400:
-        raise SystemExit(f"{response.request.method} {response.request.url} → {response.status_code}: {response.text}")
+        raise SystemExit(
+            f"{response.request.method} {response.request.url} → {response.status_code}: {response.text}"
+        )
     return response.json() if response.content else None
 
 
@@ -132,16 +159,28 @@ def run_demo(base_url: str, top: int = 40) -> float:
         with pool_path.open("rb") as f:
             pool = _check(http.post("/v1/datasets", files={"file": f}, data={"name": "demo-pool"}))
         with probes_path.open("rb") as f:
-            probes = _check(http.post("/v1/datasets", files={"file": f}, data={"name": "demo-probes"}))
+            probes = _check(
+                http.post("/v1/datasets", files={"file": f}, data={"name": "demo-probes"})
+            )
         print(f"uploaded pool: {pool['n_records']} records; probes: {probes['n_records']} records")
         models = _check(http.get("/v1/models"))["items"]
         model = next((m for m in models if m["source"] == "builtin:tiny-llama"), None)
         if model is None:
-            model = _check(http.post("/v1/models", json={"name": "tiny-llama", "source": "builtin:tiny-llama"}))
-        valuation = _check(http.post("/v1/valuations", json={
-            "model_id": model["id"], "pool_dataset_id": pool["id"], "probe_dataset_id": probes["id"],
-            "method": "less", "settings": DEMO_SETTINGS,
-        }))
+            model = _check(
+                http.post("/v1/models", json={"name": "tiny-llama", "source": "builtin:tiny-llama"})
+            )
+        valuation = _check(
+            http.post(
+                "/v1/valuations",
+                json={
+                    "model_id": model["id"],
+                    "pool_dataset_id": pool["id"],
+                    "probe_dataset_id": probes["id"],
+                    "method": "less",
+                    "settings": DEMO_SETTINGS,
+                },
+            )
+        )
         print(f"valuation {valuation['id']} queued; polling")
         last = None
         while valuation["status"] in ("queued", "running"):
@@ -155,8 +194,11 @@ def run_demo(base_url: str, top: int = 40) -> float:
             raise SystemExit(f"valuation {valuation['status']}: {valuation['error']}")
         for note in valuation["notes"]:
             print(f"  note: {note}")
-        selection = _check(http.post(f"/v1/valuations/{valuation['id']}/selections",
-                                     json={"rule": "top_k", "value": top}))
+        selection = _check(
+            http.post(
+                f"/v1/valuations/{valuation['id']}/selections", json={"rule": "top_k", "value": top}
+            )
+        )
         exported = http.get(f"/v1/selections/{selection['id']}/export", params={"format": "jsonl"})
         _check_status = exported.status_code
         if _check_status != 200:
@@ -165,25 +207,35 @@ def run_demo(base_url: str, top: int = 40) -> float:
 
         records = [json.loads(line) for line in exported.text.splitlines() if line.strip()]
         probe_task = json.loads(probes_path.read_text().splitlines()[0])["metadata"]["task"]
-        scores = _check(http.get(f"/v1/valuations/{valuation['id']}/scores", params={"limit": top}))["items"]
+        scores = _check(
+            http.get(f"/v1/valuations/{valuation['id']}/scores", params={"limit": top})
+        )["items"]
         print(f"\ntop {top} of {pool['n_records']} pool records by LESS influence on the probes:")
         for item, record in zip(scores[:10], records[:10], strict=False):
             prompt = record.get("prompt") or record["messages"][0]["content"]
-            print(f"  #{item['rank'] + 1:<3} {item['score']:+.4f}  [{record['metadata']['task']}] {prompt[:60]!r}")
+            print(
+                f"  #{item['rank'] + 1:<3} {item['score']:+.4f}  [{record['metadata']['task']}] {prompt[:60]!r}"
+            )
         print("  ...")
         hits = sum(1 for r in records if r["metadata"]["task"] == probe_task)
         fraction = hits / max(len(records), 1)
-        print(f"\n{hits}/{len(records)} = {fraction:.0%} of the top selections come from the probes' "
-              f"task '{probe_task}' (its share of the pool: "
-              f"{_share(pool_path, probe_task):.0%})")
-        print(f"selection {selection['id']}: GET {base_url}/v1/selections/{selection['id']}/export?format=jsonl")
+        print(
+            f"\n{hits}/{len(records)} = {fraction:.0%} of the top selections come from the probes' "
+            f"task '{probe_task}' (its share of the pool: "
+            f"{_share(pool_path, probe_task):.0%})"
+        )
+        print(
+            f"selection {selection['id']}: GET {base_url}/v1/selections/{selection['id']}/export?format=jsonl"
+        )
         return fraction
 
 
 def _share(pool_path: Path, task: str) -> float:
     import json
 
-    tasks = [json.loads(line)["metadata"]["task"] for line in pool_path.read_text().splitlines() if line]
+    tasks = [
+        json.loads(line)["metadata"]["task"] for line in pool_path.read_text().splitlines() if line
+    ]
     return tasks.count(task) / len(tasks)
 
 
@@ -192,7 +244,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if not settings.embedded_worker:
         raise SystemExit("the demo runs on the embedded default; unset SIFT_EMBEDDED_WORKER")
     _prepare_local_storage()
-    print(f"embedded default: database {settings.database_url}, blobs {settings.blob_url}, in-process worker")
+    print(
+        f"embedded default: database {settings.database_url}, blobs {settings.blob_url}, in-process worker"
+    )
     started = time.monotonic()
     with embedded_worker(), _api_in_thread(_free_port()) as base_url:
         run_demo(base_url, top=args.top)
@@ -202,7 +256,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sift", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the API (with an in-process worker on the embedded default)")
+    serve = sub.add_parser(
+        "serve", help="run the API (with an in-process worker on the embedded default)"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(func=cmd_serve)
@@ -211,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--hostname", default="sift@%h")
     worker.set_defaults(func=cmd_worker)
-    sub.add_parser("migrate", help="upgrade the database to the latest migration").set_defaults(func=cmd_migrate)
+    sub.add_parser("migrate", help="upgrade the database to the latest migration").set_defaults(
+        func=cmd_migrate
+    )
     demo = sub.add_parser("demo", help="value the bundled synthetic pool on the builtin tiny model")
     demo.add_argument("--top", type=int, default=40)
     demo.set_defaults(func=cmd_demo)

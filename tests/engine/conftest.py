@@ -80,4 +80,3 @@ def warmed() -> Warmed:
         pad_token_id=int(tokenizer.pad_token_id),
     )
     return Warmed(peft_model, tokenizer, pool, probes, checkpoints)
-

@@ -30,7 +30,7 @@ def test_labels_cover_exactly_the_response_and_eos() -> None:
     n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     assert tok.labels[:n_prompt] == (IGNORE_INDEX,) * n_prompt
     assert tok.labels[n_prompt:] == tok.input_ids[n_prompt:]
-    assert tokenizer.decode(tok.input_ids[n_prompt:]) == "7</s>"
+    assert tokenizer.decode(list(tok.input_ids[n_prompt:])) == "7</s>"
     assert tok.n_response_tokens == 2 and not tok.truncated
 
 
@@ -64,7 +64,9 @@ def test_truncation_keeps_partial_response_and_skips_fully_truncated() -> None:
 
 def test_collate_pads_right_with_masks() -> None:
     tokenizer = build_byte_tokenizer()
-    kept, _ = tokenize_examples(tokenizer, [_example("a", "b", "1"), _example("abcd", "ef", "2")], 64)
+    kept, _ = tokenize_examples(
+        tokenizer, [_example("a", "b", "1"), _example("abcd", "ef", "2")], 64
+    )
     batch = collate(kept, pad_token_id=0)
     n0, n1 = len(kept[0].input_ids), len(kept[1].input_ids)
     assert batch["input_ids"].shape == (2, n1)

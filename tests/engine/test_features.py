@@ -13,8 +13,15 @@ from workers.engine.projection import Projector, RademacherProjector
 from .conftest import Warmed, make_provenance
 
 
-def _featurize(warmed: Warmed, projector: Projector, *, ckpt: int = 0, kind: str = "adam",
-               dtype: str = "float32", batch_size: int = 4) -> FeatureSet:
+def _featurize(
+    warmed: Warmed,
+    projector: Projector,
+    *,
+    ckpt: int = 0,
+    kind: str = "adam",
+    dtype: str = "float32",
+    batch_size: int = 4,
+) -> FeatureSet:
     checkpoint = warmed.checkpoints[ckpt]
     return featurize(
         warmed.model,
@@ -86,8 +93,16 @@ def test_featurize_refuses_a_provenance_that_does_not_describe_it(warmed: Warmed
     projector = RademacherProjector(p, 64, seed=0)
     wrong = make_provenance(warmed.model, warmed.checkpoints[1], projector, kind="adam")
     with pytest.raises(ProvenanceMismatch, match="checkpoint"):
-        featurize(warmed.model, warmed.pool[:2], kind="adam", checkpoint=warmed.checkpoints[0],
-                  projector=projector, provenance=wrong, batch_size=2, pad_token_id=0)
+        featurize(
+            warmed.model,
+            warmed.pool[:2],
+            kind="adam",
+            checkpoint=warmed.checkpoints[0],
+            projector=projector,
+            provenance=wrong,
+            batch_size=2,
+            pad_token_id=0,
+        )
 
 
 def test_progress_and_cancellation(warmed: Warmed) -> None:
@@ -96,10 +111,28 @@ def test_progress_and_cancellation(warmed: Warmed) -> None:
     ckpt = warmed.checkpoints[0]
     provenance = make_provenance(warmed.model, ckpt, projector, kind="sgd")
     seen: list[int] = []
-    featurize(warmed.model, warmed.pool[:5], kind="sgd", checkpoint=ckpt, projector=projector,
-              provenance=provenance, batch_size=2, pad_token_id=0, on_progress=seen.append)
+    featurize(
+        warmed.model,
+        warmed.pool[:5],
+        kind="sgd",
+        checkpoint=ckpt,
+        projector=projector,
+        provenance=provenance,
+        batch_size=2,
+        pad_token_id=0,
+        on_progress=seen.append,
+    )
     assert seen == [2, 4, 5]
     with pytest.raises(Cancelled):
-        featurize(warmed.model, warmed.pool[:5], kind="sgd", checkpoint=ckpt, projector=projector,
-                  provenance=provenance, batch_size=2, pad_token_id=0,
-                  should_stop=lambda: len(seen) > 3, on_progress=seen.append)
+        featurize(
+            warmed.model,
+            warmed.pool[:5],
+            kind="sgd",
+            checkpoint=ckpt,
+            projector=projector,
+            provenance=provenance,
+            batch_size=2,
+            pad_token_id=0,
+            should_stop=lambda: len(seen) > 3,
+            on_progress=seen.append,
+        )

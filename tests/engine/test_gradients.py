@@ -9,7 +9,8 @@ from workers.engine.data import collate
 from workers.engine.errors import InvalidInput
 from workers.engine.features import flat_moments
 from workers.engine.gradients import adam_features, loop_per_example_gradients, response_nll
-from workers.engine.lora import load_adapter_state
+from workers.engine.lora import LoraSettings, attach_lora, load_adapter_state
+from workers.engine.models import TINY_LLAMA, load_model_and_tokenizer
 
 from .conftest import Warmed
 from .reference import reference_adam_feature, reference_gradient
@@ -46,6 +47,19 @@ def test_padding_in_a_batch_does_not_change_gradients(warmed: Warmed) -> None:
         assert _rel_err(batched[row], alone) < 1e-6
 
 
+def test_per_example_gradients_exact_in_float64(warmed: Warmed) -> None:
+    base, _ = load_model_and_tokenizer(TINY_LLAMA, dtype=torch.float64)
+    model = attach_lora(base, LoraSettings(r=4, alpha=16.0, dropout=0.1))
+    model.to(torch.float64)
+    load_adapter_state(model, warmed.checkpoints[-1].adapter_state)
+    model.eval()
+    examples = warmed.pool[:3]
+    grads = loop_per_example_gradients(model, collate(examples, pad_token_id=0))
+    assert grads.dtype == torch.float64
+    for row, example in enumerate(examples):
+        assert _rel_err(grads[row], reference_gradient(model, example)) < 1e-10
+
+
 @pytest.mark.parametrize("bias_correction", [False, True])
 def test_adam_features_match_reference(warmed: Warmed, bias_correction: bool) -> None:
     model, ckpt = warmed.model, warmed.checkpoints[1]
@@ -56,7 +70,10 @@ def test_adam_features_match_reference(warmed: Warmed, bias_correction: bool) ->
     feats = adam_features(grads, m, v, step=ckpt.step, bias_correction=bias_correction)
     for row in range(3):
         expected = reference_adam_feature(
-            grads[row].double(), m.double(), v.double(), step=ckpt.step,
+            grads[row].double(),
+            m.double(),
+            v.double(),
+            step=ckpt.step,
             bias_correction=bias_correction,
         )
         assert _rel_err(feats[row], expected) < RTOL

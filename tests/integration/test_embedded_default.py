@@ -24,27 +24,47 @@ def test_sift_serve_embedded_values_a_pool(tmp_path: Path) -> None:
     with _process(sift, tmp_path / "serve.log", env=env, cwd=tmp_path) as proc:
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_for(lambda: httpx.get(f"{base}/readyz").raise_for_status(), "sift serve", timeout=90)
+            wait_for(
+                lambda: httpx.get(f"{base}/readyz").raise_for_status(), "sift serve", timeout=90
+            )
         except RuntimeError:
             raise AssertionError((tmp_path / "serve.log").read_text()[-3000:]) from None
         assert proc.poll() is None
         with httpx.Client(base_url=base, timeout=60) as api:
-            pool = api.post("/v1/datasets", files={"file": ("p.jsonl", _jsonl(_records("pool.jsonl", per_task=8)))},
-                            data={"name": "pool"}).json()
-            probes = api.post("/v1/datasets", json={"name": "probes", "records": _records("probes.jsonl")}).json()
-            model = api.post("/v1/models", json={"name": "tiny", "source": "builtin:tiny-llama"}).json()
+            pool = api.post(
+                "/v1/datasets",
+                files={"file": ("p.jsonl", _jsonl(_records("pool.jsonl", per_task=8)))},
+                data={"name": "pool"},
+            ).json()
+            probes = api.post(
+                "/v1/datasets", json={"name": "probes", "records": _records("probes.jsonl")}
+            ).json()
+            model = api.post(
+                "/v1/models", json={"name": "tiny", "source": "builtin:tiny-llama"}
+            ).json()
             settings = {**SETTINGS, "warmup": {**SETTINGS["warmup"], "epochs": 1}}
-            valuation = api.post("/v1/valuations", json={
-                "model_id": model["id"], "pool_dataset_id": pool["id"],
-                "probe_dataset_id": probes["id"], "settings": settings,
-            })
+            valuation = api.post(
+                "/v1/valuations",
+                json={
+                    "model_id": model["id"],
+                    "pool_dataset_id": pool["id"],
+                    "probe_dataset_id": probes["id"],
+                    "settings": settings,
+                },
+            )
             assert valuation.status_code == 202, valuation.text
             vid = valuation.json()["id"]
             deadline = time.monotonic() + 300
-            while (body := api.get(f"/v1/valuations/{vid}").json())["status"] in ("queued", "running"):
+            while (body := api.get(f"/v1/valuations/{vid}").json())["status"] in (
+                "queued",
+                "running",
+            ):
                 assert time.monotonic() < deadline, body
                 time.sleep(0.5)
-            assert body["status"] == "succeeded", (body, (tmp_path / "serve.log").read_text()[-3000:])
+            assert body["status"] == "succeeded", (
+                body,
+                (tmp_path / "serve.log").read_text()[-3000:],
+            )
             scores = api.get(f"/v1/valuations/{vid}/scores", params={"limit": 1000}).json()
             assert scores["total"] == pool["n_records"]
     # State lives where the README says: in ./.sift of the working directory.

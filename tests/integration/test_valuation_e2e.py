@@ -47,13 +47,17 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
 
 
 def _upload(api: httpx.Client, name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    response = api.post("/v1/datasets", files={"file": (f"{name}.jsonl", _jsonl(rows))}, data={"name": name})
+    response = api.post(
+        "/v1/datasets", files={"file": (f"{name}.jsonl", _jsonl(rows))}, data={"name": name}
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
 
 def _model(api: httpx.Client) -> str:
-    existing = [m for m in api.get("/v1/models").json()["items"] if m["source"] == "builtin:tiny-llama"]
+    existing = [
+        m for m in api.get("/v1/models").json()["items"] if m["source"] == "builtin:tiny-llama"
+    ]
     if existing:
         return str(existing[0]["id"])
     response = api.post("/v1/models", json={"name": "tiny", "source": "builtin:tiny-llama"})
@@ -61,7 +65,9 @@ def _model(api: httpx.Client) -> str:
     return str(response.json()["id"])
 
 
-def _wait(api: httpx.Client, valuation_id: str, until: tuple[str, ...], timeout: float = 600) -> dict[str, Any]:
+def _wait(
+    api: httpx.Client, valuation_id: str, until: tuple[str, ...], timeout: float = 600
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         body = api.get(f"/v1/valuations/{valuation_id}").json()
@@ -77,11 +83,19 @@ def pool(stack: Stack) -> dict[str, Any]:
         return _upload(api, "it-pool", _records("pool.jsonl", per_task=24))
 
 
-def _value(api: httpx.Client, pool_id: str, probes_id: str, settings: dict[str, Any] = SETTINGS) -> dict[str, Any]:
-    response = api.post("/v1/valuations", json={
-        "model_id": _model(api), "pool_dataset_id": pool_id, "probe_dataset_id": probes_id,
-        "method": "less", "settings": settings,
-    })
+def _value(
+    api: httpx.Client, pool_id: str, probes_id: str, settings: dict[str, Any] = SETTINGS
+) -> dict[str, Any]:
+    response = api.post(
+        "/v1/valuations",
+        json={
+            "model_id": _model(api),
+            "pool_dataset_id": pool_id,
+            "probe_dataset_id": probes_id,
+            "method": "less",
+            "settings": settings,
+        },
+    )
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -99,8 +113,12 @@ def test_less_valuation_end_to_end(api: httpx.Client, stack: Stack, pool: dict[s
     assert set(done["timings"]) >= {"warmup", "featurize", "score"}
 
     # Scores: every pool record once, ordered by rank, paged, with the per-subtask breakdown.
-    first = api.get(f"/v1/valuations/{queued['id']}/scores", params={"limit": 50, "offset": 0}).json()
-    second = api.get(f"/v1/valuations/{queued['id']}/scores", params={"limit": 500, "offset": 50}).json()
+    first = api.get(
+        f"/v1/valuations/{queued['id']}/scores", params={"limit": 50, "offset": 0}
+    ).json()
+    second = api.get(
+        f"/v1/valuations/{queued['id']}/scores", params={"limit": 500, "offset": 50}
+    ).json()
     items = first["items"] + second["items"]
     assert first["total"] == pool["n_records"] == len(items)
     assert [i["rank"] for i in items] == list(range(len(items)))
@@ -111,9 +129,13 @@ def test_less_valuation_end_to_end(api: httpx.Client, stack: Stack, pool: dict[s
 
     # Selection and verbatim export: the planted task dominates the top.
     top_k = 24
-    selection = api.post(f"/v1/valuations/{queued['id']}/selections", json={"rule": "top_k", "value": top_k})
+    selection = api.post(
+        f"/v1/valuations/{queued['id']}/selections", json={"rule": "top_k", "value": top_k}
+    )
     assert selection.status_code == 201, selection.text
-    exported = api.get(f"/v1/selections/{selection.json()['id']}/export", params={"format": "jsonl"})
+    exported = api.get(
+        f"/v1/selections/{selection.json()['id']}/export", params={"format": "jsonl"}
+    )
     assert exported.status_code == 200
     records = [json.loads(line) for line in exported.text.splitlines()]
     assert [r.get("id") for r in records] == [i["record_id"] for i in items[:top_k]]
@@ -125,13 +147,26 @@ def test_less_valuation_end_to_end(api: httpx.Client, stack: Stack, pool: dict[s
     # Artifacts landed in Postgres and in the S3 bucket.
     engine = create_engine(stack.database_url)
     with engine.connect() as conn:
-        assert conn.execute(text("select count(*) from checkpoints")).scalar() == SETTINGS["warmup"]["epochs"]
-        assert conn.execute(text("select count(*) from feature_sets where status = 'complete'")).scalar() == 4
+        assert (
+            conn.execute(text("select count(*) from checkpoints")).scalar()
+            == SETTINGS["warmup"]["epochs"]
+        )
+        assert (
+            conn.execute(
+                text("select count(*) from feature_sets where status = 'complete'")
+            ).scalar()
+            == 4
+        )
     engine.dispose()
-    keys = [o["Key"] for o in s3_client(stack.s3_endpoint_url).list_objects_v2(Bucket=stack.bucket)["Contents"]]
+    keys = [
+        o["Key"]
+        for o in s3_client(stack.s3_endpoint_url).list_objects_v2(Bucket=stack.bucket)["Contents"]
+    ]
     assert any(k.startswith("warmup/") and k.endswith("adapter.safetensors") for k in keys)
     n_shards = -(-pool["n_records"] // SETTINGS["shard_size"])
-    assert sum(k.startswith("features/") for k in keys) == SETTINGS["warmup"]["epochs"] * (n_shards + 1)
+    assert sum(k.startswith("features/") for k in keys) == SETTINGS["warmup"]["epochs"] * (
+        n_shards + 1
+    )
     assert f"scores/{queued['id']}.jsonl" in keys
 
 
@@ -140,8 +175,14 @@ def test_second_probe_set_reuses_pool_features(api: httpx.Client, pool: dict[str
     done = _wait(api, _value(api, pool["id"], first["id"])["id"], ("succeeded", "failed"))
     assert done["status"] == "succeeded", done["error"]
 
-    other_task = next(r for r in _records("pool.jsonl") if r["metadata"]["task"] != _records("probes.jsonl")[0]["metadata"]["task"])
-    second_rows = [{"prompt": other_task["prompt"], "response": other_task["response"], "subtask": "other"}]
+    other_task = next(
+        r
+        for r in _records("pool.jsonl")
+        if r["metadata"]["task"] != _records("probes.jsonl")[0]["metadata"]["task"]
+    )
+    second_rows = [
+        {"prompt": other_task["prompt"], "response": other_task["response"], "subtask": "other"}
+    ]
     second = _upload(api, "it-probes-b", second_rows)
     again = _wait(api, _value(api, pool["id"], second["id"])["id"], ("succeeded", "failed"))
     assert again["status"] == "succeeded", again["error"]

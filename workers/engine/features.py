@@ -70,7 +70,9 @@ class Provenance:
         if self.dtype not in FEATURE_DTYPES:
             raise InvalidInput(f"provenance dtype must be one of {sorted(FEATURE_DTYPES)}")
         if self.dim < 1 or self.max_length < 1:
-            raise InvalidInput(f"dim and max_length must be >= 1, got {self.dim}, {self.max_length}")
+            raise InvalidInput(
+                f"dim and max_length must be >= 1, got {self.dim}, {self.max_length}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,4 +273,6 @@ def _require_provenance_describes(
     if too_long:
         diffs.append(f"{len(too_long)} examples exceed max_length {provenance.max_length}")
     if diffs:
-        raise ProvenanceMismatch("provenance does not describe this featurization: " + "; ".join(diffs))
+        raise ProvenanceMismatch(
+            "provenance does not describe this featurization: " + "; ".join(diffs)
+        )

@@ -1,7 +1,8 @@
 """Per-example LoRA gradients ∇θ L(z; θ) and the features built from them (seed 002 §2.1, app. F).
 
 Shapes: B examples per batch, T tokens, V vocabulary, P LoRA parameters (``lora_parameters``
-order). Every gradient function maps a collated batch to a ``[B, P]`` float32 matrix.
+order). Every gradient function maps a collated batch to a ``[B, P]`` matrix in float32, or
+float64 for a float64 model (used by the exactness tests).
 
 Training (pool) examples use Adam features Γ(z; θ^e) (LESS, NICE app. F); validation (probe)
 examples use plain SGD gradients (``sgd_features``).
@@ -20,7 +21,8 @@ from workers.engine.errors import InvalidInput
 from workers.engine.lora import lora_parameters
 
 PerExampleGradientFn = Callable[[PeftModel, dict[str, Tensor]], Tensor]
-"""``(model, batch from data.collate) -> [B, P]`` flat per-example LoRA gradients, float32."""
+"""``(model, batch from data.collate) -> [B, P]`` flat per-example LoRA gradients, at least
+float32 (a bfloat16 model's gradients are upcast; a float64 model's stay float64)."""
 
 
 def response_nll(logits: Tensor, labels: Tensor) -> Tensor:
@@ -42,7 +44,7 @@ def response_nll(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def loop_per_example_gradients(model: PeftModel, batch: dict[str, Tensor]) -> Tensor:
-    """One forward + backward per row, padding removed: [B, P] float32 (the reference path).
+    """One forward + backward per row, padding removed: [B, P], >= float32 (the reference path).
 
     Uses the model in whatever mode the caller set (``featurize`` sets eval: no dropout).
     The batched interface lets a hook-based method (one backward for the whole batch,
@@ -65,7 +67,8 @@ def loop_per_example_gradients(model: PeftModel, batch: dict[str, Tensor]) -> Te
             logits = model(input_ids=ids, attention_mask=attention_mask[b : b + 1, :length]).logits
             loss = response_nll(logits, labels[b : b + 1, :length])[0]
             grads = torch.autograd.grad(loss, params)
-            rows.append(torch.cat([g.reshape(-1) for g in grads]).to(torch.float32))
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            rows.append(flat.to(torch.promote_types(flat.dtype, torch.float32)))
     return torch.stack(rows)
 
 

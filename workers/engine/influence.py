@@ -52,7 +52,9 @@ def cosine_matrix(pool: Tensor, probes: Tensor) -> Tensor:
     to everything is defined as 0, rather than the NaN of 0/0.
     """
     if pool.ndim != 2 or probes.ndim != 2 or pool.shape[1] != probes.shape[1]:
-        raise InvalidInput(f"expected [N, d] and [M, d], got {tuple(pool.shape)}, {tuple(probes.shape)}")
+        raise InvalidInput(
+            f"expected [N, d] and [M, d], got {tuple(pool.shape)}, {tuple(probes.shape)}"
+        )
     dtype = torch.promote_types(torch.promote_types(pool.dtype, probes.dtype), torch.float32)
     return _unit_rows(pool.to(dtype)) @ _unit_rows(probes.to(dtype)).T
 
@@ -98,7 +100,9 @@ def score_shard(
         if method == "less":
             similarity = cosine_matrix(pool, probes)
         else:
-            dtype = torch.promote_types(torch.promote_types(pool.dtype, probes.dtype), torch.float32)
+            dtype = torch.promote_types(
+                torch.promote_types(pool.dtype, probes.dtype), torch.float32
+            )
             similarity = pool.to(dtype) @ probes.to(dtype).T
         term = weights[e].to(similarity.dtype) * similarity
         pair_scores = term if pair_scores is None else pair_scores + term
@@ -140,9 +144,7 @@ def _require_aligned(
             except ProvenanceMismatch as exc:
                 raise ProvenanceMismatch(f"{name} features, checkpoint 0 vs {e}: {exc}") from exc
             if this.record_ids != first.record_ids:
-                raise ProvenanceMismatch(
-                    f"{name} record ids differ between checkpoints 0 and {e}"
-                )
+                raise ProvenanceMismatch(f"{name} record ids differ between checkpoints 0 and {e}")
         if probes_by_ckpt[e].subtasks != probes_by_ckpt[0].subtasks:
             raise ProvenanceMismatch(f"probe subtasks differ between checkpoints 0 and {e}")
 

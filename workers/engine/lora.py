@@ -38,7 +38,9 @@ class LoraSettings:
         if not self.target_modules or not all(
             isinstance(m, str) and m for m in self.target_modules
         ):
-            raise InvalidInput(f"LoRA target_modules must be non-empty names, got {self.target_modules!r}")
+            raise InvalidInput(
+                f"LoRA target_modules must be non-empty names, got {self.target_modules!r}"
+            )
 
 
 def attach_lora(model: PreTrainedModel, settings: LoraSettings, *, seed: int = 0) -> PeftModel:
@@ -50,14 +52,17 @@ def attach_lora(model: PreTrainedModel, settings: LoraSettings, *, seed: int = 0
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=settings.r,
-        lora_alpha=settings.alpha,
+        lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft types it int; floats work
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
         bias="none",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        peft_model = get_peft_model(model, config)
+        try:
+            peft_model = get_peft_model(model, config)
+        except ValueError as exc:  # peft's error for target modules absent from the model
+            raise InvalidInput(f"cannot attach LoRA: {exc}") from exc
     if not isinstance(peft_model, PeftModel):
         raise InvalidInput(f"peft returned {type(peft_model).__name__}, expected a PeftModel")
     if not lora_parameters(peft_model):

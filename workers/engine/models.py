@@ -12,6 +12,7 @@ import hashlib
 import json
 
 import torch
+from peft import PeftModel
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -141,11 +142,11 @@ def load_model_and_tokenizer(
         if tokenizer.eos_token is None:
             raise InvalidInput(f"tokenizer of {source!r} has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
-    model = model.to(device=device, dtype=dtype)
+    model = model.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # HF wraps .to
     return model, tokenizer
 
 
-def model_fingerprint(source: str, model: PreTrainedModel) -> str:
+def model_fingerprint(source: str, model: PreTrainedModel | PeftModel) -> str:
     """``source@config-sha256[:16]`` (plus ``#seed=N`` for builtins): provenance of features.
 
     The config hash ignores fields that do not change the function computed
@@ -157,5 +158,8 @@ def model_fingerprint(source: str, model: PreTrainedModel) -> str:
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     fingerprint = f"{source}@{hashlib.sha256(blob).hexdigest()[:16]}"
     if source.startswith(BUILTIN_PREFIX):
-        fingerprint += f"#seed={getattr(model.config, _BUILTIN_SEED_KEY)}"
+        seed = getattr(model.config, _BUILTIN_SEED_KEY, None)
+        if seed is None:
+            raise InvalidInput(f"model was not built by {source!r}: its config has no seed")
+        fingerprint += f"#seed={seed}"
     return fingerprint

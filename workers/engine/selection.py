@@ -10,6 +10,7 @@ so a selection is a deterministic function of (ids, scores, rule, value).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Literal
 
@@ -23,7 +24,7 @@ def select(
     record_ids: Sequence[str], scores: Sequence[float], *, rule: Rule, value: float
 ) -> list[str]:
     """Record ids chosen by ``rule`` with parameter ``value``, best first."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise InvalidInput(f"selection value must be a finite number, got {value!r}")
     order = [record_ids[i] for i in rank(record_ids, scores)]
     if rule == "top_k":

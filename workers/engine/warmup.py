@@ -22,7 +22,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 from transformers import get_linear_schedule_with_warmup
 
-from workers.engine.data import TokenizedExample, collate
+from workers.engine.data import IGNORE_INDEX, TokenizedExample, collate
 from workers.engine.errors import Cancelled, InvalidInput
 from workers.engine.gradients import response_nll
 from workers.engine.lora import lora_parameters
@@ -102,6 +102,9 @@ def warmup(
 ) -> list[Checkpoint]:
     """Train the adapters for ``settings.epochs`` epochs and return one checkpoint per epoch.
 
+    ``train`` is the warmup subset itself (pick it with ``select_warmup_subset``; the
+    ``fraction`` setting is not applied here).
+
     Each step minimises the mean NLL over all response tokens of the batch. Batches are drawn
     from a per-epoch seeded permutation; dropout draws from a forked, seeded RNG. So a run is a
     function of (model, train, settings) and leaves the global RNG untouched.
@@ -132,18 +135,21 @@ def warmup(
     was_training = model.training
     model.train()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(settings.seed)
             for epoch in range(1, settings.epochs + 1):
                 order = torch.randperm(
-                    len(train), generator=torch.Generator().manual_seed(settings.seed + epoch)
+                    len(train),
+                    generator=torch.Generator().manual_seed(_epoch_seed(settings.seed, epoch)),
                 ).tolist()
                 lrs: list[float] = []
                 for start in range(0, len(train), settings.batch_size):
                     if should_stop is not None and should_stop():
                         raise Cancelled(f"warmup cancelled at epoch {epoch}, step {step}")
-                    batch = collate([train[i] for i in order[start : start + settings.batch_size]],
-                                    pad_token_id)
+                    batch = collate(
+                        [train[i] for i in order[start : start + settings.batch_size]], pad_token_id
+                    )
                     batch = {k: v.to(device) for k, v in batch.items()}
                     logits = model(
                         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -155,8 +161,9 @@ def warmup(
                     optimizer.step()
                     scheduler.step()
                     step += 1
-                checkpoint = _snapshot(params, optimizer, epoch=epoch, step=step,
-                                       mean_lr=sum(lrs) / len(lrs))
+                checkpoint = _snapshot(
+                    params, optimizer, epoch=epoch, step=step, mean_lr=sum(lrs) / len(lrs)
+                )
                 checkpoints.append(checkpoint)
                 if on_checkpoint is not None:
                     on_checkpoint(checkpoint)
@@ -165,9 +172,14 @@ def warmup(
     return checkpoints
 
 
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """Distinct shuffling seeds for every (seed, epoch); seed + epoch would repeat across runs."""
+    return seed * 1_000_003 + epoch
+
+
 def _batch_response_nll(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean NLL over all response tokens of the batch (token-weighted, as HF Trainer)."""
-    n_targets = (labels[:, 1:] != -100).sum(dim=1)
+    n_targets = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
     return (response_nll(logits, labels) * n_targets).sum() / n_targets.sum()
 
 
@@ -228,9 +240,8 @@ def checkpoint_from_safetensors(adapter: bytes, optimizer: bytes) -> Checkpoint:
         step=step,
         mean_lr=mean_lr,
         adapter_state=dict(load_safetensors(adapter)),
-        exp_avg={k[len(_EXP_AVG):]: v for k, v in moments.items() if k.startswith(_EXP_AVG)},
+        exp_avg={k[len(_EXP_AVG) :]: v for k, v in moments.items() if k.startswith(_EXP_AVG)},
         exp_avg_sq={
-            k[len(_EXP_AVG_SQ):]: v for k, v in moments.items() if k.startswith(_EXP_AVG_SQ)
+            k[len(_EXP_AVG_SQ) :]: v for k, v in moments.items() if k.startswith(_EXP_AVG_SQ)
         },
     )
-

@@ -79,11 +79,15 @@ class JobTracker:
         return bool(self.read().cancel_requested)
 
     def succeed(self) -> None:
-        self._update(status="succeeded", stage="done", timings=self._close_stage(), finished_at=_now())
+        self._update(
+            status="succeeded", stage="done", timings=self._close_stage(), finished_at=_now()
+        )
         self._stage = None
 
     def fail(self, message: str) -> None:
-        self._update(status="failed", error=message, timings=self._close_stage(), finished_at=_now())
+        self._update(
+            status="failed", error=message, timings=self._close_stage(), finished_at=_now()
+        )
         self._stage = None
 
     def cancel(self) -> None:

@@ -28,8 +28,8 @@ from sqlalchemy.exc import IntegrityError
 from service.blobs import BlobStore, blob_store_from_settings
 from service.config import get_settings
 from service.db.models import Checkpoint as CheckpointRow
-from service.db.models import Dataset, FeatureSet as FeatureSetRow, Model, Record, Score
-from service.db.models import Valuation, WarmupRun
+from service.db.models import Dataset, Model, Record, Score, Valuation, WarmupRun
+from service.db.models import FeatureSet as FeatureSetRow
 from service.db.session import SessionLocal
 from service.queue import celery_app, enqueue
 from workers.contracts import VALUATION_FEATURIZE, VALUATION_SCORE, ValuationSettings, ValuationTask
@@ -55,7 +55,9 @@ def resolve_settings(requested: dict[str, Any], source: str) -> ValuationSetting
     defaults = TINY_LORA if source == models.TINY_LLAMA else LESS_LORA
     r = settings.lora.r if settings.lora.r is not None else defaults["r"]
     alpha = settings.lora.alpha if settings.lora.alpha is not None else 4.0 * r
-    return settings.model_copy(update={"lora": settings.lora.model_copy(update={"r": r, "alpha": alpha})})
+    return settings.model_copy(
+        update={"lora": settings.lora.model_copy(update={"r": r, "alpha": alpha})}
+    )
 
 
 def _device() -> torch.device:
@@ -178,8 +180,12 @@ def _warmup_checkpoints(
     s = ctx.settings
     warm = warmup.WarmupSettings(**s.warmup.model_dump())
     key = content_key(
-        model=fingerprint, pool=ctx.pool.content_hash, warmup=s.warmup.model_dump(),
-        lora=s.lora.model_dump(), max_length=s.max_length, dtype=s.dtype,
+        model=fingerprint,
+        pool=ctx.pool.content_hash,
+        warmup=s.warmup.model_dump(),
+        lora=s.lora.model_dump(),
+        max_length=s.max_length,
+        dtype=s.dtype,
     )
     with SessionLocal() as session:
         run = session.scalar(select(WarmupRun).where(WarmupRun.content_key == key))
@@ -203,7 +209,9 @@ def _warmup_checkpoints(
             ]
         if run is None:
             run = WarmupRun(
-                content_key=key, model_id=ctx.model_id, pool_dataset_id=ctx.pool.id,
+                content_key=key,
+                model_id=ctx.model_id,
+                pool_dataset_id=ctx.pool.id,
                 settings={"warmup": s.warmup.model_dump(), "lora": s.lora.model_dump()},
                 status="running",
             )
@@ -234,7 +242,10 @@ def _warmup_checkpoints(
                 )
             )
             row = CheckpointRow(
-                warmup_run_id=run_id, epoch=ckpt.epoch, step=ckpt.step, mean_lr=ckpt.mean_lr,
+                warmup_run_id=run_id,
+                epoch=ckpt.epoch,
+                step=ckpt.step,
+                mean_lr=ckpt.mean_lr,
                 adapter_blob_key=f"{prefix}/adapter.safetensors",
                 optimizer_blob_key=f"{prefix}/optimizer.safetensors",
                 content_hash=features.checkpoint_hash(ckpt.adapter_state),
@@ -245,8 +256,12 @@ def _warmup_checkpoints(
         ctx.job.advance(1)
 
     warmup.warmup(
-        model, train, warm, pad_token_id=tokenizer.pad_token_id,
-        on_checkpoint=on_checkpoint, should_stop=ctx.job.cancel_requested,
+        model,
+        train,
+        warm,
+        pad_token_id=tokenizer.pad_token_id,
+        on_checkpoint=on_checkpoint,
+        should_stop=ctx.job.cancel_requested,
     )
     with SessionLocal() as session:
         run_row = session.get(WarmupRun, run_id)
@@ -262,6 +277,23 @@ def _set_warmup_run(valuation_id: str, run_id: str) -> None:
         assert valuation is not None
         valuation.warmup_run_id = run_id
         session.commit()
+
+
+def feature_key(
+    provenance: dict[str, Any], dataset_hash: str, shard_size: int, adam_bias_correction: bool
+) -> str:
+    """Content key of one feature set: identical records, checkpoint and projector → same key,
+    whichever dataset upload they came from."""
+    return content_key(
+        provenance=provenance,
+        dataset=dataset_hash,
+        shard_size=shard_size,
+        adam_bias_correction=adam_bias_correction if provenance["kind"] == "adam" else None,
+    )
+
+
+def _probe_shard_size(n_probes: int) -> int:
+    return max(n_probes, 1)  # probes are few: one shard
 
 
 def _shards(records: Sequence[data.Example], size: int) -> list[list[data.Example]]:
@@ -297,9 +329,8 @@ def _featurize_dataset(
         kind=kind,
         max_length=s.max_length,
     )
-    key = content_key(
-        provenance=provenance.to_dict(), dataset=dataset.content_hash, shard_size=shard_size,
-        adam_bias_correction=s.adam_bias_correction if kind == "adam" else None,
+    key = feature_key(
+        provenance.to_dict(), dataset.content_hash, shard_size, s.adam_bias_correction
     )
     prefix = f"features/{key}"
     shards = _shards(dataset.examples, shard_size)
@@ -314,10 +345,18 @@ def _featurize_dataset(
             return
         if row is None:
             row = FeatureSetRow(
-                content_key=key, dataset_id=dataset.id, checkpoint_id=checkpoint_row_id, kind=kind,
-                provenance=provenance.to_dict(), dim=provenance.dim, dtype=provenance.dtype,
-                n_records=len(dataset.examples), shard_size=shard_size, n_shards=len(shards),
-                blob_prefix=prefix, status="building",
+                content_key=key,
+                dataset_id=dataset.id,
+                checkpoint_id=checkpoint_row_id,
+                kind=kind,
+                provenance=provenance.to_dict(),
+                dim=provenance.dim,
+                dtype=provenance.dtype,
+                n_records=len(dataset.examples),
+                shard_size=shard_size,
+                n_shards=len(shards),
+                blob_prefix=prefix,
+                status="building",
             )
             session.add(row)
             try:
@@ -333,9 +372,16 @@ def _featurize_dataset(
             continue
         tokenized, _ = data.tokenize_examples(tokenizer, shard, s.max_length)
         feature_set = features.featurize(
-            model, tokenized, kind=kind, checkpoint=ckpt, projector=projector,
-            provenance=provenance, batch_size=s.batch_size, pad_token_id=tokenizer.pad_token_id,
-            adam_bias_correction=s.adam_bias_correction, should_stop=ctx.job.cancel_requested,
+            model,
+            tokenized,
+            kind=kind,
+            checkpoint=ckpt,
+            projector=projector,
+            provenance=provenance,
+            batch_size=s.batch_size,
+            pad_token_id=tokenizer.pad_token_id,
+            adam_bias_correction=s.adam_bias_correction,
+            should_stop=ctx.job.cancel_requested,
         )
         ctx.blobs.put_bytes(shard_key, feature_set.to_safetensors())
         ctx.job.advance(len(shard))
@@ -351,7 +397,9 @@ def featurize_valuation(ctx: Context) -> None:
     s = ctx.settings
     ctx.job.stage("load model")
     dtype = getattr(torch, s.dtype)
-    model, tokenizer = models.load_model_and_tokenizer(ctx.model_source, dtype=dtype, device=_device())
+    model, tokenizer = models.load_model_and_tokenizer(
+        ctx.model_source, dtype=dtype, device=_device()
+    )
     fingerprint = models.model_fingerprint(ctx.model_source, model)
 
     ctx.job.stage("tokenize")
@@ -359,9 +407,13 @@ def featurize_valuation(ctx: Context) -> None:
     probe_tok, probe_skipped = data.tokenize_examples(tokenizer, ctx.probes.examples, s.max_length)
     _record_skipped(ctx, {"pool": pool_skipped, "probes": probe_skipped})
     if not pool_tok:
-        raise EngineError(f"every pool record's response was truncated away at max_length={s.max_length}")
+        raise EngineError(
+            f"every pool record's response was truncated away at max_length={s.max_length}"
+        )
     if not probe_tok:
-        raise EngineError(f"every probe record's response was truncated away at max_length={s.max_length}")
+        raise EngineError(
+            f"every probe record's response was truncated away at max_length={s.max_length}"
+        )
     if pool_skipped or probe_skipped:
         ctx.job.note(
             f"skipped {len(pool_skipped)} pool and {len(probe_skipped)} probe records whose "
@@ -371,7 +423,9 @@ def featurize_valuation(ctx: Context) -> None:
     peft_model = lora.attach_lora(
         model,
         lora.LoraSettings(
-            r=int(s.lora.r or 0), alpha=float(s.lora.alpha or 0), dropout=s.lora.dropout,
+            r=int(s.lora.r or 0),
+            alpha=float(s.lora.alpha or 0),
+            dropout=s.lora.dropout,
             target_modules=tuple(s.lora.target_modules),
         ),
     )
@@ -381,13 +435,26 @@ def featurize_valuation(ctx: Context) -> None:
     ctx.job.stage("featurize", total=total)
     for row_id, ckpt in checkpoints:
         _featurize_dataset(
-            ctx, dataset=ctx.pool, kind="adam", model=peft_model, tokenizer=tokenizer,
-            checkpoint_row_id=row_id, ckpt=ckpt, fingerprint=fingerprint, shard_size=s.shard_size,
+            ctx,
+            dataset=ctx.pool,
+            kind="adam",
+            model=peft_model,
+            tokenizer=tokenizer,
+            checkpoint_row_id=row_id,
+            ckpt=ckpt,
+            fingerprint=fingerprint,
+            shard_size=s.shard_size,
         )
         _featurize_dataset(
-            ctx, dataset=ctx.probes, kind="sgd", model=peft_model, tokenizer=tokenizer,
-            checkpoint_row_id=row_id, ckpt=ckpt, fingerprint=fingerprint,
-            shard_size=max(len(ctx.probes.examples), 1),
+            ctx,
+            dataset=ctx.probes,
+            kind="sgd",
+            model=peft_model,
+            tokenizer=tokenizer,
+            checkpoint_row_id=row_id,
+            ckpt=ckpt,
+            fingerprint=fingerprint,
+            shard_size=_probe_shard_size(len(ctx.probes.examples)),
         )
     ctx.job.stage("queued for scoring")
     enqueue(VALUATION_SCORE, ValuationTask(valuation_id=ctx.valuation_id))
@@ -396,50 +463,55 @@ def featurize_valuation(ctx: Context) -> None:
 # --- stage 2: scores (CPU queue) --------------------------------------------------------------
 
 
-def _feature_sets_by_epoch(valuation_id: str) -> tuple[list[float], list[FeatureSetRow], list[FeatureSetRow]]:
-    """Pool and probe feature-set rows of this valuation, one of each per checkpoint, in epoch order."""
+def _feature_sets_by_epoch(
+    valuation_id: str, settings: ValuationSettings
+) -> tuple[list[float], list[FeatureSetRow], list[FeatureSetRow]]:
+    """Pool (Adam) and probe (SGD) feature-set rows for this valuation, one each per checkpoint
+    in epoch order, found by content key (they may have been computed for an identical upload)."""
     with SessionLocal() as session:
         valuation = session.get(Valuation, valuation_id)
         assert valuation is not None
+        pool = session.get(Dataset, valuation.pool_dataset_id)
+        probes = session.get(Dataset, valuation.probe_dataset_id)
+        assert pool is not None and probes is not None
+        wanted = {
+            "adam": (pool.content_hash, settings.shard_size),
+            "sgd": (probes.content_hash, _probe_shard_size(probes.n_records)),
+        }
         ckpts = session.scalars(
             select(CheckpointRow)
             .where(CheckpointRow.warmup_run_id == valuation.warmup_run_id)
             .order_by(CheckpointRow.epoch)
         ).all()
-        lrs, pool_sets, probe_sets = [], [], []
+        lrs: list[float] = []
+        found: dict[str, list[FeatureSetRow]] = {"adam": [], "sgd": []}
         for ckpt in ckpts:
-            sets = session.scalars(
+            rows = session.scalars(
                 select(FeatureSetRow).where(
-                    FeatureSetRow.checkpoint_id == ckpt.id,
-                    FeatureSetRow.status == "complete",
-                    FeatureSetRow.dataset_id.in_([valuation.pool_dataset_id, valuation.probe_dataset_id]),
+                    FeatureSetRow.checkpoint_id == ckpt.id, FeatureSetRow.status == "complete"
                 )
             ).all()
-            pool = [f for f in sets if f.dataset_id == valuation.pool_dataset_id and f.kind == "adam"]
-            probe = [f for f in sets if f.dataset_id == valuation.probe_dataset_id and f.kind == "sgd"]
-            settings = ValuationSettings.model_validate(valuation.settings)
-            pool = [f for f in pool if _matches(f, settings)]
-            probe = [f for f in probe if _matches(f, settings)]
-            if len(pool) != 1 or len(probe) != 1:
-                raise EngineError(
-                    f"features for epoch {ckpt.epoch} are missing (pool {len(pool)}, probes "
-                    f"{len(probe)}); run the featurize stage again"
-                )
+            for kind, (dataset_hash, shard_size) in wanted.items():
+                match = [
+                    row
+                    for row in rows
+                    if row.kind == kind
+                    and row.content_key
+                    == feature_key(
+                        row.provenance, dataset_hash, shard_size, settings.adam_bias_correction
+                    )
+                    and row.provenance["dim"] == settings.projection.dim
+                    and row.provenance["seed"] == settings.projection.seed
+                    and row.provenance["max_length"] == settings.max_length
+                ]
+                if len(match) != 1:
+                    raise EngineError(
+                        f"{kind} features for epoch {ckpt.epoch} are missing; run the valuation again"
+                    )
+                session.expunge(match[0])
+                found[kind].append(match[0])
             lrs.append(ckpt.mean_lr)
-            pool_sets.append(pool[0])
-            probe_sets.append(probe[0])
-            session.expunge(pool[0])
-            session.expunge(probe[0])
-        return lrs, pool_sets, probe_sets
-
-
-def _matches(row: FeatureSetRow, settings: ValuationSettings) -> bool:
-    prov = row.provenance
-    return (
-        prov["dim"] == settings.projection.dim
-        and prov["seed"] == settings.projection.seed
-        and prov["max_length"] == settings.max_length
-    )
+        return lrs, found["adam"], found["sgd"]
 
 
 def _load_features(blobs: BlobStore, row: FeatureSetRow, index: int) -> features.FeatureSet:
@@ -449,7 +521,7 @@ def _load_features(blobs: BlobStore, row: FeatureSetRow, index: int) -> features
 
 
 def score_valuation(ctx: Context) -> None:
-    lrs, pool_sets, probe_sets = _feature_sets_by_epoch(ctx.valuation_id)
+    lrs, pool_sets, probe_sets = _feature_sets_by_epoch(ctx.valuation_id, ctx.settings)
     probes = [
         features.FeatureSet.concat([_load_features(ctx.blobs, row, i) for i in range(row.n_shards)])
         for row in probe_sets
@@ -478,11 +550,24 @@ def score_valuation(ctx: Context) -> None:
     for rank_, i in enumerate(order):
         breakdown = {name: values[i] for name, values in per_subtask.items()}
         rows.append(
-            {"valuation_id": ctx.valuation_id, "record_id": record_ids[i], "rank": rank_,
-             "score": scores[i], "per_subtask": breakdown}
+            {
+                "valuation_id": ctx.valuation_id,
+                "record_id": record_ids[i],
+                "rank": rank_,
+                "score": scores[i],
+                "per_subtask": breakdown,
+            }
         )
-        lines.append(json.dumps({"rank": rank_, "record_id": record_ids[i], "score": scores[i],
-                                 "per_subtask": breakdown}))
+        lines.append(
+            json.dumps(
+                {
+                    "rank": rank_,
+                    "record_id": record_ids[i],
+                    "score": scores[i],
+                    "per_subtask": breakdown,
+                }
+            )
+        )
     score_key = f"scores/{ctx.valuation_id}.jsonl"
     ctx.blobs.put_bytes(score_key, ("\n".join(lines) + "\n").encode())
     with SessionLocal() as session:  # replace, never append: a re-run writes the same rows
