@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import socket
 import sys
 import threading
@@ -143,10 +144,15 @@ DEMO_SETTINGS: dict[str, Any] = {
 
 def _check(response: Any) -> Any:
     if response.status_code >= 400:
+        request = response.request
         raise SystemExit(
-            f"{response.request.method} {response.request.url} → {response.status_code}: {response.text}"
+            f"{request.method} {request.url} → {response.status_code}: {response.text}"
         )
     return response.json() if response.content else None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_demo(base_url: str, top: int = 40) -> float:
@@ -154,39 +160,38 @@ def run_demo(base_url: str, top: int = 40) -> float:
     fraction of the top records that come from the probes' task."""
     import httpx
 
+    pool_path, probes_path = DEMO_DATA / "pool.jsonl", DEMO_DATA / "probes.jsonl"
     with httpx.Client(base_url=base_url, timeout=60) as http:
-        pool_path, probes_path = DEMO_DATA / "pool.jsonl", DEMO_DATA / "probes.jsonl"
-        with pool_path.open("rb") as f:
-            pool = _check(http.post("/v1/datasets", files={"file": f}, data={"name": "demo-pool"}))
-        with probes_path.open("rb") as f:
-            probes = _check(
-                http.post("/v1/datasets", files={"file": f}, data={"name": "demo-probes"})
-            )
+        uploads = {}
+        for name, path in (("demo-pool", pool_path), ("demo-probes", probes_path)):
+            with path.open("rb") as f:
+                uploads[name] = _check(
+                    http.post("/v1/datasets", files={"file": f}, data={"name": name})
+                )
+        pool, probes = uploads["demo-pool"], uploads["demo-probes"]
         print(f"uploaded pool: {pool['n_records']} records; probes: {probes['n_records']} records")
+        tiny = "builtin:tiny-llama"
         models = _check(http.get("/v1/models"))["items"]
-        model = next((m for m in models if m["source"] == "builtin:tiny-llama"), None)
-        if model is None:
-            model = _check(
-                http.post("/v1/models", json={"name": "tiny-llama", "source": "builtin:tiny-llama"})
-            )
-        valuation = _check(
-            http.post(
-                "/v1/valuations",
-                json={
-                    "model_id": model["id"],
-                    "pool_dataset_id": pool["id"],
-                    "probe_dataset_id": probes["id"],
-                    "method": "less",
-                    "settings": DEMO_SETTINGS,
-                },
-            )
+        model = next((m for m in models if m["source"] == tiny), None) or _check(
+            http.post("/v1/models", json={"name": "tiny-llama", "source": tiny})
         )
-        print(f"valuation {valuation['id']} queued; polling")
+        request = {
+            "model_id": model["id"],
+            "pool_dataset_id": pool["id"],
+            "probe_dataset_id": probes["id"],
+            "method": "less",
+            "settings": DEMO_SETTINGS,
+        }
+        valuation = _check(http.post("/v1/valuations", json=request))
+        vid = valuation["id"]
+        print(f"valuation {vid} queued; polling")
         last = None
         while valuation["status"] in ("queued", "running"):
             time.sleep(1)
-            valuation = _check(http.get(f"/v1/valuations/{valuation['id']}"))
-            line = f"  {valuation['status']:<9} {valuation['stage'] or '':<20} {valuation['progress']['done']}/{valuation['progress']['total']}"
+            valuation = _check(http.get(f"/v1/valuations/{vid}"))
+            progress = valuation["progress"]
+            stage = valuation["stage"] or valuation["status"]
+            line = f"  {stage:<20} {progress['done']}/{progress['total']}"
             if line != last:
                 print(line)
                 last = line
@@ -194,49 +199,33 @@ def run_demo(base_url: str, top: int = 40) -> float:
             raise SystemExit(f"valuation {valuation['status']}: {valuation['error']}")
         for note in valuation["notes"]:
             print(f"  note: {note}")
+
         selection = _check(
-            http.post(
-                f"/v1/valuations/{valuation['id']}/selections", json={"rule": "top_k", "value": top}
-            )
+            http.post(f"/v1/valuations/{vid}/selections", json={"rule": "top_k", "value": top})
         )
-        exported = http.get(f"/v1/selections/{selection['id']}/export", params={"format": "jsonl"})
-        _check_status = exported.status_code
-        if _check_status != 200:
-            raise SystemExit(f"export failed: {exported.text}")
-        import json
-
+        export_url = f"/v1/selections/{selection['id']}/export?format=jsonl"
+        exported = http.get(export_url)
+        if exported.status_code >= 400:
+            _check(exported)
         records = [json.loads(line) for line in exported.text.splitlines() if line.strip()]
-        probe_task = json.loads(probes_path.read_text().splitlines()[0])["metadata"]["task"]
-        scores = _check(
-            http.get(f"/v1/valuations/{valuation['id']}/scores", params={"limit": top})
-        )["items"]
-        print(f"\ntop {top} of {pool['n_records']} pool records by LESS influence on the probes:")
-        for item, record in zip(scores[:10], records[:10], strict=False):
-            prompt = record.get("prompt") or record["messages"][0]["content"]
-            print(
-                f"  #{item['rank'] + 1:<3} {item['score']:+.4f}  [{record['metadata']['task']}] {prompt[:60]!r}"
-            )
-        print("  ...")
-        hits = sum(1 for r in records if r["metadata"]["task"] == probe_task)
-        fraction = hits / max(len(records), 1)
-        print(
-            f"\n{hits}/{len(records)} = {fraction:.0%} of the top selections come from the probes' "
-            f"task '{probe_task}' (its share of the pool: "
-            f"{_share(pool_path, probe_task):.0%})"
-        )
-        print(
-            f"selection {selection['id']}: GET {base_url}/v1/selections/{selection['id']}/export?format=jsonl"
-        )
-        return fraction
+        scores = _check(http.get(f"/v1/valuations/{vid}/scores", params={"limit": top}))["items"]
 
-
-def _share(pool_path: Path, task: str) -> float:
-    import json
-
-    tasks = [
-        json.loads(line)["metadata"]["task"] for line in pool_path.read_text().splitlines() if line
-    ]
-    return tasks.count(task) / len(tasks)
+    probe_task = _read_jsonl(probes_path)[0]["metadata"]["task"]
+    pool_tasks = [r["metadata"]["task"] for r in _read_jsonl(pool_path)]
+    print(f"\ntop {top} of {pool['n_records']} pool records by LESS influence on the probes:")
+    for item, record in zip(scores[:10], records[:10], strict=False):
+        task, prompt = record["metadata"]["task"], record["prompt"]
+        print(f"  #{item['rank'] + 1:<3} {item['score']:+.4f}  [{task}] {prompt[:60]!r}")
+    print("  ...")
+    hits = sum(1 for r in records if r["metadata"]["task"] == probe_task)
+    fraction = hits / max(len(records), 1)
+    share = pool_tasks.count(probe_task) / len(pool_tasks)
+    print(
+        f"\n{hits}/{len(records)} = {fraction:.0%} of the top selections come from the probes' "
+        f"task '{probe_task}' (its share of the pool: {share:.0%})"
+    )
+    print(f"the selected records, verbatim: GET {base_url}{export_url}")
+    return fraction
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -245,7 +234,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise SystemExit("the demo runs on the embedded default; unset SIFT_EMBEDDED_WORKER")
     _prepare_local_storage()
     print(
-        f"embedded default: database {settings.database_url}, blobs {settings.blob_url}, in-process worker"
+        f"embedded default: {settings.database_url}, blobs {settings.blob_url}, in-process worker"
     )
     started = time.monotonic()
     with embedded_worker(), _api_in_thread(_free_port()) as base_url:

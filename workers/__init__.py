@@ -1,1 +1,2 @@
-"""Sift workers: the pure compute engine (``workers.engine``) and thin Celery glue (``workers.tasks``)."""
+"""Sift workers: the pure compute engine (``workers.engine``) and thin Celery glue
+(``workers.tasks``)."""

@@ -3,7 +3,9 @@ on Postgres, Redis and S3 — real servers, no mocks."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -29,6 +31,30 @@ from tests.integration.servers import (
 REPO = Path(__file__).resolve().parents[2]
 
 
+class WorkerProcess:
+    """The stack's Celery worker, which a test may kill (SIGKILL, no warm shutdown) and restart."""
+
+    def __init__(self, env: dict[str, str], logs: Path, name: str) -> None:
+        self.env, self.logs, self.name = env, logs, name
+        self.starts = 0
+        self._running = contextlib.ExitStack()
+
+    def start(self) -> None:
+        self.starts += 1
+        cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker"]
+        cmd += ["--queues", "sift.gpu,sift.cpu", "--pool", "solo", "--concurrency", "1"]
+        cmd += ["--loglevel", "INFO", "--hostname", f"{self.name}-{self.starts}@%h"]
+        log = self.logs / f"worker-{self.starts}.log"
+        self.proc = self._running.enter_context(_process(cmd, log, env=self.env))
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def close(self) -> None:
+        self._running.close()
+
+
 @dataclass(frozen=True)
 class Stack:
     api: str
@@ -37,6 +63,7 @@ class Stack:
     s3_endpoint_url: str
     env: dict[str, str]
     logs: Path
+    worker: WorkerProcess
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +94,8 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "SIFT_S3_ENDPOINT_URL": servers.s3_endpoint_url,
         "SIFT_EMBEDDED_WORKER": "false",
         "PYTHONUNBUFFERED": "1",
+        # A killed worker's unacknowledged task comes back after this (production: an hour).
+        "SIFT_BROKER_VISIBILITY_TIMEOUT_S": "5",
     }
     subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"],
@@ -80,24 +109,6 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     redis.Redis.from_url(broker_url).flushdb()
     logs = tmp_path_factory.mktemp("stack-logs")
     port = free_port()
-    worker_cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "--queues",
-        "sift.gpu,sift.cpu",
-        "--pool",
-        "solo",
-        "--concurrency",
-        "1",
-        "--loglevel",
-        "INFO",
-        "--hostname",
-        f"it-{suffix}@%h",
-    ]
     api_cmd = [
         sys.executable,
         "-m",
@@ -108,19 +119,16 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "--port",
         str(port),
     ]
+    worker = WorkerProcess(env, logs, f"it-{suffix}")
     try:
-        with (
-            _process(worker_cmd, logs / "worker.log", env=env),
-            _process(api_cmd, logs / "api.log", env=env),
-        ):
+        worker.start()
+        with contextlib.closing(worker), _process(api_cmd, logs / "api.log", env=env):
             api = f"http://127.0.0.1:{port}"
             wait_for(lambda: httpx.get(f"{api}/readyz").raise_for_status(), "the API", timeout=60)
-            yield Stack(api, database_url, bucket, servers.s3_endpoint_url, env, logs)
+            yield Stack(api, database_url, bucket, servers.s3_endpoint_url, env, logs, worker)
     finally:
-        for name in ("worker.log", "api.log"):
-            path = logs / name
-            if path.exists():
-                sys.stderr.write(f"\n--- {name} (tail) ---\n{path.read_text()[-3000:]}\n")
+        for path in sorted(logs.glob("*.log")):
+            sys.stderr.write(f"\n--- {path.name} (tail) ---\n{path.read_text()[-3000:]}\n")
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
         admin.dispose()

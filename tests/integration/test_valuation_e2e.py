@@ -209,3 +209,41 @@ def test_readyz_reports_every_dependency(api: httpx.Client) -> None:
     body = api.get("/readyz").json()
     assert api.get("/readyz").status_code == 200
     assert {"database", "broker", "blob_store"} <= set(json.dumps(body).replace('"', " ").split())
+
+
+def test_worker_killed_mid_job_resumes_without_recomputing(
+    api: httpx.Client, stack: Stack, pool: dict[str, Any]
+) -> None:
+    """SIGKILL the worker while it writes feature shards; a fresh worker receives the task again
+    (acks_late), finishes it, and leaves the shards written before the kill untouched."""
+    probes = _upload(api, "it-probes-kill", _records("probes.jsonl"))
+    settings = {**SETTINGS, "shard_size": 8, "projection": {"dim": 256, "seed": 11}}
+    queued = _value(api, pool["id"], probes["id"], settings)
+    s3 = s3_client(stack.s3_endpoint_url)
+
+    def shards() -> dict[str, Any]:
+        found = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=stack.bucket, Prefix="features/"
+        ):
+            for obj in page.get("Contents", []):
+                found[obj["Key"]] = obj["LastModified"]
+        return found
+
+    before_kill = shards()
+    deadline = time.monotonic() + 300
+    while len(shards()) < len(before_kill) + 3:  # a few new shards of this job are stored
+        assert time.monotonic() < deadline, api.get(f"/v1/valuations/{queued['id']}").json()
+        time.sleep(0.2)
+    stack.worker.kill()
+    written = shards()
+    assert api.get(f"/v1/valuations/{queued['id']}").json()["status"] == "running"
+
+    stack.worker.start()
+    done = _wait(api, queued["id"], ("succeeded", "failed", "cancelled"), timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    after = shards()
+    assert {k: after[k] for k in written} == written, "finished shards were rewritten"
+    assert len(after) > len(written)
+    scores = api.get(f"/v1/valuations/{queued['id']}/scores", params={"limit": 1000}).json()
+    assert scores["total"] == pool["n_records"]

@@ -506,7 +506,8 @@ def _feature_sets_by_epoch(
                 ]
                 if len(match) != 1:
                     raise EngineError(
-                        f"{kind} features for epoch {ckpt.epoch} are missing; run the valuation again"
+                        f"{kind} features for epoch {ckpt.epoch} are missing; "
+                        "run the valuation again"
                     )
                 session.expunge(match[0])
                 found[kind].append(match[0])
