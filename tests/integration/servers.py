@@ -156,7 +156,7 @@ def _seaweed(root: Path) -> Iterator[str]:
         f"-dir={root / 'weed'}",
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
-        "-volume.max=8",
+        "-volume.max=200", "-master.volumeSizeLimitMB=64",
         "-s3",
         f"-s3.port={s3_port}",
         f"-s3.config={config}",
