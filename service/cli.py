@@ -44,7 +44,12 @@ def embedded_worker() -> Iterator[None]:
 
     Importing the tasks imports torch into this process; the API modules themselves never do.
     """
+    import warnings
+
     from celery.contrib.testing.worker import start_worker
+
+    # transformers deprecation chatter from inside peft; not actionable for a user of Sift
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
     from workers.celery_app import QUEUES, celery_app
 
@@ -169,7 +174,10 @@ def run_demo(base_url: str, top: int = 40) -> float:
                     http.post("/v1/datasets", files={"file": f}, data={"name": name})
                 )
         pool, probes = uploads["demo-pool"], uploads["demo-probes"]
-        print(f"uploaded pool: {pool['n_records']} records; probes: {probes['n_records']} records")
+        print(
+            f"uploaded pool: {pool['n_records']} records ({pool['n_duplicates']} exact duplicates "
+            f"skipped); probes: {probes['n_records']} records"
+        )
         tiny = "builtin:tiny-llama"
         models = _check(http.get("/v1/models"))["items"]
         model = next((m for m in models if m["source"] == tiny), None) or _check(

@@ -30,10 +30,11 @@ class Settings(BaseSettings):
         default=None, description="S3-compatible endpoint (MinIO, moto)"
     )
     broker_url: str = Field(
-        default="memory://", description="Celery broker; memory:// is in-process"
+        default="memory://localhost/", description="Celery broker; memory:// is in-process"
     )
     broker_visibility_timeout_s: int = Field(
-        default=3600, ge=1,
+        default=3600,
+        ge=1,
         description="Redis: an unacknowledged task (its worker died) is redelivered after this",
     )
     embedded_worker: bool = Field(

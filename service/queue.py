@@ -38,9 +38,7 @@ def _make_celery_app(broker_url: str, visibility_timeout_s: int = 3600) -> Celer
     return app
 
 
-celery_app = _make_celery_app(
-    get_settings().broker_url, get_settings().broker_visibility_timeout_s
-)
+celery_app = _make_celery_app(get_settings().broker_url, get_settings().broker_visibility_timeout_s)
 
 
 def enqueue(task_name: str, payload: BaseModel) -> None:

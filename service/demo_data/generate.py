@@ -30,10 +30,13 @@ def _as_prompt_response(record: dict, **extra: object) -> dict:
 
 def main() -> None:
     pool = [_as_prompt_response(r) for r in planted_tasks(PER_TASK, seed=1, id_prefix="pool")]
+    in_pool = {(r["prompt"], r["response"]) for r in pool}
+    # probes are held out: none repeats a pool record verbatim
     fresh = [
         r
         for r in planted_tasks(4 * N_PROBES, seed=2, id_prefix="probe")
         if r["subtask"] == PROBE_TASK
+        and (r["messages"][0]["content"], r["messages"][1]["content"]) not in in_pool
     ]
     probes = [_as_prompt_response(r, subtask=PROBE_TASK) for r in fresh[:N_PROBES]]
     for name, rows in (("pool.jsonl", pool), ("probes.jsonl", probes)):

@@ -53,6 +53,43 @@ _CAPITALS = (
     ("Cuba", "Havana"),
     ("Ireland", "Dublin"),
     ("Austria", "Vienna"),
+    ("Portugal", "Lisbon"),
+    ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"),
+    ("Hungary", "Budapest"),
+    ("Denmark", "Copenhagen"),
+    ("Belgium", "Brussels"),
+    ("Romania", "Bucharest"),
+    ("Serbia", "Belgrade"),
+    ("Turkey", "Ankara"),
+    ("Iran", "Tehran"),
+    ("Iraq", "Baghdad"),
+    ("Thailand", "Bangkok"),
+    ("Vietnam", "Hanoi"),
+    ("Mexico", "Mexico City"),
+    ("Argentina", "Buenos Aires"),
+    ("Colombia", "Bogota"),
+    ("Ghana", "Accra"),
+    ("Nigeria", "Abuja"),
+    ("Ethiopia", "Addis Ababa"),
+    ("Morocco", "Rabat"),
+    ("Nepal", "Kathmandu"),
+    ("Mongolia", "Ulaanbaatar"),
+    ("Iceland", "Reykjavik"),
+    ("Estonia", "Tallinn"),
+    ("Latvia", "Riga"),
+    ("Croatia", "Zagreb"),
+    ("Bolivia", "Sucre"),
+    ("Uganda", "Kampala"),
+    ("Senegal", "Dakar"),
+    ("Jordan", "Amman"),
+    ("Qatar", "Doha"),
+    ("Malaysia", "Kuala Lumpur"),
+)
+_CAPITAL_QUESTIONS = (
+    "What is the capital of {country}?",
+    "Which city is the capital of {country}?",
+    "Name the capital city of {country}.",
 )
 
 
@@ -62,8 +99,8 @@ def _arithmetic(rng: random.Random) -> tuple[str, str]:
 
 
 def _uppercase(rng: random.Random) -> tuple[str, str]:
-    word = rng.choice(_WORDS)
-    return f"Uppercase: {word}", word.upper()
+    text = " ".join(rng.sample(_WORDS, rng.randint(1, 3)))
+    return f"Uppercase: {text}", text.upper()
 
 
 def _reverse_words(rng: random.Random) -> tuple[str, str]:
@@ -73,7 +110,8 @@ def _reverse_words(rng: random.Random) -> tuple[str, str]:
 
 def _capital(rng: random.Random) -> tuple[str, str]:
     country, capital = rng.choice(_CAPITALS)
-    return f"What is the capital of {country}?", f"The capital of {country} is {capital}."
+    question = rng.choice(_CAPITAL_QUESTIONS).format(country=country)
+    return question, f"The capital of {country} is {capital}."
 
 
 def _repeat_letter(rng: random.Random) -> tuple[str, str]:
@@ -95,14 +133,22 @@ def planted_tasks(n_per_task: int, seed: int, *, id_prefix: str = "z") -> list[d
 
     Each record is ``{"id", "subtask", "messages"}`` with ``subtask`` the task name and
     ``messages`` a user prompt and the assistant answer; ids are ``{id_prefix}-{task}-{i:03d}``.
+    Records are distinct within a call (a dataset upload would fold exact duplicates together).
     """
     if n_per_task < 1:
         raise InvalidInput(f"n_per_task must be >= 1, got {n_per_task}")
     rng = random.Random(seed)
     records: list[dict[str, object]] = []
     for task in TASKS:
+        seen: set[tuple[str, str]] = set()
         for i in range(n_per_task):
-            prompt, answer = _GENERATORS[task](rng)
+            for _ in range(1000):
+                prompt, answer = _GENERATORS[task](rng)
+                if (prompt, answer) not in seen:
+                    break
+            else:
+                raise InvalidInput(f"task {task!r} has fewer than {n_per_task} distinct records")
+            seen.add((prompt, answer))
             records.append(
                 {
                     "id": f"{id_prefix}-{task}-{i:03d}",
