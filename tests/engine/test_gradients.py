@@ -8,7 +8,13 @@ import torch
 from workers.engine.data import collate
 from workers.engine.errors import InvalidInput
 from workers.engine.features import flat_moments
-from workers.engine.gradients import adam_features, loop_per_example_gradients, response_nll
+from workers.engine.gradients import (
+    adam_features,
+    hooked_per_example_gradients,
+    lora_linear_modules,
+    loop_per_example_gradients,
+    response_nll,
+)
 from workers.engine.lora import LoraSettings, attach_lora, load_adapter_state
 from workers.engine.models import TINY_LLAMA, load_model_and_tokenizer
 
@@ -95,3 +101,49 @@ def test_adam_features_reject_bad_shapes() -> None:
 def test_response_nll_rejects_examples_without_targets() -> None:
     with pytest.raises(InvalidInput):
         response_nll(torch.zeros(1, 3, 5), torch.full((1, 3), -100))
+
+
+# --- batched per-example gradients from hooks (one backward for the whole batch) ----------
+
+
+def test_hooked_gradients_match_reference_with_padding(warmed: Warmed) -> None:
+    """Variable lengths in one padded batch: every row equals its brute-force gradient."""
+    model = warmed.model
+    load_adapter_state(model, warmed.checkpoints[-1].adapter_state)
+    model.eval()
+    examples = warmed.pool[:6]
+    lengths = {len(ex.input_ids) for ex in examples}
+    assert len(lengths) > 1  # padding is exercised
+    grads = hooked_per_example_gradients(model, collate(examples, pad_token_id=0))
+    assert grads.dtype == torch.float32 and grads.shape[0] == 6
+    for row, example in enumerate(examples):
+        assert _rel_err(grads[row], reference_gradient(model, example)) < RTOL
+
+
+def test_hooked_gradients_exact_in_float64(warmed: Warmed) -> None:
+    base, _ = load_model_and_tokenizer(TINY_LLAMA, dtype=torch.float64)
+    model = attach_lora(base, LoraSettings(r=4, alpha=16.0, dropout=0.1))
+    model.to(torch.float64)
+    load_adapter_state(model, warmed.checkpoints[-1].adapter_state)
+    model.eval()
+    examples = warmed.pool[:4]
+    grads = hooked_per_example_gradients(model, collate(examples, pad_token_id=0))
+    assert grads.dtype == torch.float64
+    for row, example in enumerate(examples):
+        assert _rel_err(grads[row], reference_gradient(model, example)) < 1e-10
+
+
+def test_hooked_gradients_leave_no_hooks_behind(warmed: Warmed) -> None:
+    model = warmed.model
+    model.eval()
+    batch = collate(warmed.pool[:2], pad_token_id=0)
+    hooked_per_example_gradients(model, batch)
+    assert all(not m._forward_hooks for m in lora_linear_modules(model))
+
+
+def test_hooked_gradients_reject_left_padding(warmed: Warmed) -> None:
+    examples = sorted(warmed.pool, key=lambda ex: len(ex.input_ids))
+    batch = collate([examples[0], examples[-1]], pad_token_id=0)
+    batch["attention_mask"] = batch["attention_mask"].flip(1)
+    with pytest.raises(InvalidInput, match="right-padded"):
+        hooked_per_example_gradients(warmed.model, batch)

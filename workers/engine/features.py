@@ -10,7 +10,9 @@ concatenation or scoring.
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -25,8 +27,8 @@ from torch import Tensor
 from workers.engine.data import TokenizedExample, collate
 from workers.engine.errors import Cancelled, InvalidInput, ProvenanceMismatch
 from workers.engine.gradients import (
-    PerExampleGradientFn,
     adam_features,
+    backward_with_per_example_gradients,
     loop_per_example_gradients,
     sgd_features,
 )
@@ -182,6 +184,13 @@ def flat_moments(model: PeftModel, checkpoint: Checkpoint) -> tuple[Tensor, Tens
     return exp_avg, exp_avg_sq.to(torch.float32)
 
 
+GradientMethod = Literal["batched", "loop"]
+"""``batched``: one forward + backward per batch, per-example gradients from layer hooks,
+streamed tensor by tensor into the projector (``gradients.backward_with_per_example_gradients``).
+``loop``: one backward per example, the whole [B, P] gradient, then the projection: the
+reference path, equal to ``batched`` up to float rounding (tests hold them equal)."""
+
+
 def featurize(
     model: PeftModel,
     examples: Sequence[TokenizedExample],
@@ -192,10 +201,11 @@ def featurize(
     provenance: Provenance,
     batch_size: int,
     pad_token_id: int,
-    gradient_fn: PerExampleGradientFn = loop_per_example_gradients,
+    method: GradientMethod = "batched",
     adam_bias_correction: bool = False,
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_batch_size: Callable[[int], None] | None = None,
 ) -> FeatureSet:
     """Projected features of ``examples`` at ``checkpoint``: [N, d] in ``provenance.dtype``.
 
@@ -204,36 +214,74 @@ def featurize(
     in eval mode (LoRA dropout off: a feature must be a deterministic function of z and θ^e);
     its previous mode is restored afterwards. ``on_progress`` gets the number of examples done
     after each batch; ``should_stop`` returning True raises ``Cancelled``.
+
+    ``batch_size`` is an upper bound: a batch that runs out of accelerator memory is retried
+    at half the size (down to 1), and ``on_batch_size`` hears of each reduction. Features do
+    not depend on the batch size beyond float rounding.
     """
     if batch_size < 1:
         raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
+    if method not in ("batched", "loop"):
+        raise InvalidInput(f"method must be 'batched' or 'loop', got {method!r}")
     load_adapter_state(model, checkpoint.adapter_state)
     _require_provenance_describes(model, examples, kind, checkpoint, projector, provenance)
-    exp_avg, exp_avg_sq = flat_moments(model, checkpoint) if kind == "adam" else (None, None)
+    projector = projector.for_segments([p.numel() for _, p in lora_parameters(model)])
+    moments = _segment_moments(model, checkpoint) if kind == "adam" else None
     device = lora_parameters(model)[0][1].device
     out_dtype = FEATURE_DTYPES[provenance.dtype]
+
+    def transform(index: int, grads: Tensor) -> Tensor:
+        """SGD features are the gradients; Adam features need this segment's moments."""
+        if moments is None:
+            return sgd_features(grads)
+        exp_avg, exp_avg_sq = moments[index]
+        return adam_features(
+            grads,
+            exp_avg.to(grads.device),
+            exp_avg_sq.to(grads.device),
+            step=checkpoint.step,
+            bias_correction=adam_bias_correction,
+        )
+
+    def features_of(batch: dict[str, Tensor]) -> Tensor:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if method == "loop":
+            grads = loop_per_example_gradients(model, batch)
+            bounds = itertools.pairwise([0, *itertools.accumulate(projector.segments)])
+            parts = [transform(i, grads[:, a:b]) for i, (a, b) in enumerate(bounds)]
+            return projector.project(torch.cat(parts, dim=1))
+        n = batch["input_ids"].shape[0]
+        out = torch.zeros((n, projector.dim), dtype=projector.dtype, device=device)
+
+        def consume(index: int, grads: Tensor) -> None:
+            out.add_(projector.project_segment(index, transform(index, grads)))
+
+        backward_with_per_example_gradients(model, batch, consume)
+        return out
+
     rows: list[Tensor] = []
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(examples), batch_size):
+        start = 0
+        while start < len(examples):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"featurization cancelled after {start} of {len(examples)}")
-            batch = collate(examples[start : start + batch_size], pad_token_id)
-            grads = gradient_fn(model, {k: v.to(device) for k, v in batch.items()})
-            if exp_avg is not None and exp_avg_sq is not None:
-                feats = adam_features(
-                    grads,
-                    exp_avg.to(grads.device),
-                    exp_avg_sq.to(grads.device),
-                    step=checkpoint.step,
-                    bias_correction=adam_bias_correction,
-                )
-            else:
-                feats = sgd_features(grads)
-            rows.append(projector.project(feats).to(device="cpu", dtype=out_dtype))
+            chunk = examples[start : start + batch_size]
+            try:
+                feats = features_of(collate(chunk, pad_token_id))
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size = max(1, batch_size // 2)
+                _release_accelerator_memory(device)
+                if on_batch_size is not None:
+                    on_batch_size(batch_size)
+                continue
+            rows.append(feats.to(device="cpu", dtype=out_dtype))
+            start += len(chunk)
             if on_progress is not None:
-                on_progress(start + len(batch["input_ids"]))
+                on_progress(start)
     finally:
         model.train(was_training)
     features = torch.cat(rows) if rows else torch.zeros((0, projector.dim), dtype=out_dtype)
@@ -243,6 +291,19 @@ def featurize(
         subtasks=[ex.subtask for ex in examples],
         features=features,
     )
+
+
+def _segment_moments(model: PeftModel, checkpoint: Checkpoint) -> list[tuple[Tensor, Tensor]]:
+    """Adam moments (m, v) of each LoRA tensor, flattened, in ``lora_parameters`` order."""
+    exp_avg, exp_avg_sq = flat_moments(model, checkpoint)
+    sizes = [p.numel() for _, p in lora_parameters(model)]
+    return list(zip(exp_avg.split(sizes), exp_avg_sq.split(sizes), strict=True))
+
+
+def _release_accelerator_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _require_provenance_describes(

@@ -10,11 +10,12 @@ examples use plain SGD gradients (``sgd_features``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from peft import PeftModel
-from torch import Tensor
+from torch import Tensor, nn
 
 from workers.engine.data import IGNORE_INDEX
 from workers.engine.errors import InvalidInput
@@ -70,6 +71,122 @@ def loop_per_example_gradients(model: PeftModel, batch: dict[str, Tensor]) -> Te
             flat = torch.cat([g.reshape(-1) for g in grads])
             rows.append(flat.to(torch.promote_types(flat.dtype, torch.float32)))
     return torch.stack(rows)
+
+
+SegmentConsumer = Callable[[int, Tensor], None]
+"""``(index in lora_parameters, per-example gradient [B, P_t] in float32+)`` -> None."""
+
+
+def lora_linear_modules(model: nn.Module) -> list[nn.Linear]:
+    """The ``nn.Linear`` owning each LoRA parameter, in ``lora_parameters`` order.
+
+    The batched method needs every LoRA parameter to be the weight of a bias-free linear layer
+    (peft's ``lora_A`` / ``lora_B``); anything else (DoRA magnitudes, LoRA on embeddings) is
+    rejected rather than silently mis-computed.
+    """
+    modules = []
+    for name, param in lora_parameters(model):
+        module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
+        if (
+            not isinstance(module, nn.Linear)
+            or module.weight is not param
+            or module.bias is not None
+        ):
+            raise InvalidInput(
+                f"batched per-example gradients support LoRA on linear layers only; "
+                f"{name} is not the weight of a bias-free nn.Linear (use the loop method)"
+            )
+        modules.append(module)
+    return modules
+
+
+@contextmanager
+def _per_example_gradient_hooks(
+    modules: list[nn.Linear], consume: SegmentConsumer
+) -> Iterator[None]:
+    """While active, backward hands ``consume`` each module's per-example weight gradients.
+
+    For y = x Wᵀ applied to every token, ∂L_b/∂W = Σ_t g_{b,t} ⊗ x_{b,t} with x the layer's
+    input and g = ∂L/∂y its output gradient: one batched matmul per layer, no per-example
+    backward. With L = Σ_b L_b, g_{b,t} depends on example b alone (examples do not interact,
+    and padding positions carry neither loss nor gradient), so the result is exact.
+    Accumulated in float32 (float64 for a float64 model).
+    """
+    inputs: dict[int, Tensor] = {}
+    handles = []
+
+    def on_forward(index: int, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        if not output.requires_grad:
+            return
+        inputs[index] = args[0].detach()
+
+        def on_output_grad(grad: Tensor) -> None:
+            x = inputs.pop(index)
+            dtype = torch.promote_types(grad.dtype, torch.float32)
+            g = grad.to(dtype).reshape(grad.shape[0], -1, grad.shape[-1])  # [B, T, out]
+            xs = x.to(dtype).reshape(x.shape[0], -1, x.shape[-1])  # [B, T, in]
+            consume(index, torch.bmm(g.transpose(1, 2), xs).reshape(grad.shape[0], -1))
+
+        output.register_hook(on_output_grad)
+
+    try:
+        for index, module in enumerate(modules):
+            handles.append(
+                module.register_forward_hook(
+                    lambda mod, args, out, index=index: on_forward(index, mod, args, out)
+                )
+            )
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        inputs.clear()
+
+
+def backward_with_per_example_gradients(
+    model: PeftModel, batch: dict[str, Tensor], consume: SegmentConsumer
+) -> None:
+    """One forward + backward of Σ_b L_b over the batch; ``consume`` gets every LoRA tensor's
+    per-example gradients [B, P_t] (index in ``lora_parameters`` order) as backward reaches it.
+
+    Rows must be right-padded (``data.collate``). Each tensor is reported exactly once.
+    """
+    _require_right_padded(batch["attention_mask"])
+    modules = lora_linear_modules(model)
+    params = [m.weight for m in modules]
+    seen: set[int] = set()
+
+    def consume_once(index: int, grad: Tensor) -> None:
+        if index in seen:
+            raise InvalidInput(f"LoRA layer {index} ran twice in one forward: unsupported")
+        seen.add(index)
+        consume(index, grad)
+
+    with torch.enable_grad(), _per_example_gradient_hooks(modules, consume_once):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        loss = response_nll(logits, batch["labels"]).sum()
+        torch.autograd.grad(loss, params)
+    if len(seen) != len(modules):
+        raise InvalidInput(f"only {len(seen)} of {len(modules)} LoRA layers got a gradient")
+
+
+def hooked_per_example_gradients(model: PeftModel, batch: dict[str, Tensor]) -> Tensor:
+    """Per-example gradients [B, P] from one batched backward (``PerExampleGradientFn``).
+
+    Materialises [B, P]; featurization streams each tensor into the projector instead
+    (``features.featurize``). Kept for the exactness tests and small models.
+    """
+    parts: dict[int, Tensor] = {}
+    backward_with_per_example_gradients(model, batch, parts.__setitem__)
+    return torch.cat([parts[i] for i in range(len(parts))], dim=1)
+
+
+def _require_right_padded(attention_mask: Tensor) -> None:
+    lengths = attention_mask.sum(dim=1, keepdim=True)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)[None]
+    if not bool(((positions < lengths) == attention_mask.bool()).all()):
+        raise InvalidInput("batch must be right-padded (attention_mask = 1...1 0...0)")
 
 
 def sgd_features(grads: Tensor) -> Tensor:

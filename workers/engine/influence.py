@@ -70,6 +70,7 @@ def score_shard(
     mean_lrs: Sequence[float],
     *,
     method: Method,
+    device: torch.device | str | None = None,
 ) -> ShardScores:
     """Inf(z_i, D_V) for the pool records of one shard (module docstring for the formulas).
 
@@ -77,6 +78,9 @@ def score_shard(
     Provenance is checked: pool and probes at e agree on everything but ``kind``; every e has
     a distinct checkpoint and otherwise the same provenance; record ids (and probe subtasks)
     are the same at every e.
+
+    ``device`` (e.g. "cuda") is where the [N, d] x [d, M] products run; results come back on
+    the CPU. Features are compared in at least float32 whatever their storage dtype.
     """
     if method not in ("less", "tracin"):
         raise InvalidInput(f"method must be 'less' or 'tracin', got {method!r}")
@@ -96,7 +100,8 @@ def score_shard(
 
     pair_scores: Tensor | None = None  # Inf(z_i, z_v) [N, M]
     for e in range(n_ckpt):
-        pool, probes = pool_by_ckpt[e].features, probes_by_ckpt[e].features
+        pool = pool_by_ckpt[e].features.to(device) if device else pool_by_ckpt[e].features
+        probes = probes_by_ckpt[e].features.to(pool.device)
         if method == "less":
             similarity = cosine_matrix(pool, probes)
         else:
@@ -104,7 +109,7 @@ def score_shard(
                 torch.promote_types(pool.dtype, probes.dtype), torch.float32
             )
             similarity = pool.to(dtype) @ probes.to(dtype).T
-        term = weights[e].to(similarity.dtype) * similarity
+        term = weights[e].to(similarity.dtype).item() * similarity
         pair_scores = term if pair_scores is None else pair_scores + term
     if pair_scores is None:  # unreachable: n_ckpt >= 1 checked above
         raise InvalidInput("no checkpoints")
@@ -114,7 +119,11 @@ def score_shard(
         for subtask in sorted(set(probe_subtasks))
     }
     scores = torch.stack(list(per_subtask.values()), dim=1).amax(dim=1)
-    return ShardScores(record_ids=list(pool_ids), scores=scores, per_subtask=per_subtask)
+    return ShardScores(
+        record_ids=list(pool_ids),
+        scores=scores.cpu(),
+        per_subtask={name: values.cpu() for name, values in per_subtask.items()},
+    )
 
 
 def _require_aligned(

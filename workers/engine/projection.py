@@ -2,18 +2,34 @@
 
 With Π ∈ R^{P×d} of i.i.d. entries ±1/√d, E[<xΠ, yΠ>] = <x, y> and, for d in the thousands,
 inner products and cosines are preserved up to O(1/√d) relative error. P is the LoRA parameter
-count (millions for a 7B model), so Π (P × d) is never held in memory: it is regenerated block
-by block from a seed, and a feature set records the projector's ``spec``, seed and d in its
-provenance so pool and probe features are always projected by the same Π.
+count (134M for a 7B model at r=128), so Π (P × d) is never held in memory, and a feature set
+records the projector's ``spec``, seed and d in its provenance so pool and probe features are
+always projected by the same Π.
 
-Shapes: x [B, P] -> x Π [B, d].
+Two constructions:
+- ``RademacherProjector``: dense i.i.d. ±1/√d, regenerated block by block. The textbook JL
+  map; costs 2·P·d flops per example (2.2 TFLOP for 7B), so it is the reference, not the
+  production path.
+- ``BlockHadamardProjector`` (default): a subsampled randomized Hadamard transform (SRHT) per
+  block of each parameter tensor, summed over blocks. O(P log n) per example, Π's rows are
+  still ±1/√d and E[Π Πᵀ] = I, and each block's map is (a scaled subset of) an isometry.
+
+The input is a concatenation of ``segments`` (the LoRA parameter tensors, in
+``lora_parameters`` order); ``project_segment`` projects one of them alone, which lets the
+batched featurizer project each tensor's per-example gradients as backward produces them
+(x Π = Σ_t x_t Π_t over the row blocks Π_t of Π).
+
+Shapes: x [B, P] -> x Π [B, d]; x_t [B, P_t] -> x_t Π_t [B, d].
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -32,10 +48,56 @@ class Projector(ABC):
     dim: int
     seed: int
     dtype: torch.dtype
+    segments: tuple[int, ...]
+    """Sizes of the parameter tensors whose concatenation is R^P (sum = ``input_dim``)."""
 
     @abstractmethod
+    def project_segment(self, index: int, x: Tensor) -> Tensor:
+        """x_t Π_t [B, dim]: the contribution of segment ``index`` alone (x_t [B, P_t])."""
+
+    def for_segments(self, segments: Sequence[int]) -> Projector:
+        """This Π over R^P cut into ``segments``; raises if the cut would change Π.
+
+        Dense projectors define Π by flat row index, so any cut of the same P works; a
+        projector whose Π depends on the layout (``BlockHadamardProjector``) must match it.
+        """
+        segments = _check_segments(segments, self.input_dim)
+        if segments == self.segments:
+            return self
+        if not self._layout_free:
+            raise InvalidInput(
+                f"{type(self).__name__} was built for segments {self.segments[:4]}..., "
+                f"not {segments[:4]}...: build it from the model's LoRA tensor sizes"
+            )
+        clone = copy.copy(self)
+        clone.segments = segments
+        return clone
+
+    _layout_free = True
+    """Whether Π is the same for every cut of R^P into segments."""
+
     def project(self, x: Tensor) -> Tensor:
         """Project a batch of flat gradients ``x`` [B, input_dim] to [B, dim]."""
+        self._check_input(x)
+        out = torch.zeros((x.shape[0], self.dim), dtype=self.dtype, device=x.device)
+        for index, (start, stop) in enumerate(self._offsets()):
+            out += self.project_segment(index, x[:, start:stop])
+        return out
+
+    def _offsets(self) -> list[tuple[int, int]]:
+        bounds, start = [], 0
+        for size in self.segments:
+            bounds.append((start, start + size))
+            start += size
+        return bounds
+
+    def _check_segment(self, index: int, x: Tensor) -> None:
+        if not 0 <= index < len(self.segments):
+            raise InvalidInput(f"segment {index} out of range ({len(self.segments)} segments)")
+        if x.ndim != 2 or x.shape[1] != self.segments[index]:
+            raise InvalidInput(
+                f"segment {index} expects [B, {self.segments[index]}], got {tuple(x.shape)}"
+            )
 
     @abstractmethod
     def spec(self) -> str:
@@ -51,17 +113,31 @@ class Projector(ABC):
 class IdentityProjector(Projector):
     """Π = I (d = P): exact features, for tests and tiny models."""
 
-    def __init__(self, input_dim: int, *, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        *,
+        segments: Sequence[int] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         if input_dim < 1:
             raise InvalidInput(f"input_dim must be >= 1, got {input_dim}")
         self.input_dim = input_dim
         self.dim = input_dim
         self.seed = 0
         self.dtype = dtype
+        self.segments = _check_segments(segments, input_dim)
 
     def project(self, x: Tensor) -> Tensor:
         self._check_input(x)
         return x.to(self.dtype)
+
+    def project_segment(self, index: int, x: Tensor) -> Tensor:
+        self._check_segment(index, x)
+        start, stop = self._offsets()[index]
+        out = torch.zeros((x.shape[0], self.dim), dtype=self.dtype, device=x.device)
+        out[:, start:stop] = x.to(self.dtype)
+        return out
 
     def spec(self) -> str:
         return "identity"
@@ -84,6 +160,7 @@ class RademacherProjector(Projector):
         seed: int,
         *,
         chunk_size: int = 4 * ROWS_PER_BLOCK,
+        segments: Sequence[int] | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         if input_dim < 1 or dim < 1:
@@ -99,9 +176,23 @@ class RademacherProjector(Projector):
         self.seed = seed
         self.chunk_size = chunk_size
         self.dtype = dtype
+        self.segments = _check_segments(segments, input_dim)
 
     def spec(self) -> str:
         return "rademacher-chunked:v1"
+
+    def project_segment(self, index: int, x: Tensor) -> Tensor:
+        self._check_segment(index, x)
+        start, stop = self._offsets()[index]
+        aligned = start - start % ROWS_PER_BLOCK
+        out = torch.zeros((x.shape[0], self.dim), dtype=self.dtype, device=x.device)
+        for lo in range(aligned, stop, self.chunk_size):
+            hi = min(lo + self.chunk_size, stop, self.input_dim)
+            rows = _rademacher_rows(lo, hi, self.input_dim, self.dim, self.seed, self.dtype)
+            first = max(lo, start)
+            rows = rows[first - lo : hi - lo].to(x.device)
+            out += x[:, first - start : hi - start].to(self.dtype) @ rows
+        return out
 
     def project(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -137,3 +228,159 @@ def dense_rademacher_matrix(
 ) -> Tensor:
     """The whole Π [P, d] that ``RademacherProjector`` uses, materialised: tests only."""
     return _rademacher_rows(0, input_dim, input_dim, dim, seed, dtype)
+
+
+def _check_segments(segments: Sequence[int] | None, input_dim: int) -> tuple[int, ...]:
+    result = (input_dim,) if segments is None else tuple(int(s) for s in segments)
+    if not result or any(s < 1 for s in result) or sum(result) != input_dim:
+        raise InvalidInput(
+            f"segments must be positive sizes summing to input_dim={input_dim}, got {result}"
+        )
+    return result
+
+
+MAX_HADAMARD_BLOCK = 1 << 16
+"""Largest block one Hadamard transform mixes: part of ``srht-blocks:v1``'s definition."""
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One block of a segment: ``length`` coordinates from ``offset``, padded to ``size`` = 2^k.
+
+    ``signs`` [size] is D; ``index`` picks where its Hadamard outputs go: with size >= d the
+    d sampled outputs (y = (H D x)[index] / √d), else the d-slots receiving all size outputs
+    (y[index] += H D x / √size). Either way the block maps isometrically in expectation.
+    """
+
+    offset: int
+    length: int
+    size: int
+    signs: Tensor
+    index: Tensor
+
+
+class BlockHadamardProjector(Projector):
+    """Π = Σ over blocks of a subsampled randomized Hadamard transform (spec ``srht-blocks:v1``).
+
+    Each segment (parameter tensor) is cut into blocks of ``MAX_HADAMARD_BLOCK`` coordinates
+    (the last one zero-padded to the next power of two). Block g gets its own random signs D_g
+    and output positions S_g drawn on CPU from hash(seed, g), so Π depends only on
+    (segments, d, seed), never on batch size or device. For a block of size n >= d,
+    x_g Π_g = (H_n D_g x_g)[S_g] / √d: every entry of Π is ±1/√d, distinct output columns
+    within a block are orthogonal, and independent D_g decorrelate blocks, so inner products
+    are preserved like a dense Rademacher projection's (tests compare their fidelity) at
+    O(n log n) instead of O(n d) per block. H_n is applied as H_{n1} X H_{n2} with
+    n = n1·n2 (Sylvester's H_n = H_{n1} ⊗ H_{n2}), two small matmuls.
+
+    The plan (signs and indices, ~1.25 bytes + d·4/n bytes per coordinate) is drawn once per
+    device and kept; computation is in ``dtype`` (fp32 default).
+    """
+
+    def __init__(
+        self,
+        segments: Sequence[int],
+        dim: int,
+        seed: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        segments = tuple(int(s) for s in segments)
+        if dim < 1:
+            raise InvalidInput(f"dim must be >= 1, got {dim}")
+        if seed < 0:
+            raise InvalidInput(f"seed must be >= 0, got {seed}")
+        self.input_dim = sum(segments)
+        self.segments = _check_segments(segments, self.input_dim)
+        self.dim = dim
+        self.seed = seed
+        self.dtype = dtype
+        self._plans: dict[str, list[list[_Block]]] = {}
+        self._hadamards: dict[tuple[int, str], Tensor] = {}
+
+    _layout_free = False
+
+    def spec(self) -> str:
+        return "srht-blocks:v1"
+
+    def project_segment(self, index: int, x: Tensor) -> Tensor:
+        self._check_segment(index, x)
+        out = torch.zeros((x.shape[0], self.dim), dtype=self.dtype, device=x.device)
+        blocks = self._plan(x.device)[index]
+        full = [b for b in blocks if b.length == b.size == MAX_HADAMARD_BLOCK]
+        x = x.to(self.dtype)
+        if full:  # all full blocks of the segment in one batched transform
+            n_full = len(full)
+            xs = x[:, : n_full * MAX_HADAMARD_BLOCK].reshape(x.shape[0], n_full, -1)
+            signs = torch.stack([b.signs for b in full]).to(self.dtype)
+            mixed = self._hadamard(xs * signs, MAX_HADAMARD_BLOCK)  # [B, n_full, n]
+            self._scatter(out, mixed, torch.stack([b.index for b in full]), MAX_HADAMARD_BLOCK)
+        for block in blocks[len(full) :]:
+            xb = torch.zeros((x.shape[0], 1, block.size), dtype=self.dtype, device=x.device)
+            xb[:, 0, : block.length] = x[:, block.offset : block.offset + block.length]
+            mixed = self._hadamard(xb * block.signs.to(self.dtype), block.size)
+            self._scatter(out, mixed, block.index[None], block.size)
+        return out
+
+    def _scatter(self, out: Tensor, mixed: Tensor, index: Tensor, size: int) -> None:
+        """Add blocks' Hadamard outputs ``mixed`` [B, G, n] to ``out`` [B, d] per ``index``."""
+        if size >= self.dim:  # sample d of the n outputs: index [G, d]
+            picked = torch.gather(mixed, 2, index[None].expand(mixed.shape[0], -1, -1))
+            out += picked.sum(dim=1) / math.sqrt(self.dim)
+        else:  # all n outputs into n of the d slots: index [G, n]
+            flat = index.reshape(-1)
+            out.index_add_(1, flat, mixed.reshape(mixed.shape[0], -1) / math.sqrt(size))
+
+    def _hadamard(self, x: Tensor, n: int) -> Tensor:
+        """Unnormalised Sylvester H_n applied to the last axis of ``x`` [B, G, n]."""
+        bits = n.bit_length() - 1
+        n1, n2 = 1 << (bits // 2), 1 << (bits - bits // 2)
+        h1, h2 = self._hadamard_matrix(n1, x), self._hadamard_matrix(n2, x)
+        y = x.reshape(*x.shape[:-1], n1, n2)
+        y = torch.matmul(torch.matmul(h1, y), h2)
+        return y.reshape(x.shape)
+
+    def _hadamard_matrix(self, n: int, like: Tensor) -> Tensor:
+        key = (n, f"{like.device}:{like.dtype}")
+        if key not in self._hadamards:
+            self._hadamards[key] = sylvester_hadamard(n).to(device=like.device, dtype=like.dtype)
+        return self._hadamards[key]
+
+    def _plan(self, device: torch.device) -> list[list[_Block]]:
+        key = str(device)
+        if key not in self._plans:
+            plan, g = [], 0
+            for size in self.segments:
+                blocks = []
+                for offset in range(0, size, MAX_HADAMARD_BLOCK):
+                    length = min(MAX_HADAMARD_BLOCK, size - offset)
+                    blocks.append(self._draw_block(g, offset, length, device))
+                    g += 1
+                plan.append(blocks)
+            self._plans[key] = plan
+        return self._plans[key]
+
+    def _draw_block(self, g: int, offset: int, length: int, device: torch.device) -> _Block:
+        size = 1 << max(length - 1, 0).bit_length()
+        digest = hashlib.sha256(f"srht-blocks:v1:{self.seed}:{g}".encode()).digest()
+        generator = torch.Generator(device="cpu").manual_seed(
+            int.from_bytes(digest[:8], "little") & (2**63 - 1)
+        )
+        signs = torch.randint(0, 2, (size,), generator=generator, dtype=torch.int8) * 2 - 1
+        if size >= self.dim:
+            index = torch.randperm(size, generator=generator)[: self.dim]
+        else:
+            index = torch.randperm(self.dim, generator=generator)[:size]
+        return _Block(offset, length, size, signs.to(device), index.to(device))
+
+
+def sylvester_hadamard(n: int) -> Tensor:
+    """H_n with H[i, j] = (-1)^popcount(i & j), n a power of two (float32, entries ±1)."""
+    if n < 1 or n & (n - 1):
+        raise InvalidInput(f"Hadamard size must be a power of two, got {n}")
+    i = torch.arange(n)
+    bits = torch.bitwise_and(i[:, None], i[None, :])
+    parity = torch.zeros_like(bits)
+    while bool(bits.any()):
+        parity ^= bits & 1
+        bits = bits >> 1
+    return (1 - 2 * parity).to(torch.float32)

@@ -1,0 +1,387 @@
+"""Featurization and scoring throughput, next to the plain batched forward+backward.
+
+Run (the exact commands and the results are in docs/benchmarks.md):
+
+    python -m tests.benchmarks.featurize_bench --shape tiny --device cpu
+    python -m tests.benchmarks.featurize_bench --shape llama-1.1b --device cuda
+    python -m tests.benchmarks.featurize_bench --shape llama2-7b --device cuda
+    python -m tests.benchmarks.featurize_bench --score --device cuda
+
+For a model shape (random init, LoRA on q/k/v/o with its B matrices randomised so that every
+LoRA tensor has a gradient, as after warmup) and a batch of ``--seq-len`` token examples with
+the loss on the last ``--loss-tokens``, it measures in the same process:
+
+- ``plain``: one batched forward + backward of Σ_b L_b to the LoRA parameters (what training
+  costs; the ceiling for any per-example method);
+- ``sift``: ``features.featurize`` (kind "adam", the pool's path: per-example gradients from
+  hooks, Adam features, SRHT projection to d) over the same examples;
+- ``fidelity``: Spearman and max error of projected vs exact cosine for a sample of examples
+  (exact = the hooked per-example gradients unprojected, checked against the loop reference
+  in the tests).
+
+``--score`` measures scoring: N pool features (fp16) against M probes through
+``influence.score_shard`` in shards, in memory and from a filesystem blob store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy.stats import spearmanr
+from torch import Tensor
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from workers.engine import features, influence, lora, projection
+from workers.engine.data import TokenizedExample, collate
+from workers.engine.gradients import hooked_per_example_gradients, response_nll
+from workers.engine.models import TINY_LLAMA, load_model_and_tokenizer
+from workers.engine.warmup import Checkpoint
+
+LLAMA_SHAPES: dict[str, dict[str, int]] = {
+    "llama-mini": dict(  # CPU-sized, but its LoRA tensors fill whole 2^16 Hadamard blocks
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+    ),
+    "llama-1.1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+    ),
+    "llama2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+    ),
+}
+
+
+def build_model(shape: str, device: torch.device, dtype: torch.dtype) -> Any:
+    if shape == "tiny":
+        model, _ = load_model_and_tokenizer(TINY_LLAMA, dtype=dtype, device=device)
+        return model
+    config = LlamaConfig(vocab_size=32000, max_position_embeddings=4096, **LLAMA_SHAPES[shape])
+    config._attn_implementation = "sdpa"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model
+
+
+def attach(model: Any, shape: str) -> Any:
+    r, alpha = (8, 32.0) if shape == "tiny" else (128, 512.0)
+    peft_model = lora.attach_lora(model, lora.LoraSettings(r=r, alpha=alpha), seed=0)
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    with torch.no_grad():
+        for name, p in lora.lora_parameters(peft_model):
+            if "lora_B" in name:  # as after warmup: B != 0, so lora_A has gradients too
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.02 / math.sqrt(r))
+    return peft_model
+
+
+def make_examples(n: int, seq_len: int, loss_tokens: int, vocab: int) -> list[TokenizedExample]:
+    generator = torch.Generator(device="cpu").manual_seed(2)
+    out = []
+    for i in range(n):
+        ids = torch.randint(3, vocab, (seq_len,), generator=generator).tolist()
+        labels = [-100] * (seq_len - loss_tokens) + ids[seq_len - loss_tokens :]
+        out.append(
+            TokenizedExample(f"x{i:05d}", tuple(ids), tuple(labels), None, loss_tokens, False)
+        )
+    return out
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    """Seconds per call, after one untimed warm-up call."""
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_checkpoint(model: Any) -> Checkpoint:
+    generator = torch.Generator(device="cpu").manual_seed(3)
+    state = {n: p.detach().float().cpu() for n, p in lora.lora_parameters(model)}
+    return Checkpoint(
+        epoch=1,
+        step=100,
+        mean_lr=1e-5,
+        adapter_state=state,
+        exp_avg={n: torch.randn(t.shape, generator=generator) * 1e-4 for n, t in state.items()},
+        exp_avg_sq={n: torch.rand(t.shape, generator=generator) * 1e-7 for n, t in state.items()},
+    )
+
+
+def bench_featurize(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" and args.shape != "tiny" else torch.float32
+    model = attach(build_model(args.shape, device, dtype), args.shape)
+    model.eval()
+    vocab = model.get_input_embeddings().num_embeddings
+    sizes = [p.numel() for _, p in lora.lora_parameters(model)]
+    projector = projection.BlockHadamardProjector(sizes, args.dim, seed=0)
+    ckpt = synthetic_checkpoint(model)
+    result: dict[str, Any] = {
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype),
+        "seq_len": args.seq_len,
+        "loss_tokens": args.loss_tokens,
+        "dim": args.dim,
+        "lora_params": sum(sizes),
+        "runs": [],
+    }
+    for batch_size in args.batch_sizes:
+        run = _run_batch_size(model, projector, ckpt, args, batch_size, vocab, device)
+        result["runs"].append(run)
+        print(json.dumps(run), flush=True)
+    result["fidelity"] = fidelity(model, projector, args, vocab, device)
+    print(json.dumps(result["fidelity"]), flush=True)
+    return result
+
+
+def _run_batch_size(
+    model: Any,
+    projector: Any,
+    ckpt: Checkpoint,
+    args: argparse.Namespace,
+    batch_size: int,
+    vocab: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    params = [p for _, p in lora.lora_parameters(model)]
+    examples = make_examples(batch_size * args.batches, args.seq_len, args.loss_tokens, vocab)
+    batch = {k: v.to(device) for k, v in collate(examples[:batch_size], 0).items()}
+
+    def plain() -> None:
+        with torch.enable_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = response_nll(logits.logits.float(), batch["labels"]).sum()
+            torch.autograd.grad(loss, params)
+
+    provenance = features.Provenance(
+        model=args.shape,
+        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
+        projector=projector.spec(),
+        seed=0,
+        dim=args.dim,
+        dtype="float16",
+        param_order_hash=lora.parameter_order_hash(model),
+        kind="adam",
+        max_length=args.seq_len,
+    )
+
+    def sift() -> None:
+        features.featurize(
+            model,
+            examples,
+            kind="adam",
+            checkpoint=ckpt,
+            projector=projector,
+            provenance=provenance,
+            batch_size=batch_size,
+            pad_token_id=0,
+        )
+
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        plain_s = timed(plain, device, args.batches)
+        plain_mem = _peak_gib(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sift_s = timed(sift, device, 1)  # one call = args.batches batches
+        sift_mem = _peak_gib(device)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"batch_size": batch_size, "oom": True}
+    run = {
+        "batch_size": batch_size,
+        "plain_examples_per_s": batch_size / plain_s,
+        "sift_examples_per_s": batch_size * args.batches / sift_s,
+        "plain_peak_gib": plain_mem,
+        "sift_peak_gib": sift_mem,
+    }
+    run["sift_over_plain"] = run["sift_examples_per_s"] / run["plain_examples_per_s"]
+    return run
+
+
+def fidelity(
+    model: Any, projector: Any, args: argparse.Namespace, vocab: int, device: torch.device
+) -> dict[str, Any]:
+    """Spearman(projected cosine, exact cosine) over pool x probe pairs of SGD gradients.
+
+    Examples share a prompt template (a common prefix) so that their gradients are related,
+    as real instruction data is; independent random sequences would all be near-orthogonal.
+    """
+    n_pool, n_probe = args.fidelity_pool, args.fidelity_probes
+    examples = make_examples(n_pool + n_probe, args.seq_len, args.loss_tokens, vocab)
+    prefix = examples[0].input_ids[: args.seq_len - args.loss_tokens]
+    examples = [
+        TokenizedExample(
+            ex.record_id,
+            prefix + ex.input_ids[len(prefix) :],
+            ex.labels,
+            None,
+            ex.n_response_tokens,
+            False,
+        )
+        for ex in examples
+    ]
+    rows = []
+    for start in range(0, len(examples), 4):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + 4], 0).items()}
+        rows.append(hooked_per_example_gradients(model, batch))  # [b, P] fp32
+    exact = torch.cat(rows)
+    del rows
+    exact_cos = influence.cosine_matrix(exact[:n_pool], exact[n_pool:]).flatten().cpu()
+    report: dict[str, Any] = {
+        "pairs": exact_cos.numel(),
+        "exact_cosine_std": float(exact_cos.std()),
+    }
+
+    def compare(name: str, projected: Tensor) -> None:
+        cos = influence.cosine_matrix(projected[:n_pool], projected[n_pool:]).flatten().cpu()
+        rho = float(spearmanr(exact_cos.double().numpy(), cos.double().numpy()).statistic)
+        report[name] = {"spearman": rho, "max_abs_error": float((exact_cos - cos).abs().max())}
+
+    sizes = list(projector.segments)
+    for dim in args.fidelity_dims:
+        srht = projection.BlockHadamardProjector(sizes, dim, seed=0)
+        compare(f"srht_d{dim}", srht.project(exact))
+    compare(f"dense_gaussian_d{args.dim}", dense_gaussian_projection(exact, args.dim, device))
+    return report
+
+
+def dense_gaussian_projection(x: Tensor, dim: int, device: torch.device) -> Tensor:
+    """x G / √d with G i.i.d. N(0, 1) drawn chunk by chunk: the textbook JL map, for reference."""
+    generator = torch.Generator(device=device).manual_seed(5)
+    out = torch.zeros((x.shape[0], dim), device=device)
+    for start in range(0, x.shape[1], 1 << 16):
+        chunk = x[:, start : start + (1 << 16)]
+        g = torch.randn((chunk.shape[1], dim), generator=generator, device=device)
+        out += chunk @ g
+    return out / math.sqrt(dim)
+
+
+def bench_score(args: argparse.Namespace) -> dict[str, Any]:
+    """N x d fp16 pool against M probes, shard by shard (as the score task streams them)."""
+    device = torch.device(args.device)
+    d, m, shard = args.dim, args.score_probes, args.score_shard
+    n_shards = math.ceil(args.score_pool / shard)
+    prov = dict(
+        model="bench",
+        checkpoint="c0",
+        projector="srht-blocks:v1",
+        seed=0,
+        dim=d,
+        dtype="float16",
+        param_order_hash="h",
+        max_length=512,
+    )
+    generator = torch.Generator(device="cpu").manual_seed(4)
+    probes = features.FeatureSet(
+        features.Provenance(**prov, kind="sgd"),
+        [f"v{i}" for i in range(m)],
+        [f"task{i % 4}" for i in range(m)],
+        torch.randn(m, d, generator=generator).half(),
+    )
+    pool_shard = features.FeatureSet(
+        features.Provenance(**prov, kind="adam"),
+        [f"p{i}" for i in range(shard)],
+        [None] * shard,
+        torch.randn(shard, d, generator=generator).half(),
+    )
+
+    def score_all(load: Callable[[int], features.FeatureSet]) -> None:
+        for i in range(n_shards):
+            influence.score_shard([load(i)], [probes], [1e-5], method="less", device=device)
+        sync(device)
+
+    in_memory_s = timed(lambda: score_all(lambda i: pool_shard), device, 1)
+    blob = pool_shard.to_safetensors()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "shard.safetensors"
+        path.write_bytes(blob)  # one file re-read per shard: page cache, like a local blob store
+        from_file_s = timed(
+            lambda: score_all(lambda i: features.FeatureSet.from_safetensors(path.read_bytes())),
+            device,
+            1,
+        )
+    n = n_shards * shard
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "pool": n,
+        "probes": m,
+        "dim": d,
+        "shard": shard,
+        "in_memory_s": in_memory_s,
+        "from_blob_file_s": from_file_s,
+        "pool_rows_per_s_in_memory": n / in_memory_s,
+    }
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=["tiny", *LLAMA_SHAPES], default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--loss-tokens", type=int, default=256)
+    parser.add_argument("--dim", type=int, default=8192)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8])
+    parser.add_argument("--batches", type=int, default=3, help="timed batches per run")
+    parser.add_argument("--fidelity-pool", type=int, default=48)
+    parser.add_argument("--fidelity-probes", type=int, default=8)
+    parser.add_argument("--fidelity-dims", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--score", action="store_true", help="benchmark scoring instead")
+    parser.add_argument("--score-pool", type=int, default=1_000_000)
+    parser.add_argument("--score-probes", type=int, default=1000)
+    parser.add_argument("--score-shard", type=int, default=16384)
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for a JSON result")
+    args = parser.parse_args()
+    result = bench_score(args) if args.score else bench_featurize(args)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        name = "score" if args.score else f"featurize-{args.shape}"
+        Path(args.out, f"{name}-{args.device.split(':')[0]}.json").write_text(
+            json.dumps(result, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
