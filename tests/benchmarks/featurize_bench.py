@@ -41,9 +41,10 @@ from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from workers.engine import features, influence, lora, projection
-from workers.engine.data import TokenizedExample, collate
+from workers.engine.data import Example, TokenizedExample, collate, tokenize_examples
 from workers.engine.gradients import hooked_per_example_gradients, response_nll
 from workers.engine.models import TINY_LLAMA, load_model_and_tokenizer
+from workers.engine.synthetic import planted_tasks
 from workers.engine.warmup import Checkpoint
 
 LLAMA_SHAPES: dict[str, dict[str, int]] = {
@@ -240,13 +241,33 @@ def fidelity(
 ) -> dict[str, Any]:
     """Spearman(projected cosine, exact cosine) over pool x probe pairs of SGD gradients.
 
-    Examples share a prompt template (a common prefix) so that their gradients are related,
-    as real instruction data is; independent random sequences would all be near-orthogonal.
+    Two example sets: the planted-task records (five instruction tasks, byte tokens: gradients
+    cluster by task, as in real pools) and random token sequences sharing a prompt (cosines
+    concentrated near one value: the hard case for any projection).
     """
-    n_pool, n_probe = args.fidelity_pool, args.fidelity_probes
-    examples = make_examples(n_pool + n_probe, args.seq_len, args.loss_tokens, vocab)
-    prefix = examples[0].input_ids[: args.seq_len - args.loss_tokens]
+    return {
+        "planted_tasks": _fidelity_on(model, projector, args, planted_examples(args), device),
+        "random_tokens": _fidelity_on(model, projector, args, random_examples(args, vocab), device),
+    }
+
+
+def planted_examples(args: argparse.Namespace) -> tuple[list[TokenizedExample], int]:
+    _, tokenizer = load_model_and_tokenizer(TINY_LLAMA)
+    records = planted_tasks(math.ceil(args.fidelity_pool / 5), seed=0)[: args.fidelity_pool]
+    probes = [r for r in planted_tasks(4, seed=1, id_prefix="v") if r["subtask"] == "capital"]
     examples = [
+        Example(str(r["id"]), tuple(r["messages"]), None)  # type: ignore[arg-type]
+        for r in records + probes[: args.fidelity_probes]
+    ]
+    tokenized, _ = tokenize_examples(tokenizer, examples, args.seq_len)
+    return tokenized, len(records)
+
+
+def random_examples(args: argparse.Namespace, vocab: int) -> tuple[list[TokenizedExample], int]:
+    n_pool = args.fidelity_pool
+    examples = make_examples(n_pool + args.fidelity_probes, args.seq_len, args.loss_tokens, vocab)
+    prefix = examples[0].input_ids[: args.seq_len - args.loss_tokens]
+    return [
         TokenizedExample(
             ex.record_id,
             prefix + ex.input_ids[len(prefix) :],
@@ -256,7 +277,17 @@ def fidelity(
             False,
         )
         for ex in examples
-    ]
+    ], n_pool
+
+
+def _fidelity_on(
+    model: Any,
+    projector: Any,
+    args: argparse.Namespace,
+    examples_and_pool_size: tuple[list[TokenizedExample], int],
+    device: torch.device,
+) -> dict[str, Any]:
+    examples, n_pool = examples_and_pool_size
     rows = []
     for start in range(0, len(examples), 4):
         batch = {k: v.to(device) for k, v in collate(examples[start : start + 4], 0).items()}

@@ -27,7 +27,7 @@ from torch import Tensor
 from workers.engine.data import TokenizedExample, collate
 from workers.engine.errors import Cancelled, InvalidInput, ProvenanceMismatch
 from workers.engine.gradients import (
-    adam_features,
+    AdamFeatureMap,
     backward_with_per_example_gradients,
     loop_per_example_gradients,
     sgd_features,
@@ -226,22 +226,22 @@ def featurize(
     load_adapter_state(model, checkpoint.adapter_state)
     _require_provenance_describes(model, examples, kind, checkpoint, projector, provenance)
     projector = projector.for_segments([p.numel() for _, p in lora_parameters(model)])
-    moments = _segment_moments(model, checkpoint) if kind == "adam" else None
     device = lora_parameters(model)[0][1].device
     out_dtype = FEATURE_DTYPES[provenance.dtype]
+    adam_maps = (
+        [
+            AdamFeatureMap(
+                m, v, step=checkpoint.step, device=device, bias_correction=adam_bias_correction
+            )
+            for m, v in _segment_moments(model, checkpoint)
+        ]
+        if kind == "adam"
+        else None
+    )
 
     def transform(index: int, grads: Tensor) -> Tensor:
         """SGD features are the gradients; Adam features need this segment's moments."""
-        if moments is None:
-            return sgd_features(grads)
-        exp_avg, exp_avg_sq = moments[index]
-        return adam_features(
-            grads,
-            exp_avg.to(grads.device),
-            exp_avg_sq.to(grads.device),
-            step=checkpoint.step,
-            bias_correction=adam_bias_correction,
-        )
+        return sgd_features(grads) if adam_maps is None else adam_maps[index](grads)
 
     def features_of(batch: dict[str, Tensor]) -> Tensor:
         batch = {k: v.to(device) for k, v in batch.items()}

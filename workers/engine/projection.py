@@ -24,11 +24,12 @@ Shapes: x [B, P] -> x Π [B, d]; x_t [B, P_t] -> x_t Π_t [B, d].
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -336,7 +337,8 @@ class BlockHadamardProjector(Projector):
         n1, n2 = 1 << (bits // 2), 1 << (bits - bits // 2)
         h1, h2 = self._hadamard_matrix(n1, x), self._hadamard_matrix(n2, x)
         y = x.reshape(*x.shape[:-1], n1, n2)
-        y = torch.matmul(torch.matmul(h1, y), h2)
+        with _tf32_on_cuda(x):
+            y = torch.matmul(torch.matmul(h1, y), h2)
         return y.reshape(x.shape)
 
     def _hadamard_matrix(self, n: int, like: Tensor) -> Tensor:
@@ -371,6 +373,25 @@ class BlockHadamardProjector(Projector):
         else:
             index = torch.randperm(self.dim, generator=generator)[:size]
         return _Block(offset, length, size, signs.to(device), index.to(device))
+
+
+@contextlib.contextmanager
+def _tf32_on_cuda(x: Tensor) -> Iterator[None]:
+    """TF32 tensor cores for the ±1 Hadamard products of float32 CUDA inputs.
+
+    H is exact in TF32; rounding x to TF32's 10-bit mantissa perturbs each projected
+    coordinate by ~5e-4 relative, far inside the JL error (~1/√d = 1e-2 at d = 8192).
+    CPU and float64 computations are untouched.
+    """
+    if not (x.is_cuda and x.dtype == torch.float32):
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def sylvester_hadamard(n: int) -> Tensor:
