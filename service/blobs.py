@@ -115,11 +115,13 @@ class FilesystemBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def _walk(self) -> list[str]:
-        if not self.root.is_dir():
+    def _walk(self, under: str = "") -> list[str]:
+        """Final keys in the folder ``under`` (relative, '' for all) and below."""
+        start = self.root / under if under else self.root
+        if not start.is_dir():
             return []
         keys = []
-        for dirpath, _dirnames, filenames in os.walk(self.root):
+        for dirpath, _dirnames, filenames in os.walk(start):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
                 if name.startswith(_TMP_PREFIX):
@@ -129,7 +131,8 @@ class FilesystemBlobStore:
 
     def list_keys(self, prefix: str = "") -> list[str]:
         validate_prefix(prefix)
-        return sorted(k for k in self._walk() if k.startswith(prefix))
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""  # walk only what can match
+        return sorted(k for k in self._walk(folder) if k.startswith(prefix))
 
     def delete_prefix(self, prefix: str) -> int:
         validate_prefix(prefix, allow_empty=False)

@@ -17,11 +17,15 @@ CPU_QUEUE = "sift.cpu"
 
 VALUATION_FEATURIZE = "sift.valuation.featurize"
 """Stage 1 of a valuation: warmup checkpoints, then pool (Adam) and probe (SGD) features."""
+VALUATION_FEATURIZE_SHARD = "sift.valuation.featurize_shard"
+"""One shard (a record range) of one feature set; any number run in parallel on GPU workers.
+The last one to finish hands the valuation on to scoring."""
 VALUATION_SCORE = "sift.valuation.score"
 """Stage 2 of a valuation: stream pool feature shards against probe features, store the scores."""
 
 TASK_QUEUES: dict[str, str] = {
     VALUATION_FEATURIZE: GPU_QUEUE,
+    VALUATION_FEATURIZE_SHARD: GPU_QUEUE,
     VALUATION_SCORE: CPU_QUEUE,
 }
 
@@ -32,6 +36,18 @@ class ValuationTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     valuation_id: str
+
+
+class FeatureShardTask(BaseModel):
+    """Payload of a shard task: which shard of which feature set, for which valuation, and all
+    the feature sets the valuation waits for (so the last shard knows when featurizing is done)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    valuation_id: str
+    feature_set_id: str
+    shard_index: int = Field(ge=0)
+    feature_set_ids: list[str] = Field(min_length=1)
 
 
 # --- Valuation settings: the wire format the API validates and the worker resolves. ------------

@@ -4,11 +4,20 @@ import dataclasses
 
 import pytest
 import torch
+from scipy.stats import spearmanr
 
+from workers.engine import features as features_module
 from workers.engine.errors import Cancelled, ProvenanceMismatch
 from workers.engine.features import FeatureSet, featurize
+from workers.engine.gradients import AdamFeatureMap, adam_features
+from workers.engine.influence import cosine_matrix
 from workers.engine.lora import lora_parameters
-from workers.engine.projection import Projector, RademacherProjector
+from workers.engine.projection import (
+    BlockHadamardProjector,
+    IdentityProjector,
+    Projector,
+    RademacherProjector,
+)
 
 from .conftest import Warmed, make_provenance
 
@@ -136,3 +145,105 @@ def test_progress_and_cancellation(warmed: Warmed) -> None:
             should_stop=lambda: len(seen) > 3,
             on_progress=seen.append,
         )
+
+
+# --- the batched (hooked, streamed) path against the loop reference -------------------------
+
+
+def _segments(warmed: Warmed) -> list[int]:
+    return [p.numel() for _, p in lora_parameters(warmed.model)]
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_batched_featurize_equals_loop_reference(
+    warmed: Warmed, kind: str, bias_correction: bool
+) -> None:
+    """Exact features (Π = I) and SRHT-projected ones: batched == per-example loop to 1e-4."""
+    p = _n_params(warmed)
+    for projector in (
+        IdentityProjector(p),
+        BlockHadamardProjector(_segments(warmed), 8192, seed=0),
+    ):
+        ckpt = warmed.checkpoints[1]
+        common = dict(
+            kind=kind,
+            checkpoint=ckpt,
+            projector=projector,
+            provenance=make_provenance(warmed.model, ckpt, projector, kind=kind),
+            batch_size=5,
+            pad_token_id=0,
+            adam_bias_correction=bias_correction,
+        )
+        batched = featurize(warmed.model, warmed.pool[:7], method="batched", **common)
+        loop = featurize(warmed.model, warmed.pool[:7], method="loop", **common)
+        rel = (batched.features - loop.features).norm(dim=1) / loop.features.norm(dim=1)
+        assert float(rel.max()) < 1e-4, (type(projector).__name__, float(rel.max()))
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_result(warmed: Warmed, monkeypatch) -> None:
+    """A batch over 2 examples 'runs out of memory': featurize retries smaller, same features."""
+    projector = BlockHadamardProjector(_segments(warmed), 64, seed=0)
+    ckpt = warmed.checkpoints[0]
+    kwargs = dict(
+        kind="adam",
+        checkpoint=ckpt,
+        projector=projector,
+        provenance=make_provenance(warmed.model, ckpt, projector, kind="adam"),
+        pad_token_id=0,
+    )
+    expected = featurize(warmed.model, warmed.pool[:5], batch_size=2, **kwargs)
+    real = features_module.backward_with_per_example_gradients
+
+    def small_memory(model, batch, consume):  # type: ignore[no-untyped-def]
+        if batch["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, batch, consume)
+
+    monkeypatch.setattr(features_module, "backward_with_per_example_gradients", small_memory)
+    sizes: list[int] = []
+    got = featurize(
+        warmed.model, warmed.pool[:5], batch_size=8, on_batch_size=sizes.append, **kwargs
+    )
+    assert sizes == [4, 2]
+    torch.testing.assert_close(got.features, expected.features, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_feature_map_equals_adam_features() -> None:
+    g = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    m = torch.randn(50, generator=torch.Generator().manual_seed(1)) * 1e-3
+    v = torch.rand(50, generator=torch.Generator().manual_seed(2)) * 1e-6
+    for bias_correction in (False, True):
+        fast = AdamFeatureMap(
+            m, v, step=7, device=torch.device("cpu"), bias_correction=bias_correction
+        )
+        slow = adam_features(g, m, v, step=7, bias_correction=bias_correction)
+        torch.testing.assert_close(fast(g), slow, rtol=1e-5, atol=1e-7)
+
+
+def test_default_projection_keeps_cosine_ranks_on_the_tiny_model(warmed: Warmed) -> None:
+    """Spearman(SRHT d=8192 cosines, exact cosines) >= 0.99 on LESS's pair scores."""
+    p = _n_params(warmed)
+    ckpt = warmed.checkpoints[1]
+
+    def feats(examples, kind, projector):  # type: ignore[no-untyped-def]
+        return featurize(
+            warmed.model,
+            examples,
+            kind=kind,
+            checkpoint=ckpt,
+            projector=projector,
+            provenance=make_provenance(warmed.model, ckpt, projector, kind=kind),
+            batch_size=8,
+            pad_token_id=0,
+        ).features
+
+    srht = BlockHadamardProjector(_segments(warmed), 8192, seed=0)
+    exact = cosine_matrix(
+        feats(warmed.pool, "adam", IdentityProjector(p)),
+        feats(warmed.probes, "sgd", IdentityProjector(p)),
+    )
+    projected = cosine_matrix(feats(warmed.pool, "adam", srht), feats(warmed.probes, "sgd", srht))
+    rho = spearmanr(exact.flatten().numpy(), projected.flatten().numpy()).statistic
+    print(f"\nSpearman(SRHT d=8192, exact) over {exact.numel()} pairs, P={p}: {rho:.4f}")
+    assert rho >= 0.99

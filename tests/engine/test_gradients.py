@@ -11,8 +11,8 @@ from workers.engine.features import flat_moments
 from workers.engine.gradients import (
     adam_features,
     hooked_per_example_gradients,
-    lora_linear_modules,
     loop_per_example_gradients,
+    lora_linear_modules,
     response_nll,
 )
 from workers.engine.lora import LoraSettings, attach_lora, load_adapter_state

@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from scipy.linalg import hadamard
 
+from workers.engine import projection
 from workers.engine.errors import InvalidInput
 from workers.engine.projection import (
     ROWS_PER_BLOCK,
+    BlockHadamardProjector,
     IdentityProjector,
     RademacherProjector,
     dense_rademacher_matrix,
+    sylvester_hadamard,
 )
 
 P, D = 2 * ROWS_PER_BLOCK + 300, 64  # a partial last block on purpose
@@ -57,3 +61,86 @@ def test_bad_arguments_raise() -> None:
         RademacherProjector(P, D, seed=0, chunk_size=ROWS_PER_BLOCK + 1)
     with pytest.raises(InvalidInput):
         RademacherProjector(P, D, seed=0).project(torch.zeros(2, P + 1))
+
+
+# --- block SRHT (the default projector) -----------------------------------------------------
+
+
+def _explicit_block_hadamard(projector: BlockHadamardProjector) -> torch.Tensor:
+    """Π [P, d] written out from the definition with scipy's Hadamard matrices (float64)."""
+    pi = torch.zeros(projector.input_dim, projector.dim, dtype=torch.float64)
+    offset = 0
+    for size, blocks in zip(projector.segments, projector._plan(torch.device("cpu")), strict=True):
+        for block in blocks:
+            h = torch.tensor(hadamard(block.size), dtype=torch.float64)
+            rows = h[: block.length] * block.signs[: block.length, None].double()  # D H (H sym.)
+            start = offset + block.offset
+            if block.size >= projector.dim:
+                pi[start : start + block.length] = rows[:, block.index] / projector.dim**0.5
+            else:
+                pi[start : start + block.length, block.index] += rows / block.size**0.5
+        offset += size
+    return pi
+
+
+@pytest.mark.parametrize("dim", [16, 200])  # below and above the small block sizes
+def test_block_hadamard_equals_its_explicit_matrix(dim: int, monkeypatch) -> None:
+    monkeypatch.setattr(projection, "MAX_HADAMARD_BLOCK", 64)  # several full blocks per segment
+    segments = (300, 70, 5, 128)
+    projector = BlockHadamardProjector(segments, dim, seed=3, dtype=torch.float64)
+    x = torch.randn(4, sum(segments), generator=torch.Generator().manual_seed(0)).double()
+    pi = _explicit_block_hadamard(projector)
+    torch.testing.assert_close(projector.project(x), x @ pi, rtol=1e-12, atol=1e-12)
+    if dim <= 64:  # blocks of 64 sampled down to d: every entry of Π is ±1/√d or 0
+        assert set((pi[:256] * dim**0.5).round().unique().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def test_block_hadamard_segments_add_up_and_are_deterministic() -> None:
+    segments = (70_000, 3_000, 1)
+    x = torch.randn(3, sum(segments), generator=torch.Generator().manual_seed(2))
+    a = BlockHadamardProjector(segments, 512, seed=5)
+    b = BlockHadamardProjector(segments, 512, seed=5)
+    whole = a.project(x)
+    parts = a.project_segment(0, x[:, :70_000]) + a.project_segment(1, x[:, 70_000:73_000])
+    parts += a.project_segment(2, x[:, 73_000:])
+    torch.testing.assert_close(parts, whole)
+    assert torch.equal(whole, b.project(x))  # same (segments, d, seed): same Π, bit for bit
+    assert not torch.allclose(whole, BlockHadamardProjector(segments, 512, seed=6).project(x))
+
+
+def test_block_hadamard_preserves_norms_and_inner_products_like_jl() -> None:
+    """E||xΠ||² = ||x||²; at d = 4096 relative errors are O(1/√d), as for a dense Π."""
+    segments = (1 << 17, 40_000)
+    x = torch.randn(16, sum(segments), generator=torch.Generator().manual_seed(4))
+    y = BlockHadamardProjector(segments, 4096, seed=0).project(x)
+    ratio = y.norm(dim=1) ** 2 / x.norm(dim=1) ** 2
+    assert float((ratio - 1).abs().max()) < 6 * (2 / 4096) ** 0.5
+    exact = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(x, dim=1).T
+    approx = torch.nn.functional.normalize(y, dim=1) @ torch.nn.functional.normalize(y, dim=1).T
+    assert float((exact - approx).abs().max()) < 6 / 4096**0.5
+
+
+def test_layout_free_projectors_recut_and_block_hadamard_refuses() -> None:
+    x = torch.randn(2, P, generator=torch.Generator().manual_seed(5))
+    dense = RademacherProjector(P, D, seed=1)
+    recut = dense.for_segments([1000, P - 1000])
+    torch.testing.assert_close(
+        recut.project_segment(0, x[:, :1000]) + recut.project_segment(1, x[:, 1000:]),
+        dense.project(x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    srht = BlockHadamardProjector([1000, P - 1000], D, seed=1)
+    assert srht.for_segments([1000, P - 1000]) is srht
+    with pytest.raises(InvalidInput, match="segments"):
+        srht.for_segments([P])
+    with pytest.raises(InvalidInput, match="segment 0 expects"):
+        srht.project_segment(0, x[:, :999])
+
+
+def test_sylvester_hadamard_is_orthogonal() -> None:
+    h = sylvester_hadamard(16)
+    torch.testing.assert_close(h @ h.T, 16 * torch.eye(16))
+    assert torch.equal(h, torch.tensor(hadamard(16), dtype=torch.float32))
+    with pytest.raises(InvalidInput):
+        sylvester_hadamard(12)

@@ -44,7 +44,8 @@ class WorkerProcess:
         cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker"]
         cmd += ["--queues", "sift.gpu,sift.cpu", "--pool", "solo", "--concurrency", "1"]
         cmd += ["--loglevel", "INFO", "--hostname", f"{self.name}-{self.starts}@%h"]
-        log = self.logs / f"worker-{self.starts}.log"
+        log = self.logs / f"worker-{self.name}-{self.starts}.log"
+        self.log = log
         self.proc = self._running.enter_context(_process(cmd, log, env=self.env))
 
     def kill(self) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, WorkerProcess
 from tests.integration.servers import s3_client
 
 pytestmark = pytest.mark.integration
@@ -247,3 +247,37 @@ def test_worker_killed_mid_job_resumes_without_recomputing(
     assert len(after) > len(written)
     scores = api.get(f"/v1/valuations/{queued['id']}/scores", params={"limit": 1000}).json()
     assert scores["total"] == pool["n_records"]
+
+
+def test_shards_fan_out_over_several_workers(
+    api: httpx.Client, stack: Stack, pool: dict[str, Any]
+) -> None:
+    """A second worker process joins: the job's shard tasks are shared between both workers,
+    and scoring is handed over exactly once."""
+    extra = WorkerProcess(stack.env, stack.logs, "it-extra")
+    extra.start()
+    try:
+        ready = extra.log
+        deadline = time.monotonic() + 60
+        while "ready." not in (ready.read_text() if ready.exists() else ""):
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.2)
+        probes = _upload(api, "it-probes-fanout", _records("probes.jsonl"))
+        settings = {**SETTINGS, "shard_size": 4, "projection": {"dim": 128, "seed": 12}}
+        queued = _value(api, pool["id"], probes["id"], settings)
+        done = _wait(api, queued["id"], ("succeeded", "failed", "cancelled"), timeout=300)
+        assert done["status"] == "succeeded", done["error"]
+        assert done["progress"]["done"] == done["progress"]["total"]
+        assert any("shards on the sift.gpu queue" in note for note in done["notes"])
+    finally:
+        extra.close()
+    counts = {
+        log.name: log.read_text().count("Task sift.valuation.featurize_shard[")
+        for log in stack.logs.glob("worker-*.log")
+    }
+    assert sum(1 for n in counts.values() if n > 0) >= 2, counts
+    scored = sum(
+        log.read_text().count("Task sift.valuation.score[")
+        for log in stack.logs.glob("worker-*.log")
+    )
+    assert scored >= 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import case, update
 
 from service.db.models import Job
 from service.db.session import SessionLocal
@@ -67,8 +67,43 @@ class JobTracker:
         return timings
 
     def advance(self, n: int) -> None:
-        job = self.read()
-        self._update(progress_done=min(job.progress_done + n, max(job.progress_total, 0)))
+        """progress_done += n (capped at the total) in one statement: parallel shard tasks
+        advancing the same job never lose each other's updates."""
+        done = Job.progress_done + n
+        with SessionLocal() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == self.job_id)
+                .values(
+                    progress_done=case((done > Job.progress_total, Job.progress_total), else_=done)
+                )
+            )
+            session.commit()
+
+    def hand_over(self, from_stage: str, to_stage: str) -> bool:
+        """Move a running job from ``from_stage`` to ``to_stage`` if nobody did yet.
+
+        Compare-and-set: of several tasks that each find the stage's work finished, exactly
+        one gets True and hands the job on (enqueues the next stage).
+        """
+        if self._stage == from_stage:
+            timings = self._close_stage()
+        else:  # opened by another process: stages run back to back since the job started
+            job = self.read()
+            timings = dict(job.timings or {})
+            if job.started_at is not None:
+                started = job.started_at.replace(tzinfo=job.started_at.tzinfo or UTC)
+                elapsed = (_now() - started).total_seconds() - sum(timings.values())
+                timings[from_stage] = round(timings.get(from_stage, 0.0) + max(elapsed, 0.0), 3)
+        with SessionLocal() as session:
+            moved = session.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == "running", Job.stage == from_stage)
+                .values(stage=to_stage, progress_done=0, progress_total=0, timings=timings)
+            ).rowcount
+            session.commit()
+        self._stage, self._stage_started = to_stage, time.monotonic()
+        return bool(moved)
 
     def note(self, text: str) -> None:
         notes = list(self.read().notes or [])

@@ -32,12 +32,22 @@ from service.db.models import Dataset, Model, Record, Score, Valuation, WarmupRu
 from service.db.models import FeatureSet as FeatureSetRow
 from service.db.session import SessionLocal
 from service.queue import celery_app, enqueue
-from workers.contracts import VALUATION_FEATURIZE, VALUATION_SCORE, ValuationSettings, ValuationTask
+from workers.contracts import (
+    GPU_QUEUE,
+    VALUATION_FEATURIZE,
+    VALUATION_FEATURIZE_SHARD,
+    VALUATION_SCORE,
+    FeatureShardTask,
+    ValuationSettings,
+    ValuationTask,
+)
 from workers.engine import data, features, influence, lora, models, projection, warmup
 from workers.engine.errors import Cancelled, EngineError
 from workers.tasks.jobs import JobTracker
 
 log = logging.getLogger(__name__)
+
+FEATURIZE_STAGE = "featurize"
 
 TINY_LORA = {"r": 8, "alpha": 32.0}
 LESS_LORA = {"r": 128, "alpha": 512.0}
@@ -81,15 +91,16 @@ def _load_dataset(dataset_id: str) -> LoadedDataset:
         rows = session.scalars(
             select(Record).where(Record.dataset_id == dataset_id).order_by(Record.position)
         ).all()
-        examples = [
-            data.Example(
-                record_id=row.record_id,
-                messages=tuple({"role": m["role"], "content": m["content"]} for m in row.messages),
-                subtask=row.subtask,
-            )
-            for row in rows
-        ]
+        examples = [_example(row) for row in rows]
         return LoadedDataset(dataset.id, dataset.content_hash, examples)
+
+
+def _example(row: Record) -> data.Example:
+    return data.Example(
+        record_id=row.record_id,
+        messages=tuple({"role": m["role"], "content": m["content"]} for m in row.messages),
+        subtask=row.subtask,
+    )
 
 
 class Context:
@@ -132,8 +143,14 @@ def _load_context(valuation_id: str) -> Context | None:
         return None
 
 
-def _run_job(valuation_id: str, body: Callable[[Context], None]) -> None:
-    """Common envelope: skip finished jobs, honour cancellation, turn errors into job status."""
+def _run_job(
+    valuation_id: str, body: Callable[[Context], None], *, already_running: bool = False
+) -> None:
+    """Common envelope: skip finished jobs, honour cancellation, turn errors into job status.
+
+    ``already_running``: a task inside a running job (a shard) does not start the job, and
+    does nothing for a job that is not running (failed, cancelled or finished meanwhile).
+    """
     ctx = _load_context(valuation_id)
     if ctx is None:
         return
@@ -144,7 +161,11 @@ def _run_job(valuation_id: str, body: Callable[[Context], None]) -> None:
     if job.cancel_requested:
         ctx.job.cancel()
         return
-    if not ctx.job.start():
+    if already_running:
+        if job.status != "running":
+            log.info("valuation %s is %s; dropping shard task", valuation_id, job.status)
+            return
+    elif not ctx.job.start():
         log.info("valuation %s was cancelled before it started", valuation_id)
         return
     try:
@@ -300,24 +321,36 @@ def _shards(records: Sequence[data.Example], size: int) -> list[list[data.Exampl
     return [list(records[i : i + size]) for i in range(0, len(records), size)] or [[]]
 
 
-def _featurize_dataset(
+def _projector(model: Any, settings: ValuationSettings) -> projection.Projector:
+    """The production Π: block SRHT over the model's LoRA tensors (see ``projection``)."""
+    sizes = [p.numel() for _, p in lora.lora_parameters(model)]
+    return projection.BlockHadamardProjector(
+        sizes, settings.projection.dim, settings.projection.seed
+    )
+
+
+def _shard_key(prefix: str, index: int) -> str:
+    return f"{prefix}/shard-{index:05d}.safetensors"
+
+
+def _ensure_feature_set(
     ctx: Context,
     *,
     dataset: LoadedDataset,
     kind: str,
     model: Any,
-    tokenizer: Any,
     checkpoint_row_id: str,
     ckpt: warmup.Checkpoint,
     fingerprint: str,
     shard_size: int,
-) -> None:
-    """Compute (or reuse) one feature set: ``kind`` features of ``dataset`` at one checkpoint."""
+) -> tuple[str, list[int]]:
+    """Find or create the feature set for ``kind`` features of ``dataset`` at one checkpoint.
+
+    Returns its row id and the shard indices still to compute (those not in the blob store);
+    finished shards count as progress at once.
+    """
     s = ctx.settings
-    n_params = sum(p.numel() for _, p in lora.lora_parameters(model))
-    projector = projection.RademacherProjector(
-        input_dim=n_params, dim=s.projection.dim, seed=s.projection.seed
-    )
+    projector = _projector(model, s)
     provenance = features.Provenance(
         model=fingerprint,
         checkpoint=features.checkpoint_hash(ckpt.adapter_state),
@@ -333,16 +366,9 @@ def _featurize_dataset(
         provenance.to_dict(), dataset.content_hash, shard_size, s.adam_bias_correction
     )
     prefix = f"features/{key}"
-    shards = _shards(dataset.examples, shard_size)
+    n_shards = len(_shards(dataset.examples, shard_size))
     with SessionLocal() as session:
         row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
-        if row is not None and row.status == "complete":
-            ctx.job.note(
-                f"reused {kind} features of dataset {dataset.id} at epoch {ckpt.epoch} "
-                f"(feature set {row.id})"
-            )
-            ctx.job.advance(len(dataset.examples))
-            return
         if row is None:
             row = FeatureSetRow(
                 content_key=key,
@@ -354,46 +380,34 @@ def _featurize_dataset(
                 dtype=provenance.dtype,
                 n_records=len(dataset.examples),
                 shard_size=shard_size,
-                n_shards=len(shards),
+                n_shards=n_shards,
                 blob_prefix=prefix,
                 status="building",
             )
             session.add(row)
             try:
                 session.commit()
-            except IntegrityError:
+            except IntegrityError:  # created concurrently by another valuation: use theirs
                 session.rollback()
-        row_key = key
-
-    for index, shard in enumerate(shards):
-        shard_key = f"{prefix}/shard-{index:05d}.safetensors"
-        if ctx.blobs.exists(shard_key):  # written atomically: existing means finished
-            ctx.job.advance(len(shard))
-            continue
-        tokenized, _ = data.tokenize_examples(tokenizer, shard, s.max_length)
-        feature_set = features.featurize(
-            model,
-            tokenized,
-            kind=kind,
-            checkpoint=ckpt,
-            projector=projector,
-            provenance=provenance,
-            batch_size=s.batch_size,
-            pad_token_id=tokenizer.pad_token_id,
-            adam_bias_correction=s.adam_bias_correction,
-            should_stop=ctx.job.cancel_requested,
+                row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
+        assert row is not None
+        row_id, complete = row.id, row.status == "complete"
+    if complete:
+        ctx.job.note(
+            f"reused {kind} features of dataset {dataset.id} at epoch {ckpt.epoch} "
+            f"(feature set {row_id})"
         )
-        ctx.blobs.put_bytes(shard_key, feature_set.to_safetensors())
-        ctx.job.advance(len(shard))
-
-    with SessionLocal() as session:
-        done = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == row_key))
-        assert done is not None
-        done.status = "complete"
-        session.commit()
+        ctx.job.advance(len(dataset.examples))
+        return row_id, []
+    done = set(ctx.blobs.list_keys(prefix + "/"))
+    missing = [i for i in range(n_shards) if _shard_key(prefix, i) not in done]
+    sizes = [len(shard) for shard in _shards(dataset.examples, shard_size)]
+    ctx.job.advance(sum(sizes[i] for i in range(n_shards) if i not in set(missing)))
+    return row_id, missing
 
 
 def featurize_valuation(ctx: Context) -> None:
+    """Warmup, then fan featurization out: one task per missing shard of every feature set."""
     s = ctx.settings
     ctx.job.stage("load model")
     dtype = getattr(torch, s.dtype)
@@ -420,44 +434,171 @@ def featurize_valuation(ctx: Context) -> None:
             f"response did not fit in max_length={s.max_length} (see 'skipped')"
         )
 
-    peft_model = lora.attach_lora(
-        model,
-        lora.LoraSettings(
-            r=int(s.lora.r or 0),
-            alpha=float(s.lora.alpha or 0),
-            dropout=s.lora.dropout,
-            target_modules=tuple(s.lora.target_modules),
-        ),
-    )
+    peft_model = lora.attach_lora(model, _lora_settings(s))
     checkpoints = _warmup_checkpoints(ctx, peft_model, tokenizer, pool_tok, fingerprint)
 
     total = len(checkpoints) * (len(ctx.pool.examples) + len(ctx.probes.examples))
-    ctx.job.stage("featurize", total=total)
+    ctx.job.stage(FEATURIZE_STAGE, total=total)
+    feature_set_ids: list[str] = []
+    todo: list[tuple[str, int]] = []
     for row_id, ckpt in checkpoints:
-        _featurize_dataset(
-            ctx,
-            dataset=ctx.pool,
-            kind="adam",
-            model=peft_model,
-            tokenizer=tokenizer,
-            checkpoint_row_id=row_id,
-            ckpt=ckpt,
-            fingerprint=fingerprint,
-            shard_size=s.shard_size,
+        for dataset, kind, shard_size in (
+            (ctx.pool, "adam", s.shard_size),
+            (ctx.probes, "sgd", _probe_shard_size(len(ctx.probes.examples))),
+        ):
+            set_id, missing = _ensure_feature_set(
+                ctx,
+                dataset=dataset,
+                kind=kind,
+                model=peft_model,
+                checkpoint_row_id=row_id,
+                ckpt=ckpt,
+                fingerprint=fingerprint,
+                shard_size=shard_size,
+            )
+            feature_set_ids.append(set_id)
+            todo += [(set_id, index) for index in missing]
+    del model, peft_model  # shard tasks load their own (cached per worker process)
+    if not todo:
+        _finish_featurize(ctx, feature_set_ids)
+        return
+    ctx.job.note(f"featurizing {len(todo)} shards on the {GPU_QUEUE} queue")
+    for set_id, index in todo:
+        enqueue(
+            VALUATION_FEATURIZE_SHARD,
+            FeatureShardTask(
+                valuation_id=ctx.valuation_id,
+                feature_set_id=set_id,
+                shard_index=index,
+                feature_set_ids=feature_set_ids,
+            ),
         )
-        _featurize_dataset(
-            ctx,
-            dataset=ctx.probes,
-            kind="sgd",
-            model=peft_model,
-            tokenizer=tokenizer,
-            checkpoint_row_id=row_id,
-            ckpt=ckpt,
-            fingerprint=fingerprint,
-            shard_size=_probe_shard_size(len(ctx.probes.examples)),
+
+
+def _lora_settings(s: ValuationSettings) -> lora.LoraSettings:
+    return lora.LoraSettings(
+        r=int(s.lora.r or 0),
+        alpha=float(s.lora.alpha or 0),
+        dropout=s.lora.dropout,
+        target_modules=tuple(s.lora.target_modules),
+    )
+
+
+def featurize_shard(ctx: Context, task: FeatureShardTask) -> None:
+    """Compute one shard of one feature set (if it is not stored yet), then check whether it
+    was the last one the valuation waited for."""
+    with SessionLocal() as session:
+        row = session.get(FeatureSetRow, task.feature_set_id)
+        if row is None:
+            raise EngineError(f"feature set {task.feature_set_id} no longer exists")
+        session.expunge(row)
+    key = _shard_key(row.blob_prefix, task.shard_index)
+    if not ctx.blobs.exists(key):  # written atomically: existing means finished
+        s = ctx.settings
+        provenance = features.Provenance.from_dict(row.provenance)
+        model, tokenizer, fingerprint = _cached_model(ctx.model_source, s)
+        if fingerprint != provenance.model:
+            raise EngineError(
+                f"feature set {row.id} was made with model {provenance.model}, this worker "
+                f"loaded {fingerprint}"
+            )
+        ckpt = _cached_checkpoint(ctx, row.checkpoint_id)
+        records = _dataset_slice(row.dataset_id, task.shard_index * row.shard_size, row.shard_size)
+        tokenized, _ = data.tokenize_examples(tokenizer, records, s.max_length)
+        feature_set = features.featurize(
+            model,
+            tokenized,
+            kind=row.kind,  # type: ignore[arg-type]
+            checkpoint=ckpt,
+            projector=_projector(model, s),
+            provenance=provenance,
+            batch_size=s.batch_size,
+            pad_token_id=tokenizer.pad_token_id,
+            adam_bias_correction=s.adam_bias_correction,
+            should_stop=ctx.job.cancel_requested,
+            on_batch_size=lambda n: ctx.job.note(
+                f"featurize batch size reduced to {n} to fit accelerator memory"
+            ),
         )
-    ctx.job.stage("queued for scoring")
+        ctx.blobs.put_bytes(key, feature_set.to_safetensors())
+        ctx.job.advance(len(records))
+    if all(_all_shards_stored(ctx.blobs, set_id) for set_id in task.feature_set_ids):
+        _finish_featurize(ctx, task.feature_set_ids)
+
+
+def _all_shards_stored(blobs: BlobStore, feature_set_id: str) -> bool:
+    with SessionLocal() as session:
+        row = session.get(FeatureSetRow, feature_set_id)
+        if row is None:
+            return False
+        if row.status == "complete":
+            return True
+        prefix, n_shards = row.blob_prefix, row.n_shards
+    stored = set(blobs.list_keys(prefix + "/"))
+    return all(_shard_key(prefix, i) in stored for i in range(n_shards))
+
+
+def _finish_featurize(ctx: Context, feature_set_ids: Sequence[str]) -> None:
+    """Mark the feature sets complete and enqueue scoring, once (compare-and-set on the job)."""
+    if not ctx.job.hand_over(FEATURIZE_STAGE, "queued for scoring"):
+        return  # another shard task handed over first
+    with SessionLocal() as session:
+        for set_id in feature_set_ids:
+            row = session.get(FeatureSetRow, set_id)
+            if row is not None:
+                row.status = "complete"
+        session.commit()
     enqueue(VALUATION_SCORE, ValuationTask(valuation_id=ctx.valuation_id))
+
+
+def _dataset_slice(dataset_id: str, start: int, size: int) -> list[data.Example]:
+    """Records ``start .. start+size`` of a dataset in position order (one shard's worth)."""
+    with SessionLocal() as session:
+        rows = session.scalars(
+            select(Record)
+            .where(Record.dataset_id == dataset_id)
+            .order_by(Record.position)
+            .offset(start)
+            .limit(size)
+        ).all()
+        return [_example(row) for row in rows]
+
+
+_MODEL_CACHE: dict[tuple[Any, ...], tuple[Any, Any, str]] = {}
+_CHECKPOINT_CACHE: dict[str, warmup.Checkpoint] = {}
+
+
+def _cached_model(source: str, s: ValuationSettings) -> tuple[Any, Any, str]:
+    """The LoRA-wrapped model this worker process last loaded, if it is the one asked for.
+
+    Safe to share between shard tasks: ``featurize`` loads the checkpoint's adapter into the
+    model before every use. One model at a time (a 7B model fills a GPU).
+    """
+    key = (source, s.dtype, str(_device()), _lora_settings(s))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        model, tokenizer = models.load_model_and_tokenizer(
+            source, dtype=getattr(torch, s.dtype), device=_device()
+        )
+        fingerprint = models.model_fingerprint(source, model)
+        _MODEL_CACHE[key] = (lora.attach_lora(model, _lora_settings(s)), tokenizer, fingerprint)
+    return _MODEL_CACHE[key]
+
+
+def _cached_checkpoint(ctx: Context, checkpoint_id: str) -> warmup.Checkpoint:
+    """Adapter and Adam moments of a stored checkpoint (the last two read stay in memory)."""
+    if checkpoint_id not in _CHECKPOINT_CACHE:
+        with SessionLocal() as session:
+            row = session.get(CheckpointRow, checkpoint_id)
+            if row is None:
+                raise EngineError(f"checkpoint {checkpoint_id} no longer exists")
+            adapter_key, optimizer_key = row.adapter_blob_key, row.optimizer_blob_key
+        while len(_CHECKPOINT_CACHE) >= 2:
+            _CHECKPOINT_CACHE.pop(next(iter(_CHECKPOINT_CACHE)))
+        _CHECKPOINT_CACHE[checkpoint_id] = warmup.checkpoint_from_safetensors(
+            ctx.blobs.get_bytes(adapter_key), ctx.blobs.get_bytes(optimizer_key)
+        )
+    return _CHECKPOINT_CACHE[checkpoint_id]
 
 
 # --- stage 2: scores (CPU queue) --------------------------------------------------------------
@@ -538,7 +679,13 @@ def score_valuation(ctx: Context) -> None:
         if ctx.job.cancel_requested():
             raise Cancelled("cancelled during scoring")
         pool = [_load_features(ctx.blobs, row, index) for row in pool_sets]
-        shard = influence.score_shard(pool, probes, lrs, method=ctx.method)  # type: ignore[arg-type]
+        shard = influence.score_shard(
+            pool,
+            probes,
+            lrs,
+            method=ctx.method,  # type: ignore[arg-type]
+            device=_device(),
+        )
         record_ids += shard.record_ids
         scores += shard.scores.tolist()
         for name, values in shard.per_subtask.items():
@@ -591,10 +738,23 @@ def featurize_task(valuation_id: str) -> None:
     _run_job(ValuationTask(valuation_id=valuation_id).valuation_id, featurize_valuation)
 
 
+@celery_app.task(name=VALUATION_FEATURIZE_SHARD, acks_late=True, reject_on_worker_lost=True)
+def featurize_shard_task(**payload: Any) -> None:
+    """One feature shard; the last shard of a valuation enqueues its scoring."""
+    task = FeatureShardTask.model_validate(payload)
+    _run_job(task.valuation_id, lambda ctx: featurize_shard(ctx, task), already_running=True)
+
+
 @celery_app.task(name=VALUATION_SCORE, acks_late=True, reject_on_worker_lost=True)
 def score_task(valuation_id: str) -> None:
     """LESS / TracIn scores streamed over the stored pool shards."""
     _run_job(ValuationTask(valuation_id=valuation_id).valuation_id, score_valuation)
 
 
-__all__ = ["content_key", "featurize_task", "resolve_settings", "score_task"]
+__all__ = [
+    "content_key",
+    "featurize_shard_task",
+    "featurize_task",
+    "resolve_settings",
+    "score_task",
+]

@@ -1,0 +1,33 @@
+"""Benchmarks as pytest items (``pytest -m benchmark tests/benchmarks``; not in the default run).
+
+They print throughput and check only that the measurement happened; no wall-clock limits.
+GPU shapes run through ``python -m tests.benchmarks.featurize_bench`` (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.benchmark
+
+
+def _bench(*args: str) -> str:
+    cmd = [sys.executable, "-m", "tests.benchmarks.featurize_bench", *args]
+    out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
+    print(out)
+    return out
+
+
+def test_featurize_tiny_model_on_cpu() -> None:
+    out = _bench("--shape", "tiny", "--device", "cpu", "--batch-sizes", "8", "--batches", "4")
+    assert "sift_examples_per_s" in out and "spearman" in out
+
+
+def test_scoring_on_cpu() -> None:
+    out = _bench("--score", "--device", "cpu", "--score-pool", "65536", "--score-probes", "1000")
+    assert "pool_rows_per_s_in_memory" in out
