@@ -163,6 +163,8 @@ def bench_featurize(args: argparse.Namespace) -> dict[str, Any]:
     }
     for batch_size in args.batch_sizes:
         run = _run_batch_size(model, projector, ckpt, args, batch_size, vocab, device)
+        if args.with_loop and not run.get("oom"):
+            run["loop_examples_per_s"] = _loop_throughput(model, ckpt, args, batch_size, vocab)
         result["runs"].append(run)
         print(json.dumps(run), flush=True)
     result["fidelity"] = fidelity(model, projector, args, vocab, device)
@@ -234,6 +236,39 @@ def _run_batch_size(
     }
     run["sift_over_plain"] = run["sift_examples_per_s"] / run["plain_examples_per_s"]
     return run
+
+
+def _loop_throughput(
+    model: Any, ckpt: Checkpoint, args: argparse.Namespace, batch_size: int, vocab: int
+) -> float:
+    """LESS's way: one backward per example, then a dense Rademacher projection of [B, P]."""
+    sizes = [p.numel() for _, p in lora.lora_parameters(model)]
+    dense = projection.RademacherProjector(sum(sizes), args.dim, seed=0, segments=sizes)
+    examples = make_examples(batch_size, args.seq_len, args.loss_tokens, vocab)
+    provenance = features.Provenance(
+        model=args.shape,
+        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
+        projector=dense.spec(),
+        seed=0,
+        dim=args.dim,
+        dtype="float16",
+        param_order_hash=lora.parameter_order_hash(model),
+        kind="adam",
+        max_length=args.seq_len,
+    )
+    start = time.perf_counter()
+    features.featurize(
+        model,
+        examples,
+        kind="adam",
+        checkpoint=ckpt,
+        projector=dense,
+        provenance=provenance,
+        batch_size=batch_size,
+        pad_token_id=0,
+        method="loop",
+    )
+    return batch_size / (time.perf_counter() - start)
 
 
 def fidelity(
@@ -399,6 +434,7 @@ def main() -> None:
     parser.add_argument("--fidelity-pool", type=int, default=48)
     parser.add_argument("--fidelity-probes", type=int, default=8)
     parser.add_argument("--fidelity-dims", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--with-loop", action="store_true", help="also time the loop reference")
     parser.add_argument("--score", action="store_true", help="benchmark scoring instead")
     parser.add_argument("--score-pool", type=int, default=1_000_000)
     parser.add_argument("--score-probes", type=int, default=1000)

@@ -84,7 +84,7 @@ def lora_linear_modules(model: nn.Module) -> list[nn.Linear]:
     (peft's ``lora_A`` / ``lora_B``); anything else (DoRA magnitudes, LoRA on embeddings) is
     rejected rather than silently mis-computed.
     """
-    modules = []
+    modules: list[nn.Linear] = []
     for name, param in lora_parameters(model):
         module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else None
         if (

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -512,13 +513,11 @@ def featurize_shard(ctx: Context, task: FeatureShardTask) -> None:
             checkpoint=ckpt,
             projector=_projector(model, s),
             provenance=provenance,
-            batch_size=s.batch_size,
+            batch_size=min(s.batch_size, _BATCH_SIZE_THAT_FITS.get(ctx.model_source, s.batch_size)),
             pad_token_id=tokenizer.pad_token_id,
             adam_bias_correction=s.adam_bias_correction,
             should_stop=ctx.job.cancel_requested,
-            on_batch_size=lambda n: ctx.job.note(
-                f"featurize batch size reduced to {n} to fit accelerator memory"
-            ),
+            on_batch_size=lambda n: _remember_batch_size(ctx, n),
         )
         ctx.blobs.put_bytes(key, feature_set.to_safetensors())
         ctx.job.advance(len(records))
@@ -562,6 +561,16 @@ def _dataset_slice(dataset_id: str, start: int, size: int) -> list[data.Example]
             .limit(size)
         ).all()
         return [_example(row) for row in rows]
+
+
+_BATCH_SIZE_THAT_FITS: dict[str, int] = {}
+"""Per model source, the batch size this worker process fell back to after running out of
+accelerator memory: later shards start there instead of failing the same way again."""
+
+
+def _remember_batch_size(ctx: Context, n: int) -> None:
+    _BATCH_SIZE_THAT_FITS[ctx.model_source] = n
+    ctx.job.note(f"featurize batch size reduced to {n} to fit accelerator memory")
 
 
 _MODEL_CACHE: dict[tuple[Any, ...], tuple[Any, Any, str]] = {}
@@ -662,6 +671,16 @@ def _load_features(blobs: BlobStore, row: FeatureSetRow, index: int) -> features
     )
 
 
+SCORE_PREFETCH = 3
+"""Pool shards read ahead while scoring (each is shard_size x d x 2 bytes per checkpoint)."""
+
+
+def _load_pool_shard(
+    blobs: BlobStore, pool_sets: Sequence[FeatureSetRow], index: int
+) -> list[features.FeatureSet]:
+    return [_load_features(blobs, row, index) for row in pool_sets]
+
+
 def score_valuation(ctx: Context) -> None:
     lrs, pool_sets, probe_sets = _feature_sets_by_epoch(ctx.valuation_id, ctx.settings)
     probes = [
@@ -675,22 +694,38 @@ def score_valuation(ctx: Context) -> None:
     record_ids: list[str] = []
     scores: list[float] = []
     per_subtask: dict[str, list[float]] = {}
-    for index in range(n_shards):  # stream: one pool shard per checkpoint in memory at a time
-        if ctx.job.cancel_requested():
-            raise Cancelled("cancelled during scoring")
-        pool = [_load_features(ctx.blobs, row, index) for row in pool_sets]
-        shard = influence.score_shard(
-            pool,
-            probes,
-            lrs,
-            method=ctx.method,  # type: ignore[arg-type]
-            device=_device(),
-        )
-        record_ids += shard.record_ids
-        scores += shard.scores.tolist()
-        for name, values in shard.per_subtask.items():
-            per_subtask.setdefault(name, []).extend(values.tolist())
-        ctx.job.advance(1)
+    device = _device()
+    with ThreadPoolExecutor(max_workers=SCORE_PREFETCH) as pool_reader:
+        # stream: at most SCORE_PREFETCH pool shards (per checkpoint) in memory, read ahead
+        # by threads while the previous shard is scored
+        pending = [
+            pool_reader.submit(_load_pool_shard, ctx.blobs, pool_sets, i)
+            for i in range(min(SCORE_PREFETCH, n_shards))
+        ]
+        for index in range(n_shards):
+            if ctx.job.cancel_requested():
+                for future in pending:
+                    future.cancel()
+                raise Cancelled("cancelled during scoring")
+            pool = pending.pop(0).result()
+            if index + SCORE_PREFETCH < n_shards:
+                pending.append(
+                    pool_reader.submit(
+                        _load_pool_shard, ctx.blobs, pool_sets, index + SCORE_PREFETCH
+                    )
+                )
+            shard = influence.score_shard(
+                pool,
+                probes,
+                lrs,
+                method=ctx.method,  # type: ignore[arg-type]
+                device=device,
+            )
+            record_ids += shard.record_ids
+            scores += shard.scores.tolist()
+            for name, values in shard.per_subtask.items():
+                per_subtask.setdefault(name, []).extend(values.tolist())
+            ctx.job.advance(1)
 
     order = influence.rank(record_ids, torch.tensor(scores, dtype=torch.float64))
     lines = []
