@@ -12,6 +12,7 @@ from service import health
 from service.datasets.endpoints import router as datasets_router
 from service.errors import install_error_handlers
 from service.models.endpoints import router as models_router
+from service.reward_specs.endpoints import router as reward_specs_router
 from service.selections.endpoints import router as selections_router
 from service.valuations.endpoints import router as valuations_router
 
@@ -30,7 +31,13 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Sift", version="0.1.0", description=DESCRIPTION)
     install_error_handlers(app)
     v1 = APIRouter(prefix=API_PREFIX)
-    for router in (datasets_router, models_router, valuations_router, selections_router):
+    for router in (
+        datasets_router,
+        models_router,
+        reward_specs_router,
+        valuations_router,
+        selections_router,
+    ):
         v1.include_router(router)
     app.include_router(v1)
     app.include_router(health.router)

@@ -6,9 +6,10 @@ torch, transformers and Celery so the API process remains light: the API sends t
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 GPU_QUEUE = "sift.gpu"
 """Warmup training and gradient featurization: needs the model (and a GPU in production)."""
@@ -106,3 +107,112 @@ class ValuationSettings(BaseModel):
         False, description="LESS's code uses raw moments (False); NICE app. F writes 1-beta^t"
     )
     dtype: ComputeDtype = "float32"
+
+
+# --- Reward specs (NICE, seed 002 §3): how a sampled response to a probe prompt is scored. -------
+# The engine (workers.engine.rewards) implements each kind; the API stores specs as resources.
+
+
+class _RewardBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExactMatchReward(_RewardBase):
+    """1 if the response equals the probe's label (after optional whitespace/case folding)."""
+
+    kind: Literal["exact_match"] = "exact_match"
+    ignore_case: bool = True
+    strip: bool = True
+
+
+class ContainsReward(_RewardBase):
+    """1 if the probe's label occurs in the response."""
+
+    kind: Literal["contains"] = "contains"
+    ignore_case: bool = True
+
+
+class RegexReward(_RewardBase):
+    """1 if ``pattern`` matches the response and its first group (or the whole match) equals
+    the label; the pattern extracts the answer, e.g. ``answer is (\\-?\\d+)``."""
+
+    kind: Literal["regex"] = "regex"
+    pattern: str = Field(min_length=1, max_length=2000)
+    ignore_case: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return pattern
+
+
+class NumericReward(_RewardBase):
+    """1 if the last number in the response is within tolerance of the numeric label."""
+
+    kind: Literal["numeric"] = "numeric"
+    abs_tol: float = Field(1e-6, ge=0.0)
+    rel_tol: float = Field(0.0, ge=0.0)
+
+
+class PythonTestsReward(_RewardBase):
+    """HumanEval-style: the program (prompt + response, or the response alone) is run with the
+    probe's test code (``metadata.test``) and ``check(<metadata.entry_point>)`` in a sandbox:
+    reward 1 if it passes, 0 if it fails, errors, or breaks a limit. Needs no label."""
+
+    kind: Literal["python_tests"] = "python_tests"
+    program: Literal["prompt+response", "response"] = "prompt+response"
+    timeout_s: float = Field(10.0, gt=0.0, le=300.0, description="wall-clock limit")
+    cpu_time_s: int = Field(10, ge=1, le=300)
+    memory_mb: int = Field(1024, ge=64, le=65536, description="address-space limit")
+    max_processes: int = Field(8, ge=1, le=256, description="processes the candidate may own")
+    max_file_mb: int = Field(16, ge=1, le=4096, description="largest file it may write")
+
+
+class RewardModelReward(_RewardBase):
+    """Score of a Hugging Face sequence-classification model (local path) on prompt+response:
+    the logit of ``label_index``, or the single logit of a one-output head. Needs no label."""
+
+    kind: Literal["reward_model"] = "reward_model"
+    model_path: str = Field(min_length=1, max_length=1024)
+    label_index: int = Field(0, ge=0)
+    batch_size: int = Field(16, ge=1, le=1024)
+
+
+class HttpJudgeReward(_RewardBase):
+    """An HTTP judge: POST ``{"probe_id", "prompt", "response", "label"}`` (label may be null),
+    expecting ``{"reward": <number>}``; bounded timeout and retries. Needs no label."""
+
+    kind: Literal["http_judge"] = "http_judge"
+    url: str = Field(pattern=r"^https?://", max_length=2000)
+    timeout_s: float = Field(30.0, gt=0.0, le=600.0)
+    retries: int = Field(2, ge=0, le=10)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+RewardSpec = Annotated[
+    ExactMatchReward
+    | ContainsReward
+    | RegexReward
+    | NumericReward
+    | PythonTestsReward
+    | RewardModelReward
+    | HttpJudgeReward,
+    Field(discriminator="kind"),
+]
+"""One reward definition; ``kind`` selects the variant."""
+
+REWARD_NEEDS_LABEL: dict[str, bool] = {
+    "exact_match": True,
+    "contains": True,
+    "regex": True,
+    "numeric": True,
+    "python_tests": False,
+    "reward_model": False,
+    "http_judge": False,
+}
+"""Whether probes scored by a kind must carry a label (their response); the others accept
+probes with a prompt only."""

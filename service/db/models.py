@@ -99,6 +99,19 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class RewardSpec(Base):
+    """A named reward definition for NICE valuations (``workers.contracts.RewardSpec``)."""
+
+    __tablename__ = "reward_specs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The validated spec, defaults filled in: what workers execute."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (CheckConstraint(_in("status", JobStatus), name="status"),)

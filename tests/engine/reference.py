@@ -89,3 +89,36 @@ def reference_scores(
             best = max(best, sum(members) / len(members))
         scores.append(best)
     return scores
+
+
+def reference_policy_gradient(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[int],
+    responses: Sequence[Sequence[int]],
+    rewards: Sequence[float],
+    weighting: str,
+) -> Tensor:
+    """ψ = Σ_j w_j (-∇θ log f(ŷ_j | x)) [P], one sample at a time, weights written out."""
+    m = len(rewards)
+    if weighting == "reinforce":
+        weights = [r / m for r in rewards]
+    elif weighting == "baseline":
+        mean = sum(rewards) / m
+        weights = [(r - mean) / m for r in rewards]
+    else:  # rejection
+        kept = [r for r in rewards if r > 0]
+        weights = [r / len(kept) if r > 0 else 0.0 for r in rewards]
+    params = [p for _, p in lora_parameters(model)]
+    total = None
+    for response, w in zip(responses, weights, strict=True):
+        ids = list(prompt_ids) + list(response)
+        with torch.enable_grad():
+            log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], dim=-1)
+            log_f = sum(
+                log_probs[len(prompt_ids) + k - 1, token] for k, token in enumerate(response)
+            )
+            grads = torch.autograd.grad(-log_f, params)
+        flat = torch.cat([g.reshape(-1) for g in grads]).double() * w
+        total = flat if total is None else total + flat
+    assert total is not None
+    return total

@@ -195,10 +195,10 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_result(warmed: Warmed, mon
     expected = featurize(warmed.model, warmed.pool[:5], batch_size=2, **kwargs)
     real = features_module.backward_with_per_example_gradients
 
-    def small_memory(model, batch, consume):  # type: ignore[no-untyped-def]
+    def small_memory(model, batch, consume, token_loss):  # type: ignore[no-untyped-def]
         if batch["input_ids"].shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, batch, consume)
+        return real(model, batch, consume, token_loss)
 
     monkeypatch.setattr(features_module, "backward_with_per_example_gradients", small_memory)
     sizes: list[int] = []

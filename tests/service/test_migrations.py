@@ -1,11 +1,14 @@
-"""The single migration matches the ORM models exactly, on the test database's dialect."""
+"""The migrations match the ORM models exactly, on the test database's dialect."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, create_engine, inspect
 
 from service.db.migrate import alembic_config
 from service.db.models import Base
@@ -19,15 +22,32 @@ def test_migrated_schema_matches_models(engine: Engine) -> None:
         assert context.get_current_revision() == head
 
 
-def test_one_initial_revision() -> None:
+def test_linear_history_from_one_initial_revision() -> None:
     script = ScriptDirectory.from_config(alembic_config())
-    revisions = list(script.walk_revisions())
-    assert len(revisions) == 1 and revisions[0].down_revision is None
+    revisions = list(script.walk_revisions())  # head first
+    assert len(script.get_heads()) == 1
+    assert revisions[-1].down_revision is None
+    for newer, older in zip(revisions, revisions[1:], strict=False):
+        assert newer.down_revision == older.revision
+
+
+def test_each_revision_downgrades_and_upgrades_again(tmp_path: Path) -> None:
+    config = alembic_config(database_url=f"sqlite:///{tmp_path / 'm.db'}")
+    command.upgrade(config, "head")
+    command.downgrade(config, "0001")
+    assert (
+        "reward_specs"
+        not in inspect(create_engine(f"sqlite:///{tmp_path / 'm.db'}")).get_table_names()
+    )
+    command.upgrade(config, "head")
+    assert (
+        "reward_specs" in inspect(create_engine(f"sqlite:///{tmp_path / 'm.db'}")).get_table_names()
+    )
 
 
 def test_expected_tables(engine: Engine) -> None:
     tables = set(inspect(engine).get_table_names())
     assert {
         "datasets", "records", "models", "jobs", "valuations", "warmup_runs", "checkpoints",
-        "feature_sets", "scores", "selections",
+        "feature_sets", "scores", "selections", "reward_specs",
     } <= tables  # fmt: skip

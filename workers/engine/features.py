@@ -28,6 +28,7 @@ from workers.engine.data import TokenizedExample, collate
 from workers.engine.errors import Cancelled, InvalidInput, ProvenanceMismatch
 from workers.engine.gradients import (
     AdamFeatureMap,
+    TokenLoss,
     backward_with_per_example_gradients,
     loop_per_example_gradients,
     sgd_features,
@@ -38,6 +39,8 @@ from workers.engine.safetensors_meta import read_metadata
 from workers.engine.warmup import Checkpoint
 
 FeatureKind = Literal["sgd", "adam"]
+FEATURE_KINDS: tuple[str, ...] = ("sgd", "adam", "policy")
+"""Stored kinds: probe loss gradients, pool Adam features, probe policy gradients (NICE)."""
 FEATURE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -53,7 +56,7 @@ class Provenance:
 
     ``checkpoint`` is ``checkpoint_hash`` of the adapter; ``projector`` the projector's spec;
     ``seed`` and ``dim`` those of Π; ``param_order_hash`` the layout of R^P; ``kind`` "sgd"
-    (probes) or "adam" (pool); ``dtype`` the storage dtype of the features.
+    (probe loss gradients), "adam" (pool) or "policy" (probe policy gradients, NICE); ``dtype`` the storage dtype of the features.
     """
 
     model: str
@@ -67,8 +70,8 @@ class Provenance:
     max_length: int
 
     def __post_init__(self) -> None:
-        if self.kind not in ("sgd", "adam"):
-            raise InvalidInput(f"provenance kind must be 'sgd' or 'adam', got {self.kind!r}")
+        if self.kind not in FEATURE_KINDS:
+            raise InvalidInput(f"provenance kind must be one of {FEATURE_KINDS}, got {self.kind!r}")
         if self.dtype not in FEATURE_DTYPES:
             raise InvalidInput(f"provenance dtype must be one of {sorted(FEATURE_DTYPES)}")
         if self.dim < 1 or self.max_length < 1:
@@ -202,6 +205,7 @@ def featurize(
     batch_size: int,
     pad_token_id: int,
     method: GradientMethod = "batched",
+    token_loss: TokenLoss = "mean",
     adam_bias_correction: bool = False,
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -214,6 +218,9 @@ def featurize(
     in eval mode (LoRA dropout off: a feature must be a deterministic function of z and θ^e);
     its previous mode is restored afterwards. ``on_progress`` gets the number of examples done
     after each batch; ``should_stop`` returning True raises ``Cancelled``.
+
+    ``token_loss`` "sum" gives gradients of -log f(y|x) instead of the mean NTP loss (NICE's
+    policy-gradient rows, ``nice.policy_gradient_features``).
 
     ``batch_size`` is an upper bound: a batch that runs out of accelerator memory is retried
     at half the size (down to 1), and ``on_batch_size`` hears of each reduction. Features do
@@ -246,7 +253,7 @@ def featurize(
     def features_of(batch: dict[str, Tensor]) -> Tensor:
         batch = {k: v.to(device) for k, v in batch.items()}
         if method == "loop":
-            grads = loop_per_example_gradients(model, batch)
+            grads = loop_per_example_gradients(model, batch, token_loss)
             bounds = itertools.pairwise([0, *itertools.accumulate(projector.segments)])
             parts = [transform(i, grads[:, a:b]) for i, (a, b) in enumerate(bounds)]
             return projector.project(torch.cat(parts, dim=1))
@@ -256,7 +263,7 @@ def featurize(
         def consume(index: int, grads: Tensor) -> None:
             out.add_(projector.project_segment(index, transform(index, grads)))
 
-        backward_with_per_example_gradients(model, batch, consume)
+        backward_with_per_example_gradients(model, batch, consume, token_loss)
         return out
 
     rows: list[Tensor] = []

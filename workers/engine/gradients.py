@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from peft import PeftModel
@@ -21,13 +22,19 @@ from workers.engine.data import IGNORE_INDEX
 from workers.engine.errors import InvalidInput
 from workers.engine.lora import lora_parameters
 
+TokenLoss = Literal["mean", "sum"]
+"""How an example's token losses combine: ``mean`` is the NTP loss L(z) of LESS; ``sum`` is
+-log f(y|x) of the whole response, the quantity a policy gradient differentiates (NICE)."""
+
 PerExampleGradientFn = Callable[[PeftModel, dict[str, Tensor]], Tensor]
 """``(model, batch from data.collate) -> [B, P]`` flat per-example LoRA gradients, at least
 float32 (a bfloat16 model's gradients are upcast; a float64 model's stay float64)."""
 
 
-def response_nll(logits: Tensor, labels: Tensor) -> Tensor:
+def response_nll(logits: Tensor, labels: Tensor, token_loss: TokenLoss = "mean") -> Tensor:
     """Per-example NTP loss L(z; θ) = -P⁻¹ Σ_p log f(y^p | x, y^<p) (seed 002 §2): [B].
+
+    With ``token_loss="sum"`` the P⁻¹ is dropped: -log f(y | x), the sequence log-likelihood.
 
     ``logits`` [B, T, V] at position t predict token t+1, so they are scored against
     ``labels[:, 1:]``; positions labelled ``-100`` (prompt, padding) are not counted.
@@ -41,10 +48,13 @@ def response_nll(logits: Tensor, labels: Tensor) -> Tensor:
     token_nll = torch.nn.functional.cross_entropy(
         shifted_logits.transpose(1, 2), targets.masked_fill(~is_target, 0), reduction="none"
     )  # [B, T-1]
-    return (token_nll * is_target).sum(dim=1) / n_targets
+    total = (token_nll * is_target).sum(dim=1)
+    return total if token_loss == "sum" else total / n_targets
 
 
-def loop_per_example_gradients(model: PeftModel, batch: dict[str, Tensor]) -> Tensor:
+def loop_per_example_gradients(
+    model: PeftModel, batch: dict[str, Tensor], token_loss: TokenLoss = "mean"
+) -> Tensor:
     """One forward + backward per row, padding removed: [B, P], >= float32 (the reference path).
 
     Uses the model in whatever mode the caller set (``featurize`` sets eval: no dropout).
@@ -66,7 +76,7 @@ def loop_per_example_gradients(model: PeftModel, batch: dict[str, Tensor]) -> Te
                 raise InvalidInput("batch must be right-padded (attention_mask = 1...1 0...0)")
             ids = input_ids[b : b + 1, :length]
             logits = model(input_ids=ids, attention_mask=attention_mask[b : b + 1, :length]).logits
-            loss = response_nll(logits, labels[b : b + 1, :length])[0]
+            loss = response_nll(logits, labels[b : b + 1, :length], token_loss)[0]
             grads = torch.autograd.grad(loss, params)
             flat = torch.cat([g.reshape(-1) for g in grads])
             rows.append(flat.to(torch.promote_types(flat.dtype, torch.float32)))
@@ -158,7 +168,10 @@ def _sum_of_outer_products(g: Tensor, x: Tensor) -> Tensor:
 
 
 def backward_with_per_example_gradients(
-    model: PeftModel, batch: dict[str, Tensor], consume: SegmentConsumer
+    model: PeftModel,
+    batch: dict[str, Tensor],
+    consume: SegmentConsumer,
+    token_loss: TokenLoss = "mean",
 ) -> None:
     """One forward + backward of Σ_b L_b over the batch; ``consume`` gets every LoRA tensor's
     per-example gradients [B, P_t] (index in ``lora_parameters`` order) as backward reaches it.
@@ -179,20 +192,22 @@ def backward_with_per_example_gradients(
     with torch.enable_grad(), _per_example_gradient_hooks(modules, consume_once):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        loss = response_nll(logits, batch["labels"]).sum()
+        loss = response_nll(logits, batch["labels"], token_loss).sum()
         torch.autograd.grad(loss, params)
     if len(seen) != len(modules):
         raise InvalidInput(f"only {len(seen)} of {len(modules)} LoRA layers got a gradient")
 
 
-def hooked_per_example_gradients(model: PeftModel, batch: dict[str, Tensor]) -> Tensor:
+def hooked_per_example_gradients(
+    model: PeftModel, batch: dict[str, Tensor], token_loss: TokenLoss = "mean"
+) -> Tensor:
     """Per-example gradients [B, P] from one batched backward (``PerExampleGradientFn``).
 
     Materialises [B, P]; featurization streams each tensor into the projector instead
     (``features.featurize``). Kept for the exactness tests and small models.
     """
     parts: dict[int, Tensor] = {}
-    backward_with_per_example_gradients(model, batch, parts.__setitem__)
+    backward_with_per_example_gradients(model, batch, parts.__setitem__, token_loss)
     return torch.cat([parts[i] for i in range(len(parts))], dim=1)
 
 
