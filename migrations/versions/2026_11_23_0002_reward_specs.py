@@ -1,4 +1,4 @@
-"""Reward specs: named reward definitions for NICE valuations.
+"""Reward specs (named reward definitions for NICE) and prompt-only record counts.
 
 Revision ID: 0002
 Revises: 0001
@@ -19,6 +19,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("datasets") as batch:
+        batch.add_column(
+            sa.Column("n_prompt_only", sa.Integer(), server_default="0", nullable=False)
+        )
     op.create_table(
         "reward_specs",
         sa.Column("id", sa.String(length=32), nullable=False),
@@ -33,3 +37,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("reward_specs")
+    with op.batch_alter_table("datasets") as batch:
+        batch.drop_column("n_prompt_only")

@@ -37,6 +37,11 @@ class ParsedRecord:
     raw: dict[str, Any]
     content_hash: str
 
+    @property
+    def has_response(self) -> bool:
+        """False for a prompt-only record (a NICE probe whose answers are sampled)."""
+        return self.messages[-1]["role"] == "assistant"
+
 
 @dataclass
 class ParsedDataset:
@@ -48,6 +53,10 @@ class ParsedDataset:
     @property
     def content_hash(self) -> str:
         return dataset_content_hash(self.records)
+
+    @property
+    def n_prompt_only(self) -> int:
+        return sum(not r.has_response for r in self.records)
 
     @property
     def subtasks(self) -> dict[str, int]:
@@ -126,11 +135,13 @@ def _normalize_messages(location: str, value: Any) -> list[dict[str, str]]:
             raise _fail(location, f"{name}.content", "must be a string")
         messages.append({"role": role, "content": content})
     last = messages[-1]
+    if last["role"] == "user":  # prompt only: accepted, valuations decide whether they need one
+        return messages
     if last["role"] != "assistant":
         raise _fail(
             location,
             f"messages.{len(messages) - 1}.role",
-            "of the last message must be 'assistant' (the response)",
+            "of the last message must be 'assistant' (the response) or 'user' (prompt only)",
         )
     if not last["content"].strip():
         raise _fail(location, f"messages.{len(messages) - 1}.content", "(the response) is empty")
@@ -153,9 +164,11 @@ def normalize_record(location: str, value: Any) -> ParsedRecord:
         prompt, response = value.get("prompt"), value.get("response")
         if not isinstance(prompt, str):
             raise _fail(location, "prompt", "must be a string")
-        if not isinstance(response, str) or not response.strip():
-            raise _fail(location, "response", "must be a non-empty string")
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        messages = [{"role": "user", "content": prompt}]
+        if response is not None:  # absent or null: a prompt-only record
+            if not isinstance(response, str) or not response.strip():
+                raise _fail(location, "response", "must be a non-empty string (or absent)")
+            messages.append({"role": "assistant", "content": response})
     else:
         raise InvalidInput(
             f"{location}: a record needs 'messages' or 'prompt' and 'response'", field=location

@@ -50,6 +50,10 @@ class DatasetRead(BaseModel):
     name: str
     n_records: int
     n_duplicates: int
+    n_prompt_only: int = Field(
+        description="records with a prompt but no response; only NICE probes with a reward "
+        "that needs no label may have them"
+    )
     duplicates: list[DuplicateRead]
     subtasks: dict[str, int] = Field(
         description="records per subtask (records without one omitted)"

@@ -20,6 +20,7 @@ def create_dataset(session: Session, name: str, parsed: ParsedDataset) -> Datase
         name=name,
         n_records=len(parsed.records),
         n_duplicates=len(parsed.duplicates),
+        n_prompt_only=parsed.n_prompt_only,
         duplicates=parsed.duplicates,
         content_hash=parsed.content_hash,
     )
@@ -57,6 +58,7 @@ def to_read(dataset: Dataset, subtasks: dict[str, int]) -> DatasetRead:
         name=dataset.name,
         n_records=dataset.n_records,
         n_duplicates=dataset.n_duplicates,
+        n_prompt_only=dataset.n_prompt_only,
         duplicates=[DuplicateRead.model_validate(d) for d in dataset.duplicates],
         subtasks=subtasks,
         content_hash=dataset.content_hash,

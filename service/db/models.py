@@ -52,6 +52,8 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200))
     n_records: Mapped[int] = mapped_column(Integer)
     n_duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    n_prompt_only: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Records with no response (NICE probes); LESS needs responses everywhere."""
     duplicates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     """Skipped exact duplicates: ``[{"index", "record_id", "duplicate_of"}]``."""
     content_hash: Mapped[str] = mapped_column(String(64))

@@ -27,8 +27,17 @@ def create_valuation(session: Session, body: ValuationCreate) -> Valuation:
         raise InvalidInput(f"model {body.model_id} does not exist", field="body.model_id")
     for field in ("pool_dataset_id", "probe_dataset_id"):
         dataset_id = getattr(body, field)
-        if not datasets.exists(session, dataset_id):
+        dataset = datasets.get(session, dataset_id)
+        if dataset is None:
             raise InvalidInput(f"dataset {dataset_id} does not exist", field=f"body.{field}")
+        if dataset.n_prompt_only:
+            role = "pool records" if field == "pool_dataset_id" else f"{body.method} probes"
+            raise InvalidInput(
+                f"dataset {dataset_id} has {dataset.n_prompt_only} records without a response; "
+                f"{role} need one (prompt-only probes are for NICE with a reward that needs "
+                "no label)",
+                field=f"body.{field}",
+            )
     job = Job(
         kind=JOB_KIND,
         status=JobStatus.queued.value,

@@ -126,19 +126,32 @@ def test_same_id_different_content_is_rejected(client: TestClient, db: Session) 
     assert _counts(db) == (0, 0)
 
 
-def test_missing_response_names_line_and_field(client: TestClient) -> None:
-    lines = [{"prompt": "p", "response": "r"}, {"prompt": "p2"}]
+def test_blank_response_names_line_and_field(client: TestClient) -> None:
+    lines = [{"prompt": "p", "response": "r"}, {"prompt": "p2", "response": "   "}]
     error = _error(_upload(client, _jsonl(lines)), 422)
     assert error["field"] == "line 2.response"
     assert error["message"].startswith("line 2:")
+    assert client.get("/v1/datasets").json()["total"] == 0
 
-    lines = [{"prompt": "p", "response": "   "}]
-    assert _error(_upload(client, _jsonl(lines)), 422)["field"] == "line 1.response"
+
+def test_prompt_only_records_are_counted(client: TestClient) -> None:
+    """NICE probes may come without responses; the dataset says how many."""
+    lines = [
+        {"prompt": "p", "response": "r"},
+        {"prompt": "p2"},
+        {"prompt": "p3", "response": None},
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]},
+    ]
+    response = _upload(client, _jsonl(lines))
+    assert response.status_code == 201, response.text
+    assert response.json()["n_prompt_only"] == 3
+    records = client.get(f"/v1/datasets/{response.json()['id']}/records").json()["items"]
+    assert [r["messages"][-1]["role"] for r in records] == ["assistant", "user", "user", "user"]
 
 
 def test_bad_messages(client: TestClient) -> None:
     cases: list[tuple[str, Any]] = [
-        ("records.0.messages.0.role", {"messages": [{"role": "user", "content": "u"}]}),
+        ("records.0.messages.0.role", {"messages": [{"role": "system", "content": "s"}]}),
         (
             "records.0.messages.1.content",
             {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": ""}]},
@@ -213,7 +226,7 @@ def test_rejected_upload_leaves_no_row_and_no_blob(
     client: TestClient, db: Session, blob_store: FilesystemBlobStore
 ) -> None:
     good = records(50)
-    bad = [*good, {"id": "late", "prompt": "p"}]  # the last record is invalid
+    bad = [*good, {"id": "late", "prompt": "p", "response": ""}]  # the last record is invalid
     assert _error(_upload(client, _jsonl(bad)), 422)["field"] == "line 51.response"
     assert _error(client.post("/v1/datasets", json={"name": "x", "records": bad}), 422)
     assert _counts(db) == (0, 0)

@@ -175,3 +175,28 @@ def test_scores_conflict_until_succeeded(
     finish_valuation(db, valuation["id"], status=JobStatus.failed)
     response = client.get(f"/v1/valuations/{valuation['id']}/scores")
     assert response.status_code == 409 and "failed" in response.json()["error"]["message"]
+
+
+def test_prompt_only_datasets_are_refused_for_loss_based_methods(
+    client: TestClient, db: Session, queue: RecordingQueue, model: dict[str, Any]
+) -> None:
+    def upload(name: str, rows: list[dict[str, Any]]) -> str:
+        response = client.post("/v1/datasets", json={"name": name, "records": rows})
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    full = upload("full", [{"prompt": "a", "response": "b"}])
+    prompts = upload("prompts", [{"prompt": "a", "response": "b"}, {"prompt": "only"}])
+    for method in ("less", "tracin"):
+        for field, body in (
+            ("body.probe_dataset_id", {"pool_dataset_id": full, "probe_dataset_id": prompts}),
+            ("body.pool_dataset_id", {"pool_dataset_id": prompts, "probe_dataset_id": full}),
+        ):
+            response = client.post(
+                "/v1/valuations", json={"model_id": model["id"], "method": method, **body}
+            )
+            assert response.status_code == 422, response.text
+            error = response.json()["error"]
+            assert error["field"] == field and "1 records without a response" in error["message"]
+    assert db.scalar(select(func.count()).select_from(Valuation)) == 0
+    assert queue.sent == []
