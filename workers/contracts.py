@@ -60,7 +60,7 @@ BUILTIN_MODELS: dict[str, str] = {
 }
 """Models built in code, needing no files or hub (tests and the demo)."""
 
-Method = Literal["less", "tracin"]
+Method = Literal["less", "tracin", "nice"]
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
 
@@ -94,6 +94,25 @@ class ProjectionSpec(BaseModel):
     seed: int = Field(0, ge=0)
 
 
+class NiceSpec(BaseModel):
+    """NICE's Monte-Carlo policy gradient (seed 002 §3; defaults from app. C.1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(20, ge=1, le=1024, description="M responses per probe and checkpoint")
+    temperature: float = Field(1.2, gt=0.0, le=10.0)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(128, ge=1, le=8192)
+    seed: int = Field(0, ge=0)
+    weighting: Literal["reinforce", "baseline", "rejection"] = Field(
+        "reinforce",
+        description="sample weights: r/M, (r - mean r)/M (baseline), or r over the samples "
+        "with r > 0 (rejection)",
+    )
+    generation_batch_size: int = Field(8, ge=1, le=1024, description="probe prompts per batch")
+
+
 class ValuationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -107,6 +126,9 @@ class ValuationSettings(BaseModel):
         False, description="LESS's code uses raw moments (False); NICE app. F writes 1-beta^t"
     )
     dtype: ComputeDtype = "float32"
+    nice: NiceSpec = Field(
+        default_factory=lambda: NiceSpec(), description="used by method 'nice' only"
+    )
 
 
 # --- Reward specs (NICE, seed 002 §3): how a sampled response to a probe prompt is scored. -------

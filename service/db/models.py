@@ -114,6 +114,27 @@ class RewardSpec(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+METHODS = ("less", "tracin", "nice")
+
+
+class Sample(Base):
+    """One Monte-Carlo response to a NICE probe at one checkpoint, with its reward (audit)."""
+
+    __tablename__ = "samples"
+    __table_args__ = (Index(None, "valuation_id", "epoch", "probe_record_id", "sample_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    valuation_id: Mapped[str] = mapped_column(ForeignKey("valuations.id"))
+    epoch: Mapped[int] = mapped_column(Integer)
+    probe_record_id: Mapped[str] = mapped_column(String(255))
+    sample_index: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    n_tokens: Mapped[int] = mapped_column(Integer)
+    finished: Mapped[bool] = mapped_column(Boolean)
+    """Whether the model ended the response (EOS) rather than hitting max_new_tokens."""
+    reward: Mapped[float] = mapped_column(Float)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (CheckConstraint(_in("status", JobStatus), name="status"),)
@@ -135,7 +156,7 @@ class Job(Base):
 
 class Valuation(Base):
     __tablename__ = "valuations"
-    __table_args__ = (CheckConstraint(_in("method", ("less", "tracin")), name="method"),)
+    __table_args__ = (CheckConstraint(_in("method", METHODS), name="method"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
@@ -146,6 +167,8 @@ class Valuation(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     """``ValuationSettings.model_dump()`` as requested; the worker writes back resolved values."""
     warmup_run_id: Mapped[str | None] = mapped_column(ForeignKey("warmup_runs.id"))
+    reward_spec_id: Mapped[str | None] = mapped_column(ForeignKey("reward_specs.id"), index=True)
+    """NICE only: the reward its probe samples are scored with."""
     score_blob_key: Mapped[str | None] = mapped_column(String(1024))
     n_scored: Mapped[int | None] = mapped_column(Integer)
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
@@ -195,7 +218,7 @@ class Checkpoint(Base):
 class FeatureSet(Base):
     __tablename__ = "feature_sets"
     __table_args__ = (
-        CheckConstraint(_in("kind", ("sgd", "adam")), name="kind"),
+        CheckConstraint(_in("kind", ("sgd", "adam", "policy")), name="kind"),
         CheckConstraint(_in("status", ("building", "complete")), name="status"),
     )
 

@@ -10,7 +10,7 @@ from service.errors import Conflict, NotFound, ServiceUnavailable, error_respons
 from service.pagination import Page, PaginationDep
 from service.queue import QueueDep
 from service.valuations import service
-from service.valuations.schemas import ScoreRead, ValuationCreate, ValuationRead
+from service.valuations.schemas import SampleRead, ScoreRead, ValuationCreate, ValuationRead
 from workers.contracts import VALUATION_FEATURIZE, ValuationTask
 
 router = APIRouter(prefix="/valuations", tags=["valuations"])
@@ -76,3 +76,13 @@ def cancel_valuation(valuation_id: str, session: SessionDep) -> Any:
 def list_scores(valuation_id: str, session: SessionDep, page: PaginationDep) -> Any:
     """Pool records by rank (0 = most valuable); 409 until the valuation has succeeded."""
     return service.list_scores(session, valuation_id, page)
+
+
+@router.get(
+    "/{valuation_id}/samples",
+    response_model=Page[SampleRead],
+    responses=error_responses(NotFound, Conflict),
+)
+def list_samples(valuation_id: str, session: SessionDep, page: PaginationDep) -> Any:
+    """NICE only: every sampled response with its reward, by checkpoint, probe and sample."""
+    return service.list_samples(session, valuation_id, page)

@@ -31,6 +31,9 @@ class ValuationCreate(BaseModel):
     pool_dataset_id: str = Field(description="the records to value (training candidates)")
     probe_dataset_id: str = Field(description="the target-task examples (validation set)")
     method: Method = "less"
+    reward_spec_id: str | None = Field(
+        None, description="method 'nice' only: the reward spec its probe samples are scored with"
+    )
     settings: ValuationSettings = Field(
         default_factory=lambda: ValuationSettings.model_validate({})
     )
@@ -48,6 +51,7 @@ class ValuationRead(BaseModel):
     model_id: str
     pool_dataset_id: str
     probe_dataset_id: str
+    reward_spec_id: str | None
     settings: dict[str, Any] = Field(
         description="as requested; once the worker starts, with model defaults resolved"
     )
@@ -64,6 +68,18 @@ class ValuationRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class SampleRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int = Field(description="warmup checkpoint (1-based) the response was sampled from")
+    probe_record_id: str
+    sample_index: int
+    text: str = Field(description="the sampled response, special tokens removed")
+    n_tokens: int
+    finished: bool = Field(description="ended with EOS (not cut at max_new_tokens)")
+    reward: float
 
 
 class ScoreRead(BaseModel):

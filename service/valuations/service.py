@@ -8,30 +8,69 @@ state. Cancelling a queued job finishes it at once; a running job only gets
 
 from __future__ import annotations
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.datasets import repository as datasets
 from service.db.base import utcnow
-from service.db.models import FINISHED_STATUSES, Job, JobStatus, Valuation
+from service.db.models import (
+    FINISHED_STATUSES,
+    Job,
+    JobStatus,
+    RewardSpec,
+    Sample,
+    Valuation,
+)
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository as models
 from service.pagination import Page, Pagination
 from service.valuations import repository
-from service.valuations.schemas import ScoreRead, ValuationCreate, ValuationRead
+from service.valuations.schemas import SampleRead, ScoreRead, ValuationCreate, ValuationRead
+from workers.contracts import REWARD_NEEDS_LABEL
 
 JOB_KIND = "valuation"
+
+
+def _reward_spec(session: Session, body: ValuationCreate) -> RewardSpec | None:
+    """NICE needs a reward spec; the loss-based methods must not get one."""
+    if body.method != "nice":
+        if body.reward_spec_id is not None:
+            raise InvalidInput(
+                f"reward_spec_id is for method 'nice', not {body.method!r}",
+                field="body.reward_spec_id",
+            )
+        return None
+    if body.reward_spec_id is None:
+        raise InvalidInput("method 'nice' needs a reward_spec_id", field="body.reward_spec_id")
+    spec = session.get(RewardSpec, body.reward_spec_id)
+    if spec is None:
+        raise InvalidInput(
+            f"reward spec {body.reward_spec_id} does not exist", field="body.reward_spec_id"
+        )
+    return spec
 
 
 def create_valuation(session: Session, body: ValuationCreate) -> Valuation:
     if not models.exists(session, body.model_id):
         raise InvalidInput(f"model {body.model_id} does not exist", field="body.model_id")
+    reward = _reward_spec(session, body)
     for field in ("pool_dataset_id", "probe_dataset_id"):
         dataset_id = getattr(body, field)
         dataset = datasets.get(session, dataset_id)
         if dataset is None:
             raise InvalidInput(f"dataset {dataset_id} does not exist", field=f"body.{field}")
-        if dataset.n_prompt_only:
-            role = "pool records" if field == "pool_dataset_id" else f"{body.method} probes"
+        labels_optional = (
+            field == "probe_dataset_id"
+            and reward is not None
+            and not REWARD_NEEDS_LABEL[reward.kind]
+        )
+        if dataset.n_prompt_only and not labels_optional:
+            if field == "pool_dataset_id":
+                role = "pool records"
+            elif reward is not None:
+                role = f"probes scored by a {reward.kind!r} reward (their response is the label)"
+            else:
+                role = f"{body.method} probes"
             raise InvalidInput(
                 f"dataset {dataset_id} has {dataset.n_prompt_only} records without a response; "
                 f"{role} need one (prompt-only probes are for NICE with a reward that needs "
@@ -54,6 +93,7 @@ def create_valuation(session: Session, body: ValuationCreate) -> Valuation:
         model_id=body.model_id,
         pool_dataset_id=body.pool_dataset_id,
         probe_dataset_id=body.probe_dataset_id,
+        reward_spec_id=body.reward_spec_id,
         method=body.method,
         settings=body.settings.model_dump(mode="json"),
         skipped=[],
@@ -111,6 +151,7 @@ def to_read(valuation: Valuation) -> ValuationRead:
             "model_id": valuation.model_id,
             "pool_dataset_id": valuation.pool_dataset_id,
             "probe_dataset_id": valuation.probe_dataset_id,
+            "reward_spec_id": valuation.reward_spec_id,
             "settings": valuation.settings,
             "status": job.status,
             "stage": job.stage,
@@ -132,6 +173,31 @@ def to_read(valuation: Valuation) -> ValuationRead:
 def list_valuations(session: Session, page: Pagination) -> Page[ValuationRead]:
     rows, total = repository.list_page(session, page.limit, page.offset)
     return Page(items=[to_read(v) for v in rows], total=total, limit=page.limit, offset=page.offset)
+
+
+def list_samples(session: Session, valuation_id: str, page: Pagination) -> Page[SampleRead]:
+    """NICE's sampled responses and rewards, by checkpoint, probe and sample (for audit)."""
+    valuation = get_valuation(session, valuation_id)
+    if valuation.method != "nice":
+        raise Conflict(
+            f"valuation {valuation_id} uses {valuation.method!r}; only 'nice' samples responses",
+            field="valuation_id",
+        )
+    where = Sample.valuation_id == valuation_id
+    total = session.scalar(select(func.count()).select_from(Sample).where(where)) or 0
+    rows = session.scalars(
+        select(Sample)
+        .where(where)
+        .order_by(Sample.epoch, Sample.probe_record_id, Sample.sample_index)
+        .limit(page.limit)
+        .offset(page.offset)
+    ).all()
+    return Page(
+        items=[SampleRead.model_validate(r) for r in rows],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )
 
 
 def list_scores(session: Session, valuation_id: str, page: Pagination) -> Page[ScoreRead]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -281,3 +282,52 @@ def test_shards_fan_out_over_several_workers(
         for log in stack.logs.glob("worker-*.log")
     )
     assert scored >= 1
+
+
+def test_nice_valuation_end_to_end(api: httpx.Client, pool: dict[str, Any]) -> None:
+    """NICE through the stack: sample at every checkpoint, reward, policy gradients, scores,
+    and the samples readable for audit. A 'contains' reward makes some random samples win."""
+    probes = _upload(
+        api,
+        "it-probes-nice",
+        [
+            {"id": f"q{i}", "prompt": f"Say something with the letter e ({i}).", "response": "e"}
+            for i in range(3)
+        ],
+    )
+    reward = api.post(
+        "/v1/reward-specs",
+        json={"name": "has-e", "spec": {"kind": "contains", "ignore_case": True}},
+    )
+    assert reward.status_code == 201, reward.text
+    settings = {
+        **SETTINGS,
+        "projection": {"dim": 256, "seed": 13},
+        "nice": {"samples": 4, "max_new_tokens": 16, "seed": 1},
+    }
+    response = api.post(
+        "/v1/valuations",
+        json={
+            "model_id": _model(api),
+            "pool_dataset_id": pool["id"],
+            "probe_dataset_id": probes["id"],
+            "method": "nice",
+            "reward_spec_id": reward.json()["id"],
+            "settings": settings,
+        },
+    )
+    assert response.status_code == 202, response.text
+    done = _wait(api, response.json()["id"], ("succeeded", "failed", "cancelled"), timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["progress"]["done"] == done["progress"]["total"]
+
+    samples = api.get(f"/v1/valuations/{done['id']}/samples", params={"limit": 100}).json()
+    assert samples["total"] == 2 * 3 * 4  # epochs x probes x samples
+    for s in samples["items"]:
+        assert s["reward"] == (1.0 if "e" in s["text"].lower() else 0.0)
+        assert 1 <= s["n_tokens"] <= 16
+    scores = api.get(f"/v1/valuations/{done['id']}/scores", params={"limit": 1000}).json()
+    assert scores["total"] == pool["n_records"]
+    assert all(math.isfinite(s["score"]) for s in scores["items"])
+    if any(s["reward"] > 0 for s in samples["items"]):
+        assert any(s["score"] != 0 for s in scores["items"])

@@ -200,3 +200,113 @@ def test_prompt_only_datasets_are_refused_for_loss_based_methods(
             assert error["field"] == field and "1 records without a response" in error["message"]
     assert db.scalar(select(func.count()).select_from(Valuation)) == 0
     assert queue.sent == []
+
+
+def _dataset(client: TestClient, name: str, rows: list[dict[str, Any]]) -> str:
+    response = client.post("/v1/datasets", json={"name": name, "records": rows})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _reward(client: TestClient, name: str, spec: dict[str, Any]) -> str:
+    response = client.post("/v1/reward-specs", json={"name": name, "spec": spec})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def test_nice_needs_a_reward_and_labels_only_when_the_reward_does(
+    client: TestClient, db: Session, queue: RecordingQueue, model: dict[str, Any]
+) -> None:
+    pool = _dataset(client, "pool", [{"prompt": "a", "response": "b"}])
+    prompts = _dataset(client, "prompts", [{"prompt": "2+2?"}, {"prompt": "3+3?"}])
+    labelled = _dataset(client, "labelled", [{"prompt": "2+2?", "response": "4"}])
+    judge = _reward(client, "judge", {"kind": "http_judge", "url": "http://127.0.0.1:9/"})
+    exact = _reward(client, "exact", {"kind": "exact_match"})
+    base = {"model_id": model["id"], "pool_dataset_id": pool, "method": "nice"}
+    cases = [
+        ({**base, "probe_dataset_id": prompts}, "body.reward_spec_id", "needs a reward_spec_id"),
+        (
+            {**base, "probe_dataset_id": prompts, "reward_spec_id": "0" * 32},
+            "body.reward_spec_id",
+            "does not exist",
+        ),
+        (
+            {**base, "probe_dataset_id": prompts, "reward_spec_id": exact},
+            "body.probe_dataset_id",
+            "'exact_match' reward",
+        ),
+        (
+            {**base, "method": "less", "probe_dataset_id": labelled, "reward_spec_id": exact},
+            "body.reward_spec_id",
+            "for method 'nice'",
+        ),
+        (
+            {
+                **base,
+                "probe_dataset_id": prompts,
+                "reward_spec_id": judge,
+                "settings": {"nice": {"weighting": "greedy"}},
+            },
+            "body.settings.nice.weighting",
+            "",
+        ),
+    ]
+    for body, field, words in cases:
+        response = client.post("/v1/valuations", json=body)
+        assert response.status_code == 422, (body, response.text)
+        error = response.json()["error"]
+        assert error["field"] == field and words in error["message"], error
+    assert db.scalar(select(func.count()).select_from(Valuation)) == 0
+
+    ok = client.post(
+        "/v1/valuations", json={**base, "probe_dataset_id": prompts, "reward_spec_id": judge}
+    )
+    assert ok.status_code == 202, ok.text
+    assert ok.json()["reward_spec_id"] == judge and ok.json()["method"] == "nice"
+    assert ok.json()["settings"]["nice"]["samples"] == 20  # seed 002 app. C.1 defaults
+    ok = client.post(
+        "/v1/valuations", json={**base, "probe_dataset_id": labelled, "reward_spec_id": exact}
+    )
+    assert ok.status_code == 202, ok.text
+
+
+def test_samples_endpoint_pages_and_refuses_loss_methods(
+    client: TestClient, db: Session, make_valuation: Any, model: dict[str, Any]
+) -> None:
+    from service.db.models import Sample
+
+    pool = _dataset(client, "pool2", [{"prompt": "a", "response": "b"}])
+    prompts = _dataset(client, "prompts2", [{"prompt": "2+2?"}])
+    judge = _reward(client, "judge2", {"kind": "http_judge", "url": "http://127.0.0.1:9/"})
+    created = client.post(
+        "/v1/valuations",
+        json={
+            "model_id": model["id"],
+            "pool_dataset_id": pool,
+            "probe_dataset_id": prompts,
+            "method": "nice",
+            "reward_spec_id": judge,
+        },
+    ).json()
+    for epoch in (2, 1):
+        for index in (1, 0):
+            db.add(
+                Sample(
+                    valuation_id=created["id"],
+                    epoch=epoch,
+                    probe_record_id="p",
+                    sample_index=index,
+                    text=f"s{epoch}{index}",
+                    n_tokens=3,
+                    finished=True,
+                    reward=float(index),
+                )
+            )
+    db.commit()
+    page = client.get(f"/v1/valuations/{created['id']}/samples", params={"limit": 3}).json()
+    assert page["total"] == 4
+    assert [s["text"] for s in page["items"]] == ["s10", "s11", "s20"]
+    loss = make_valuation()
+    response = client.get(f"/v1/valuations/{loss['id']}/samples")
+    assert response.status_code == 409
+    assert client.get("/v1/valuations/" + "0" * 32 + "/samples").status_code == 404

@@ -56,7 +56,8 @@ class Provenance:
 
     ``checkpoint`` is ``checkpoint_hash`` of the adapter; ``projector`` the projector's spec;
     ``seed`` and ``dim`` those of Π; ``param_order_hash`` the layout of R^P; ``kind`` "sgd"
-    (probe loss gradients), "adam" (pool) or "policy" (probe policy gradients, NICE); ``dtype`` the storage dtype of the features.
+    (probe loss gradients), "adam" (pool) or "policy" (probe policy gradients, NICE);
+    ``dtype`` the storage dtype of the features.
     """
 
     model: str

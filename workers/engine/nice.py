@@ -262,8 +262,6 @@ def policy_gradient_features(
     return PolicyFeatures(features=features, zero_probes=zero_probes)
 
 
-
-
 def _as_example(sample: Sample) -> TokenizedExample:
     """Prompt + sampled response as a training row whose targets are the response tokens."""
     if not sample.response_ids:

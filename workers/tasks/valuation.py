@@ -23,7 +23,7 @@ from functools import cached_property
 from typing import Any
 
 import torch
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from service.blobs import BlobStore, blob_store_from_settings
@@ -31,10 +31,13 @@ from service.config import get_settings
 from service.db.models import Checkpoint as CheckpointRow
 from service.db.models import Dataset, Model, Record, Score, Valuation, WarmupRun
 from service.db.models import FeatureSet as FeatureSetRow
+from service.db.models import RewardSpec as RewardSpecRow
+from service.db.models import Sample as SampleRow
 from service.db.session import SessionLocal
 from service.queue import celery_app, enqueue
 from workers.contracts import (
     GPU_QUEUE,
+    REWARD_NEEDS_LABEL,
     VALUATION_FEATURIZE,
     VALUATION_FEATURIZE_SHARD,
     VALUATION_SCORE,
@@ -42,7 +45,17 @@ from workers.contracts import (
     ValuationSettings,
     ValuationTask,
 )
-from workers.engine import data, features, influence, lora, models, projection, warmup
+from workers.engine import (
+    data,
+    features,
+    influence,
+    lora,
+    models,
+    nice,
+    projection,
+    rewards,
+    warmup,
+)
 from workers.engine.errors import Cancelled, EngineError
 from workers.tasks.jobs import JobTracker
 
@@ -125,6 +138,12 @@ class Context:
             self.model_id: str = model.id
             self._pool_id: str = valuation.pool_dataset_id
             self._probe_id: str = valuation.probe_dataset_id
+            self.reward_spec: dict[str, Any] | None = None
+            if valuation.reward_spec_id is not None:
+                spec = session.get(RewardSpecRow, valuation.reward_spec_id)
+                if spec is None:
+                    raise EngineError(f"reward spec {valuation.reward_spec_id} no longer exists")
+                self.reward_spec = dict(spec.spec)
         self.blobs: BlobStore = blob_store_from_settings(get_settings())
 
     @cached_property
@@ -134,6 +153,31 @@ class Context:
     @cached_property
     def probes(self) -> LoadedDataset:
         return _load_dataset(self._probe_id)
+
+    @cached_property
+    def probe_prompts(self) -> tuple[str, list[nice.ProbePrompt]]:
+        """NICE's view of the probes (prompt-only records allowed) and the dataset's hash."""
+        with SessionLocal() as session:
+            dataset = session.get(Dataset, self._probe_id)
+            if dataset is None:
+                raise EngineError(f"dataset {self._probe_id} no longer exists")
+            rows = session.scalars(
+                select(Record).where(Record.dataset_id == self._probe_id).order_by(Record.position)
+            ).all()
+            prompts = []
+            for row in rows:
+                messages = tuple({"role": m["role"], "content": m["content"]} for m in row.messages)
+                label = messages[-1]["content"] if messages[-1]["role"] == "assistant" else None
+                prompts.append(
+                    nice.ProbePrompt(
+                        record_id=row.record_id,
+                        messages=messages,
+                        subtask=row.subtask,
+                        label=label,
+                        metadata=dict(row.metadata_ or {}),
+                    )
+                )
+            return dataset.content_hash, prompts
 
 
 def _load_context(valuation_id: str) -> Context | None:
@@ -302,16 +346,29 @@ def _set_warmup_run(valuation_id: str, run_id: str) -> None:
 
 
 def feature_key(
-    provenance: dict[str, Any], dataset_hash: str, shard_size: int, adam_bias_correction: bool
+    provenance: dict[str, Any],
+    dataset_hash: str,
+    shard_size: int,
+    adam_bias_correction: bool,
+    policy: dict[str, Any] | None = None,
 ) -> str:
     """Content key of one feature set: identical records, checkpoint and projector → same key,
-    whichever dataset upload they came from."""
+    whichever dataset upload they came from. Policy features also depend on the reward and
+    the sampling settings (``policy``)."""
     return content_key(
         provenance=provenance,
         dataset=dataset_hash,
         shard_size=shard_size,
         adam_bias_correction=adam_bias_correction if provenance["kind"] == "adam" else None,
+        policy=policy if provenance["kind"] == "policy" else None,
     )
+
+
+def _policy_inputs(reward_spec: dict[str, Any], settings: ValuationSettings) -> dict[str, Any]:
+    """What a NICE probe feature set depends on beyond its provenance."""
+    nice_settings = settings.nice.model_dump()
+    nice_settings.pop("generation_batch_size")  # a memory knob: samples do not depend on it
+    return {"reward": reward_spec, "nice": nice_settings}
 
 
 def _probe_shard_size(n_probes: int) -> int:
@@ -408,8 +465,14 @@ def _ensure_feature_set(
 
 
 def featurize_valuation(ctx: Context) -> None:
-    """Warmup, then fan featurization out: one task per missing shard of every feature set."""
+    """Warmup, then fan featurization out: one task per missing shard of every feature set.
+
+    NICE's probe features (sampling, rewards, policy gradients) are computed here first, with
+    the model this task already holds: probes are few, and the pool shards then need nothing
+    else to hand over to scoring.
+    """
     s = ctx.settings
+    is_nice = ctx.method == "nice"
     ctx.job.stage("load model")
     dtype = getattr(torch, s.dtype)
     model, tokenizer = models.load_model_and_tokenizer(
@@ -419,34 +482,53 @@ def featurize_valuation(ctx: Context) -> None:
 
     ctx.job.stage("tokenize")
     pool_tok, pool_skipped = data.tokenize_examples(tokenizer, ctx.pool.examples, s.max_length)
-    probe_tok, probe_skipped = data.tokenize_examples(tokenizer, ctx.probes.examples, s.max_length)
+    if is_nice:
+        probe_hash, probe_prompts, probe_skipped = _nice_probes(ctx, tokenizer)
+        n_probes, n_probe_records = len(probe_prompts), len(ctx.probe_prompts[1])
+    else:
+        probe_tok, probe_skipped = data.tokenize_examples(
+            tokenizer, ctx.probes.examples, s.max_length
+        )
+        n_probes, n_probe_records = len(probe_tok), len(ctx.probes.examples)
     _record_skipped(ctx, {"pool": pool_skipped, "probes": probe_skipped})
     if not pool_tok:
         raise EngineError(
             f"every pool record's response was truncated away at max_length={s.max_length}"
         )
-    if not probe_tok:
-        raise EngineError(
-            f"every probe record's response was truncated away at max_length={s.max_length}"
-        )
+    if not n_probes:
+        raise EngineError(f"no probe fits in max_length={s.max_length} (see 'skipped')")
     if pool_skipped or probe_skipped:
         ctx.job.note(
-            f"skipped {len(pool_skipped)} pool and {len(probe_skipped)} probe records whose "
-            f"response did not fit in max_length={s.max_length} (see 'skipped')"
+            f"skipped {len(pool_skipped)} pool and {len(probe_skipped)} probe records that did "
+            f"not fit in max_length={s.max_length} (see 'skipped')"
         )
 
     peft_model = lora.attach_lora(model, _lora_settings(s))
     checkpoints = _warmup_checkpoints(ctx, peft_model, tokenizer, pool_tok, fingerprint)
 
-    total = len(checkpoints) * (len(ctx.pool.examples) + len(ctx.probes.examples))
+    total = len(checkpoints) * (len(ctx.pool.examples) + n_probe_records)
     ctx.job.stage(FEATURIZE_STAGE, total=total)
     feature_set_ids: list[str] = []
     todo: list[tuple[str, int]] = []
     for row_id, ckpt in checkpoints:
-        for dataset, kind, shard_size in (
-            (ctx.pool, "adam", s.shard_size),
-            (ctx.probes, "sgd", _probe_shard_size(len(ctx.probes.examples))),
-        ):
+        if is_nice:
+            feature_set_ids.append(
+                _policy_feature_set(
+                    ctx,
+                    model=peft_model,
+                    tokenizer=tokenizer,
+                    checkpoint_row_id=row_id,
+                    ckpt=ckpt,
+                    fingerprint=fingerprint,
+                    probe_hash=probe_hash,
+                    probes=probe_prompts,
+                    n_records=n_probe_records,
+                )
+            )
+        sets = [(ctx.pool, "adam", s.shard_size)]
+        if not is_nice:
+            sets.append((ctx.probes, "sgd", _probe_shard_size(len(ctx.probes.examples))))
+        for dataset, kind, shard_size in sets:
             set_id, missing = _ensure_feature_set(
                 ctx,
                 dataset=dataset,
@@ -474,6 +556,196 @@ def featurize_valuation(ctx: Context) -> None:
                 feature_set_ids=feature_set_ids,
             ),
         )
+
+
+# --- NICE probes: sample, reward, policy gradient ----------------------------------------------
+
+
+def _nice_probes(
+    ctx: Context, tokenizer: Any
+) -> tuple[str, list[nice.ProbePrompt], list[data.SkippedExample]]:
+    """Probes whose prompt leaves room for ``max_new_tokens`` within ``max_length``; a reward
+    that compares with a label gets only probes that have one (the API checks this too)."""
+    s = ctx.settings
+    assert ctx.reward_spec is not None
+    needs_label = REWARD_NEEDS_LABEL[ctx.reward_spec["kind"]]
+    probe_hash, prompts = ctx.probe_prompts
+    kept, skipped = [], []
+    for probe in prompts:
+        room = s.max_length - len(nice.prompt_ids(tokenizer, probe))
+        if needs_label and probe.label is None:
+            raise EngineError(
+                f"probe {probe.record_id} has no response to serve as the label of a "
+                f"{ctx.reward_spec['kind']!r} reward"
+            )
+        if room < s.nice.max_new_tokens:
+            skipped.append(
+                data.SkippedExample(
+                    probe.record_id,
+                    f"prompt leaves {room} tokens of max_length={s.max_length}, fewer than "
+                    f"max_new_tokens={s.nice.max_new_tokens}",
+                )
+            )
+        else:
+            kept.append(probe)
+    return probe_hash, kept, skipped
+
+
+def _policy_feature_set(
+    ctx: Context,
+    *,
+    model: Any,
+    tokenizer: Any,
+    checkpoint_row_id: str,
+    ckpt: warmup.Checkpoint,
+    fingerprint: str,
+    probe_hash: str,
+    probes: list[nice.ProbePrompt],
+    n_records: int,
+) -> str:
+    """Compute (or reuse) NICE probe features at one checkpoint; store samples for audit.
+
+    The samples and rewards live next to the features (``samples.jsonl``), so a valuation that
+    reuses the features also shows the samples they came from.
+    """
+    s = ctx.settings
+    assert ctx.reward_spec is not None
+    projector = _projector(model, s)
+    provenance = features.Provenance(
+        model=fingerprint,
+        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
+        projector=projector.spec(),
+        seed=s.projection.seed,
+        dim=s.projection.dim,
+        dtype=s.dtype if s.dtype == "float32" else "float16",
+        param_order_hash=lora.parameter_order_hash(model),
+        kind="policy",
+        max_length=s.max_length,
+    )
+    key = feature_key(
+        provenance.to_dict(),
+        probe_hash,
+        _probe_shard_size(n_records),
+        s.adam_bias_correction,
+        policy=_policy_inputs(ctx.reward_spec, s),
+    )
+    prefix = f"features/{key}"
+    samples_key = f"{prefix}/samples.jsonl"
+    with SessionLocal() as session:
+        row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
+        if row is None:
+            row = FeatureSetRow(
+                content_key=key,
+                dataset_id=ctx._probe_id,
+                checkpoint_id=checkpoint_row_id,
+                kind="policy",
+                provenance=provenance.to_dict(),
+                dim=provenance.dim,
+                dtype=provenance.dtype,
+                n_records=n_records,
+                shard_size=_probe_shard_size(n_records),
+                n_shards=1,
+                blob_prefix=prefix,
+                status="building",
+            )
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
+        assert row is not None
+        row_id = row.id
+    if ctx.blobs.exists(_shard_key(prefix, 0)) and ctx.blobs.exists(samples_key):
+        ctx.job.note(f"reused NICE probe samples and features at epoch {ckpt.epoch}")
+    else:
+        lora.load_adapter_state(model, ckpt.adapter_state)
+        settings = nice.SamplingSettings(
+            m=s.nice.samples,
+            temperature=s.nice.temperature,
+            top_k=s.nice.top_k,
+            top_p=s.nice.top_p,
+            max_new_tokens=s.nice.max_new_tokens,
+            seed=s.nice.seed,
+        )
+        samples = nice.sample_responses(
+            model, tokenizer, probes, settings, batch_size=s.nice.generation_batch_size
+        )
+        by_id = {p.record_id: p for p in probes}
+        reward_values = rewards.compute_rewards(
+            rewards.reward_from_dict(ctx.reward_spec),
+            [
+                rewards.RewardItem(
+                    probe_id=sample.probe_id,
+                    prompt=_prompt_text(by_id[sample.probe_id]),
+                    response=sample.text,
+                    label=by_id[sample.probe_id].label,
+                    metadata=by_id[sample.probe_id].metadata,
+                )
+                for sample in samples
+            ],
+        )
+        result = nice.policy_gradient_features(
+            model,
+            probes,
+            samples,
+            reward_values,
+            weighting=s.nice.weighting,
+            checkpoint=ckpt,
+            projector=projector,
+            provenance=provenance,
+            batch_size=s.batch_size,
+            pad_token_id=tokenizer.pad_token_id,
+            should_stop=ctx.job.cancel_requested,
+        )
+        lines = [
+            json.dumps(
+                {
+                    "probe_record_id": sample.probe_id,
+                    "sample_index": sample.index,
+                    "text": sample.text,
+                    "n_tokens": len(sample.response_ids),
+                    "finished": sample.finished,
+                    "reward": reward,
+                }
+            )
+            for sample, reward in zip(samples, reward_values, strict=True)
+        ]
+        ctx.blobs.put_bytes(samples_key, ("\n".join(lines) + "\n").encode())
+        ctx.blobs.put_bytes(_shard_key(prefix, 0), result.features.to_safetensors())
+        if result.zero_probes:
+            ctx.job.note(
+                f"epoch {ckpt.epoch}: {len(result.zero_probes)} probes had all-zero sample "
+                "weights (e.g. no sample rewarded); their NICE gradient is zero and they add "
+                f"nothing to the scores: {result.zero_probes[:10]}"
+            )
+    _store_samples(ctx, ckpt.epoch, ctx.blobs.get_bytes(samples_key))
+    ctx.job.advance(n_records)
+    return row_id
+
+
+def _prompt_text(probe: nice.ProbePrompt) -> str:
+    """The prompt as a reward sees it: the last user message (HumanEval: the code stub)."""
+    users = [m["content"] for m in probe.messages if m["role"] == "user"]
+    return users[-1] if users else ""
+
+
+def _store_samples(ctx: Context, epoch: int, blob: bytes) -> None:
+    """This valuation's sample rows for one checkpoint, replaced (never appended) on re-runs."""
+    rows = [
+        {"valuation_id": ctx.valuation_id, "epoch": epoch, **json.loads(line)}
+        for line in blob.decode().splitlines()
+        if line.strip()
+    ]
+    with SessionLocal() as session:
+        session.execute(
+            delete(SampleRow).where(
+                SampleRow.valuation_id == ctx.valuation_id, SampleRow.epoch == epoch
+            )
+        )
+        if rows:
+            session.execute(insert(SampleRow), rows)
+        session.commit()
 
 
 def _lora_settings(s: ValuationSettings) -> lora.LoraSettings:
@@ -624,9 +896,16 @@ def _feature_sets_by_epoch(
         pool = session.get(Dataset, valuation.pool_dataset_id)
         probes = session.get(Dataset, valuation.probe_dataset_id)
         assert pool is not None and probes is not None
+        probe_kind = "policy" if valuation.method == "nice" else "sgd"
+        policy = None
+        if valuation.method == "nice":
+            spec = session.get(RewardSpecRow, valuation.reward_spec_id)
+            if spec is None:
+                raise EngineError(f"reward spec {valuation.reward_spec_id} no longer exists")
+            policy = _policy_inputs(dict(spec.spec), settings)
         wanted = {
             "adam": (pool.content_hash, settings.shard_size),
-            "sgd": (probes.content_hash, _probe_shard_size(probes.n_records)),
+            probe_kind: (probes.content_hash, _probe_shard_size(probes.n_records)),
         }
         ckpts = session.scalars(
             select(CheckpointRow)
@@ -634,7 +913,7 @@ def _feature_sets_by_epoch(
             .order_by(CheckpointRow.epoch)
         ).all()
         lrs: list[float] = []
-        found: dict[str, list[FeatureSetRow]] = {"adam": [], "sgd": []}
+        found: dict[str, list[FeatureSetRow]] = {kind: [] for kind in wanted}
         for ckpt in ckpts:
             rows = session.scalars(
                 select(FeatureSetRow).where(
@@ -648,7 +927,11 @@ def _feature_sets_by_epoch(
                     if row.kind == kind
                     and row.content_key
                     == feature_key(
-                        row.provenance, dataset_hash, shard_size, settings.adam_bias_correction
+                        row.provenance,
+                        dataset_hash,
+                        shard_size,
+                        settings.adam_bias_correction,
+                        policy=policy,
                     )
                     and row.provenance["dim"] == settings.projection.dim
                     and row.provenance["seed"] == settings.projection.seed
@@ -662,7 +945,7 @@ def _feature_sets_by_epoch(
                 session.expunge(match[0])
                 found[kind].append(match[0])
             lrs.append(ckpt.mean_lr)
-        return lrs, found["adam"], found["sgd"]
+        return lrs, found["adam"], found[probe_kind]
 
 
 def _load_features(blobs: BlobStore, row: FeatureSetRow, index: int) -> features.FeatureSet:
@@ -695,6 +978,8 @@ def score_valuation(ctx: Context) -> None:
     scores: list[float] = []
     per_subtask: dict[str, list[float]] = {}
     device = _device()
+    # NICE aggregates exactly like LESS; only its probe features (policy gradients) differ
+    aggregation = "less" if ctx.method == "nice" else ctx.method
     with ThreadPoolExecutor(max_workers=SCORE_PREFETCH) as pool_reader:
         # stream: at most SCORE_PREFETCH pool shards (per checkpoint) in memory, read ahead
         # by threads while the previous shard is scored
@@ -718,7 +1003,7 @@ def score_valuation(ctx: Context) -> None:
                 pool,
                 probes,
                 lrs,
-                method=ctx.method,  # type: ignore[arg-type]
+                method=aggregation,  # type: ignore[arg-type]
                 device=device,
             )
             record_ids += shard.record_ids
