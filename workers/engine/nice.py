@@ -21,7 +21,7 @@ log-probability and gradient are finite, so it is scored like any other sample.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -171,6 +171,33 @@ def sample_responses(
                 )
     finally:
         model.train(was_training)
+    return samples
+
+
+def assisted_samples(
+    tokenizer: PreTrainedTokenizerBase,
+    probes: Sequence[ProbePrompt],
+    responses: Mapping[str, Sequence[str]],
+) -> list[Sample]:
+    """NICE-AMC (seed 002 §3.3): responses written by a stronger model instead of sampled ones.
+
+    ``responses[probe_id]`` are that model's answers; each becomes a sample whose tokens end
+    with EOS, as training responses do, so its log-probability under the checkpoint is the
+    one the policy gradient needs. A probe without responses is an error (it would silently
+    contribute nothing).
+    """
+    eos = tokenizer.eos_token
+    if eos is None:
+        raise InvalidInput("tokenizer has no EOS token")
+    samples = []
+    for probe in probes:
+        texts = list(responses.get(probe.record_id, ()))
+        if not texts:
+            raise InvalidInput(f"no assisted responses for probe {probe.record_id}")
+        ids = tuple(prompt_ids(tokenizer, probe))
+        for index, text in enumerate(texts):
+            tokens = tuple(tokenizer(text + str(eos), add_special_tokens=False)["input_ids"])
+            samples.append(Sample(probe.record_id, index, ids, tokens, text, True))
     return samples
 
 

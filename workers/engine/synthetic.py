@@ -36,7 +36,7 @@ _WORDS = (
     "violet",
     "marble",
 )
-_CAPITALS = (
+CAPITALS = (
     ("France", "Paris"),
     ("Japan", "Tokyo"),
     ("Italy", "Rome"),
@@ -109,7 +109,7 @@ def _reverse_words(rng: random.Random) -> tuple[str, str]:
 
 
 def _capital(rng: random.Random) -> tuple[str, str]:
-    country, capital = rng.choice(_CAPITALS)
+    country, capital = rng.choice(CAPITALS)
     question = rng.choice(_CAPITAL_QUESTIONS).format(country=country)
     return question, f"The capital of {country} is {capital}."
 
