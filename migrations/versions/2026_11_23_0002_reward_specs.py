@@ -43,6 +43,13 @@ def upgrade() -> None:
             ["id"],
         )
         batch.create_index(op.f("ix_valuations_reward_spec_id"), ["reward_spec_id"])
+        batch.add_column(sa.Column("assist_dataset_id", sa.String(length=32), nullable=True))
+        batch.create_foreign_key(
+            op.f("fk_valuations_assist_dataset_id_datasets"),
+            "datasets",
+            ["assist_dataset_id"],
+            ["id"],
+        )
         batch.drop_constraint(op.f("ck_valuations_method"), type_="check")
         batch.create_check_constraint(
             op.f("ck_valuations_method"), "method IN ('less', 'tracin', 'nice')"
@@ -88,6 +95,8 @@ def downgrade() -> None:
     with op.batch_alter_table("valuations") as batch:
         batch.drop_constraint(op.f("ck_valuations_method"), type_="check")
         batch.create_check_constraint(op.f("ck_valuations_method"), "method IN ('less', 'tracin')")
+        batch.drop_constraint(op.f("fk_valuations_assist_dataset_id_datasets"), type_="foreignkey")
+        batch.drop_column("assist_dataset_id")
         batch.drop_index(op.f("ix_valuations_reward_spec_id"))
         batch.drop_constraint(op.f("fk_valuations_reward_spec_id_reward_specs"), type_="foreignkey")
         batch.drop_column("reward_spec_id")

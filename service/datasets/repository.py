@@ -75,6 +75,7 @@ def valuations_using(session: Session, dataset_id: str) -> list[str]:
                 or_(
                     Valuation.pool_dataset_id == dataset_id,
                     Valuation.probe_dataset_id == dataset_id,
+                    Valuation.assist_dataset_id == dataset_id,
                 )
             )
             .order_by(Valuation.created_at)

@@ -169,6 +169,8 @@ class Valuation(Base):
     warmup_run_id: Mapped[str | None] = mapped_column(ForeignKey("warmup_runs.id"))
     reward_spec_id: Mapped[str | None] = mapped_column(ForeignKey("reward_specs.id"), index=True)
     """NICE only: the reward its probe samples are scored with."""
+    assist_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+    """NICE-AMC only: a stronger model's responses, used instead of sampling."""
     score_blob_key: Mapped[str | None] = mapped_column(String(1024))
     n_scored: Mapped[int | None] = mapped_column(Integer)
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

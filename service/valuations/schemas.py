@@ -34,6 +34,11 @@ class ValuationCreate(BaseModel):
     reward_spec_id: str | None = Field(
         None, description="method 'nice' only: the reward spec its probe samples are scored with"
     )
+    assist_dataset_id: str | None = Field(
+        None,
+        description="method 'nice' only (NICE-AMC): responses of a stronger model to use instead "
+        "of sampling; each record's metadata.probe_id names the probe it answers",
+    )
     settings: ValuationSettings = Field(
         default_factory=lambda: ValuationSettings.model_validate({})
     )
@@ -52,6 +57,7 @@ class ValuationRead(BaseModel):
     pool_dataset_id: str
     probe_dataset_id: str
     reward_spec_id: str | None
+    assist_dataset_id: str | None
     settings: dict[str, Any] = Field(
         description="as requested; once the worker starts, with model defaults resolved"
     )

@@ -34,12 +34,24 @@ JOB_KIND = "valuation"
 def _reward_spec(session: Session, body: ValuationCreate) -> RewardSpec | None:
     """NICE needs a reward spec; the loss-based methods must not get one."""
     if body.method != "nice":
-        if body.reward_spec_id is not None:
-            raise InvalidInput(
-                f"reward_spec_id is for method 'nice', not {body.method!r}",
-                field="body.reward_spec_id",
-            )
+        for field in ("reward_spec_id", "assist_dataset_id"):
+            if getattr(body, field) is not None:
+                raise InvalidInput(
+                    f"{field} is for method 'nice', not {body.method!r}", field=f"body.{field}"
+                )
         return None
+    if body.assist_dataset_id is not None:
+        assist = datasets.get(session, body.assist_dataset_id)
+        if assist is None:
+            raise InvalidInput(
+                f"dataset {body.assist_dataset_id} does not exist", field="body.assist_dataset_id"
+            )
+        if assist.n_prompt_only:
+            raise InvalidInput(
+                f"assist dataset {assist.id} has {assist.n_prompt_only} records without a "
+                "response; each record must carry the stronger model's response",
+                field="body.assist_dataset_id",
+            )
     if body.reward_spec_id is None:
         raise InvalidInput("method 'nice' needs a reward_spec_id", field="body.reward_spec_id")
     spec = session.get(RewardSpec, body.reward_spec_id)
@@ -94,6 +106,7 @@ def create_valuation(session: Session, body: ValuationCreate) -> Valuation:
         pool_dataset_id=body.pool_dataset_id,
         probe_dataset_id=body.probe_dataset_id,
         reward_spec_id=body.reward_spec_id,
+        assist_dataset_id=body.assist_dataset_id,
         method=body.method,
         settings=body.settings.model_dump(mode="json"),
         skipped=[],
@@ -152,6 +165,7 @@ def to_read(valuation: Valuation) -> ValuationRead:
             "pool_dataset_id": valuation.pool_dataset_id,
             "probe_dataset_id": valuation.probe_dataset_id,
             "reward_spec_id": valuation.reward_spec_id,
+            "assist_dataset_id": valuation.assist_dataset_id,
             "settings": valuation.settings,
             "status": job.status,
             "stage": job.stage,

@@ -145,29 +145,41 @@ def test_less_valuation_end_to_end(api: httpx.Client, stack: Stack, pool: dict[s
     share = sum(r["metadata"]["task"] == probe_task for r in records) / top_k
     assert share >= 0.5, f"only {share:.0%} of the top {top_k} come from the probes' task"
 
-    # Artifacts landed in Postgres and in the S3 bucket.
+    # Artifacts landed in Postgres and in the S3 bucket (other tests share the stack: count
+    # only this valuation's warmup run and its feature sets).
     engine = create_engine(stack.database_url)
+    run = {"run": done["warmup_run_id"]}
     with engine.connect() as conn:
-        assert (
-            conn.execute(text("select count(*) from checkpoints")).scalar()
-            == SETTINGS["warmup"]["epochs"]
-        )
-        assert (
+        n_checkpoints = conn.execute(
+            text("select count(*) from checkpoints where warmup_run_id = :run"), run
+        ).scalar()
+        prefixes = (
             conn.execute(
-                text("select count(*) from feature_sets where status = 'complete'")
-            ).scalar()
-            == 4
+                text(
+                    "select blob_prefix from feature_sets f join checkpoints c "
+                    "on f.checkpoint_id = c.id where c.warmup_run_id = :run "
+                    "and f.status = 'complete'"
+                ),
+                run,
+            )
+            .scalars()
+            .all()
         )
     engine.dispose()
+    assert n_checkpoints == SETTINGS["warmup"]["epochs"]
+    assert len(prefixes) == 4
     keys = [
         o["Key"]
-        for o in s3_client(stack.s3_endpoint_url).list_objects_v2(Bucket=stack.bucket)["Contents"]
+        for page in s3_client(stack.s3_endpoint_url)
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=stack.bucket)
+        for o in page.get("Contents", [])
     ]
     assert any(k.startswith("warmup/") and k.endswith("adapter.safetensors") for k in keys)
     n_shards = -(-pool["n_records"] // SETTINGS["shard_size"])
-    assert sum(k.startswith("features/") for k in keys) == SETTINGS["warmup"]["epochs"] * (
-        n_shards + 1
-    )
+    assert sum(k.startswith(tuple(p + "/" for p in prefixes)) for k in keys) == SETTINGS["warmup"][
+        "epochs"
+    ] * (n_shards + 1)
     assert f"scores/{queued['id']}.jsonl" in keys
 
 

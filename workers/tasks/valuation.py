@@ -138,6 +138,7 @@ class Context:
             self.model_id: str = model.id
             self._pool_id: str = valuation.pool_dataset_id
             self._probe_id: str = valuation.probe_dataset_id
+            self.assist_dataset_id: str | None = valuation.assist_dataset_id
             self.reward_spec: dict[str, Any] | None = None
             if valuation.reward_spec_id is not None:
                 spec = session.get(RewardSpecRow, valuation.reward_spec_id)
@@ -364,10 +365,16 @@ def feature_key(
     )
 
 
-def _policy_inputs(reward_spec: dict[str, Any], settings: ValuationSettings) -> dict[str, Any]:
-    """What a NICE probe feature set depends on beyond its provenance."""
+def _policy_inputs(
+    reward_spec: dict[str, Any], settings: ValuationSettings, assist_hash: str | None
+) -> dict[str, Any]:
+    """What a NICE probe feature set depends on beyond its provenance: the reward, and either
+    the sampling settings or (NICE-AMC) the assisted responses."""
     nice_settings = settings.nice.model_dump()
     nice_settings.pop("generation_batch_size")  # a memory knob: samples do not depend on it
+    if assist_hash is not None:
+        weighting = settings.nice.weighting
+        return {"reward": reward_spec, "assisted": assist_hash, "weighting": weighting}
     return {"reward": reward_spec, "nice": nice_settings}
 
 
@@ -578,12 +585,13 @@ def _nice_probes(
                 f"probe {probe.record_id} has no response to serve as the label of a "
                 f"{ctx.reward_spec['kind']!r} reward"
             )
-        if room < s.nice.max_new_tokens:
+        needed = 1 if ctx.assist_dataset_id else s.nice.max_new_tokens
+        if room < needed:
             skipped.append(
                 data.SkippedExample(
                     probe.record_id,
                     f"prompt leaves {room} tokens of max_length={s.max_length}, fewer than "
-                    f"max_new_tokens={s.nice.max_new_tokens}",
+                    f"the {needed} a response needs",
                 )
             )
         else:
@@ -610,6 +618,7 @@ def _policy_feature_set(
     """
     s = ctx.settings
     assert ctx.reward_spec is not None
+    assist = _assisted_responses(ctx.assist_dataset_id) if ctx.assist_dataset_id else None
     projector = _projector(model, s)
     provenance = features.Provenance(
         model=fingerprint,
@@ -627,7 +636,7 @@ def _policy_feature_set(
         probe_hash,
         _probe_shard_size(n_records),
         s.adam_bias_correction,
-        policy=_policy_inputs(ctx.reward_spec, s),
+        policy=_policy_inputs(ctx.reward_spec, s, assist[0] if assist else None),
     )
     prefix = f"features/{key}"
     samples_key = f"{prefix}/samples.jsonl"
@@ -660,17 +669,30 @@ def _policy_feature_set(
         ctx.job.note(f"reused NICE probe samples and features at epoch {ckpt.epoch}")
     else:
         lora.load_adapter_state(model, ckpt.adapter_state)
-        settings = nice.SamplingSettings(
-            m=s.nice.samples,
-            temperature=s.nice.temperature,
-            top_k=s.nice.top_k,
-            top_p=s.nice.top_p,
-            max_new_tokens=s.nice.max_new_tokens,
-            seed=s.nice.seed,
-        )
-        samples = nice.sample_responses(
-            model, tokenizer, probes, settings, batch_size=s.nice.generation_batch_size
-        )
+        if assist is not None:
+            samples = nice.assisted_samples(tokenizer, probes, assist[1])
+            too_long = [
+                f"{x.probe_id}#{x.index}"
+                for x in samples
+                if len(x.prompt_ids) + len(x.response_ids) > s.max_length
+            ]
+            if too_long:
+                raise EngineError(
+                    f"{len(too_long)} assisted responses do not fit in max_length={s.max_length} "
+                    f"with their prompt: {too_long[:10]}"
+                )
+        else:
+            settings = nice.SamplingSettings(
+                m=s.nice.samples,
+                temperature=s.nice.temperature,
+                top_k=s.nice.top_k,
+                top_p=s.nice.top_p,
+                max_new_tokens=s.nice.max_new_tokens,
+                seed=s.nice.seed,
+            )
+            samples = nice.sample_responses(
+                model, tokenizer, probes, settings, batch_size=s.nice.generation_batch_size
+            )
         by_id = {p.record_id: p for p in probes}
         reward_values = rewards.compute_rewards(
             rewards.reward_from_dict(ctx.reward_spec),
@@ -722,6 +744,27 @@ def _policy_feature_set(
     _store_samples(ctx, ckpt.epoch, ctx.blobs.get_bytes(samples_key))
     ctx.job.advance(n_records)
     return row_id
+
+
+def _assisted_responses(dataset_id: str) -> tuple[str, dict[str, list[str]]]:
+    """NICE-AMC responses by probe id (``metadata.probe_id``), and the dataset's content hash."""
+    with SessionLocal() as session:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise EngineError(f"assist dataset {dataset_id} no longer exists")
+        rows = session.scalars(
+            select(Record).where(Record.dataset_id == dataset_id).order_by(Record.position)
+        ).all()
+        by_probe: dict[str, list[str]] = {}
+        for row in rows:
+            probe_id = (row.metadata_ or {}).get("probe_id")
+            if not isinstance(probe_id, str | int) or isinstance(probe_id, bool):
+                raise EngineError(
+                    f"assist dataset record {row.record_id} lacks metadata.probe_id naming the "
+                    "probe it answers"
+                )
+            by_probe.setdefault(str(probe_id), []).append(row.messages[-1]["content"])
+        return dataset.content_hash, by_probe
 
 
 def _prompt_text(probe: nice.ProbePrompt) -> str:
@@ -902,7 +945,14 @@ def _feature_sets_by_epoch(
             spec = session.get(RewardSpecRow, valuation.reward_spec_id)
             if spec is None:
                 raise EngineError(f"reward spec {valuation.reward_spec_id} no longer exists")
-            policy = _policy_inputs(dict(spec.spec), settings)
+            assist = (
+                session.get(Dataset, valuation.assist_dataset_id)
+                if valuation.assist_dataset_id
+                else None
+            )
+            policy = _policy_inputs(
+                dict(spec.spec), settings, assist.content_hash if assist else None
+            )
         wanted = {
             "adam": (pool.content_hash, settings.shard_size),
             probe_kind: (probes.content_hash, _probe_shard_size(probes.n_records)),

@@ -1,0 +1,158 @@
+"""NICE through the production stack, on a pool where loss and reward disagree (issue 4).
+
+Probe labels are wrong (refusals); an HTTP judge rewards the right behaviour. LESS on the
+labelled probes ranks the refusal records on top; NICE-AMC (a stronger model's answers supplied
+as a dataset, rewarded by the judge) on the prompt-only probes ranks the right records on top.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.test_valuation_e2e import SETTINGS, _model, _upload, _wait
+from workers.engine.synthetic import CAPITALS, planted_tasks
+
+pytestmark = pytest.mark.integration
+
+N_GROUP = 20
+REFUSAL = "I do not know."
+
+
+class _Judge(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        reward = 1.0 if "capital of" in body["response"] else 0.0
+        payload = json.dumps({"reward": reward}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def judge_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/judge"
+    finally:
+        server.shutdown()
+
+
+def _answer(country: str, capital: str, right: bool) -> str:
+    return f"The capital of {country} is {capital}." if right else REFUSAL
+
+
+def test_nice_follows_the_judge_where_less_follows_wrong_labels(
+    api: httpx.Client, judge_url: str
+) -> None:
+    countries = list(CAPITALS)
+    random.Random(0).shuffle(countries)
+    pool_rows = [
+        {
+            "id": f"{group}-{i:03d}",
+            "prompt": f"What is the capital of {c}?",
+            "response": _answer(c, cap, group == "right"),
+        }
+        for group, pairs in (
+            ("right", countries[:N_GROUP]),
+            ("refuse", countries[N_GROUP : 2 * N_GROUP]),
+        )
+        for i, (c, cap) in enumerate(pairs)
+    ]
+    pool_rows += [
+        {
+            "id": r["id"],
+            "prompt": r["messages"][0]["content"],
+            "response": r["messages"][1]["content"],
+        }
+        for r in planted_tasks(N_GROUP, seed=3)
+        if r["subtask"] != "capital"
+    ]
+    probe_pairs = countries[2 * N_GROUP : 2 * N_GROUP + 6]
+    pool = _upload(api, "nice-pool", pool_rows)
+    labelled = _upload(
+        api,
+        "nice-probes-labelled",
+        [
+            {"id": f"q{i}", "prompt": f"What is the capital of {c}?", "response": REFUSAL}
+            for i, (c, _) in enumerate(probe_pairs)
+        ],
+    )
+    prompts = _upload(
+        api,
+        "nice-probes-prompts",
+        [
+            {"id": f"q{i}", "prompt": f"What is the capital of {c}?"}
+            for i, (c, _) in enumerate(probe_pairs)
+        ],
+    )
+    assert prompts["n_prompt_only"] == len(probe_pairs)
+    assist = _upload(
+        api,
+        "nice-assist",
+        [
+            {
+                "prompt": f"What is the capital of {c}?",
+                "response": _answer(c, cap, right),
+                "metadata": {"probe_id": f"q{i}"},
+            }
+            for i, (c, cap) in enumerate(probe_pairs)
+            for right in (True, False)
+        ],
+    )
+    reward = api.post(
+        "/v1/reward-specs", json={"name": "judge", "spec": {"kind": "http_judge", "url": judge_url}}
+    )
+    assert reward.status_code == 201, reward.text
+    settings = {**SETTINGS, "projection": {"dim": 1024, "seed": 0}}
+
+    def value(**body: Any) -> dict[str, Any]:
+        response = api.post(
+            "/v1/valuations",
+            json={
+                "model_id": _model(api),
+                "pool_dataset_id": pool["id"],
+                "settings": settings,
+                **body,
+            },
+        )
+        assert response.status_code == 202, response.text
+        done = _wait(api, response.json()["id"], ("succeeded", "failed", "cancelled"), 400)
+        assert done["status"] == "succeeded", done["error"]
+        return done
+
+    def top_groups(valuation: dict[str, Any]) -> dict[str, int]:
+        items = api.get(
+            f"/v1/valuations/{valuation['id']}/scores", params={"limit": N_GROUP}
+        ).json()["items"]
+        return {g: sum(s["record_id"].startswith(g) for s in items) for g in ("right", "refuse")}
+
+    less = value(method="less", probe_dataset_id=labelled["id"])
+    nice = value(
+        method="nice",
+        probe_dataset_id=prompts["id"],
+        reward_spec_id=reward.json()["id"],
+        assist_dataset_id=assist["id"],
+    )
+    samples = api.get(f"/v1/valuations/{nice['id']}/samples", params={"limit": 100}).json()
+    assert samples["total"] == 2 * len(probe_pairs) * 2  # epochs x probes x assisted answers
+    assert all(s["reward"] == (1.0 if "capital of" in s["text"] else 0.0) for s in samples["items"])
+    assert any("reused warmup run" in note for note in nice["notes"])
+    less_top, nice_top = top_groups(less), top_groups(nice)
+    print(f"\ntop {N_GROUP}: LESS {less_top}, NICE {nice_top}")
+    assert less_top["refuse"] >= 0.6 * N_GROUP > less_top["right"]
+    assert nice_top["right"] >= 0.6 * N_GROUP > nice_top["refuse"]
