@@ -40,7 +40,7 @@ from scipy.stats import spearmanr
 from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from workers.engine import features, influence, lora, projection
+from workers.engine import features, influence, lora, nice, projection, rewards
 from workers.engine.data import Example, TokenizedExample, collate, tokenize_examples
 from workers.engine.gradients import hooked_per_example_gradients, response_nll
 from workers.engine.models import TINY_LLAMA, load_model_and_tokenizer
@@ -416,6 +416,88 @@ def bench_score(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def bench_nice(args: argparse.Namespace) -> dict[str, Any]:
+    """NICE cost per probe at one checkpoint: sampling M responses, rewarding them, and the
+    policy-gradient feature (rows of -log f through the batched featurizer, then the sum)."""
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" and args.shape != "tiny" else torch.float32
+    model = attach(build_model(args.shape, device, dtype), args.shape)
+    _, tokenizer = load_model_and_tokenizer(TINY_LLAMA)  # byte tokenizer: ids fit every vocab
+    sizes = [p.numel() for _, p in lora.lora_parameters(model)]
+    projector = projection.BlockHadamardProjector(sizes, args.dim, seed=0)
+    ckpt = synthetic_checkpoint(model)
+    probes = [
+        nice.ProbePrompt(
+            f"q{i}", ({"role": "user", "content": f"Name a word with the letter {c}."},), label=c
+        )
+        for i, c in enumerate("abcdefghijklmnop"[: args.nice_probes])
+    ]
+    settings = nice.SamplingSettings(m=args.nice_samples, max_new_tokens=args.nice_new_tokens)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    lora.load_adapter_state(model, ckpt.adapter_state)
+    samples = nice.sample_responses(model, tokenizer, probes, settings, batch_size=len(probes))
+    sync(device)
+    timings["generation_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    values = rewards.compute_rewards(
+        rewards.reward_from_dict({"kind": "contains"}),
+        [rewards.RewardItem(s.probe_id, "", s.text, label="e") for s in samples],
+    )
+    timings["reward_contains_s"] = time.perf_counter() - start
+    start = time.perf_counter()  # a sandboxed HumanEval-style test per sample (subprocesses)
+    rewards.compute_rewards(
+        rewards.reward_from_dict({"kind": "python_tests", "timeout_s": 5, "cpu_time_s": 5}),
+        [
+            rewards.RewardItem(
+                s.probe_id,
+                "def add(a, b):\n",
+                "    return a + b\n",
+                metadata={"test": "def check(f):\n    assert f(2, 3) == 5\n", "entry_point": "add"},
+            )
+            for s in samples
+        ],
+    )
+    timings["reward_python_tests_s"] = time.perf_counter() - start
+    values = [1.0 if i % 2 else v for i, v in enumerate(values)]  # some signal on every probe
+    provenance = features.Provenance(
+        model=args.shape,
+        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
+        projector=projector.spec(),
+        seed=0,
+        dim=args.dim,
+        dtype="float32",
+        param_order_hash=lora.parameter_order_hash(model),
+        kind="policy",
+        max_length=512 + args.nice_new_tokens,
+    )
+    start = time.perf_counter()
+    nice.policy_gradient_features(
+        model,
+        probes,
+        samples,
+        values,
+        weighting="reinforce",
+        checkpoint=ckpt,
+        projector=projector,
+        provenance=provenance,
+        batch_size=args.batch_sizes[0],
+        pad_token_id=0,
+    )
+    sync(device)
+    timings["gradient_s"] = time.perf_counter() - start
+    n = len(probes)
+    return {
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "probes": n,
+        "samples_per_probe": settings.m,
+        "max_new_tokens": settings.max_new_tokens,
+        "mean_sample_tokens": sum(len(s.response_ids) for s in samples) / len(samples),
+        **{f"{k}_per_probe": v / n for k, v in timings.items()},
+    }
+
+
 def _peak_gib(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -436,15 +518,24 @@ def main() -> None:
     parser.add_argument("--fidelity-dims", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--with-loop", action="store_true", help="also time the loop reference")
     parser.add_argument("--score", action="store_true", help="benchmark scoring instead")
+    parser.add_argument("--nice", action="store_true", help="benchmark NICE cost per probe")
+    parser.add_argument("--nice-probes", type=int, default=8)
+    parser.add_argument("--nice-samples", type=int, default=20)
+    parser.add_argument("--nice-new-tokens", type=int, default=64)
     parser.add_argument("--score-pool", type=int, default=1_000_000)
     parser.add_argument("--score-probes", type=int, default=1000)
     parser.add_argument("--score-shard", type=int, default=16384)
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for a JSON result")
     args = parser.parse_args()
-    result = bench_score(args) if args.score else bench_featurize(args)
+    if args.score:
+        result = bench_score(args)
+    elif args.nice:
+        result = bench_nice(args)
+    else:
+        result = bench_featurize(args)
     print(json.dumps(result, indent=2))
     if args.out:
-        name = "score" if args.score else f"featurize-{args.shape}"
+        name = "score" if args.score else f"{'nice' if args.nice else 'featurize'}-{args.shape}"
         Path(args.out, f"{name}-{args.device.split(':')[0]}.json").write_text(
             json.dumps(result, indent=2)
         )

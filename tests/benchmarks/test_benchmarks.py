@@ -31,3 +31,8 @@ def test_featurize_tiny_model_on_cpu() -> None:
 def test_scoring_on_cpu() -> None:
     out = _bench("--score", "--device", "cpu", "--score-pool", "65536", "--score-probes", "1000")
     assert "pool_rows_per_s_in_memory" in out
+
+
+def test_nice_cost_per_probe_on_cpu() -> None:
+    out = _bench("--nice", "--shape", "tiny", "--device", "cpu", "--nice-probes", "4")
+    assert "generation_s_per_probe" in out and "gradient_s_per_probe" in out
