@@ -261,7 +261,7 @@ def policy_gradient_features(
             zero_probes.append(probe.record_id)
         for i, w in zip(members, weights, strict=True):
             if w != 0:
-                rows.append(_as_example(samples[i]))
+                rows.append(as_training_row(samples[i]))
                 row_weights.append((p_index, w))
     out = torch.zeros((len(probes), projector.dim), dtype=torch.float64)
     if rows:
@@ -289,7 +289,7 @@ def policy_gradient_features(
     return PolicyFeatures(features=features, zero_probes=zero_probes)
 
 
-def _as_example(sample: Sample) -> TokenizedExample:
+def as_training_row(sample: Sample) -> TokenizedExample:
     """Prompt + sampled response as a training row whose targets are the response tokens."""
     if not sample.response_ids:
         raise InvalidInput(f"sample {sample.index} of {sample.probe_id} has no tokens")
