@@ -112,6 +112,29 @@ def make_examples(n: int, seq_len: int, loss_tokens: int, vocab: int) -> list[To
     return out
 
 
+def _provenance(
+    args: argparse.Namespace,
+    model: Any,
+    ckpt: Checkpoint,
+    projector: Any,
+    *,
+    kind: str,
+    dtype: str,
+    max_length: int,
+) -> features.Provenance:
+    return features.Provenance(
+        model=args.shape,
+        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
+        projector=projector.spec(),
+        seed=0,
+        dim=args.dim,
+        dtype=dtype,
+        param_order_hash=lora.parameter_order_hash(model),
+        kind=kind,
+        max_length=max_length,
+    )
+
+
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
     """Seconds per call, after one untimed warm-up call."""
     fn()
@@ -191,16 +214,8 @@ def _run_batch_size(
             loss = response_nll(logits.logits.float(), batch["labels"]).sum()
             torch.autograd.grad(loss, params)
 
-    provenance = features.Provenance(
-        model=args.shape,
-        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
-        projector=projector.spec(),
-        seed=0,
-        dim=args.dim,
-        dtype="float16",
-        param_order_hash=lora.parameter_order_hash(model),
-        kind="adam",
-        max_length=args.seq_len,
+    provenance = _provenance(
+        args, model, ckpt, projector, kind="adam", dtype="float16", max_length=args.seq_len
     )
 
     def sift() -> None:
@@ -245,16 +260,8 @@ def _loop_throughput(
     sizes = [p.numel() for _, p in lora.lora_parameters(model)]
     dense = projection.RademacherProjector(sum(sizes), args.dim, seed=0, segments=sizes)
     examples = make_examples(batch_size, args.seq_len, args.loss_tokens, vocab)
-    provenance = features.Provenance(
-        model=args.shape,
-        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
-        projector=dense.spec(),
-        seed=0,
-        dim=args.dim,
-        dtype="float16",
-        param_order_hash=lora.parameter_order_hash(model),
-        kind="adam",
-        max_length=args.seq_len,
+    provenance = _provenance(
+        args, model, ckpt, dense, kind="adam", dtype="float16", max_length=args.seq_len
     )
     start = time.perf_counter()
     features.featurize(
@@ -460,15 +467,13 @@ def bench_nice(args: argparse.Namespace) -> dict[str, Any]:
     )
     timings["reward_python_tests_s"] = time.perf_counter() - start
     values = [1.0 if i % 2 else v for i, v in enumerate(values)]  # some signal on every probe
-    provenance = features.Provenance(
-        model=args.shape,
-        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
-        projector=projector.spec(),
-        seed=0,
-        dim=args.dim,
-        dtype="float32",
-        param_order_hash=lora.parameter_order_hash(model),
+    provenance = _provenance(
+        args,
+        model,
+        ckpt,
+        projector,
         kind="policy",
+        dtype="float32",
         max_length=512 + args.nice_new_tokens,
     )
     start = time.perf_counter()

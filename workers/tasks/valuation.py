@@ -23,7 +23,7 @@ from functools import cached_property
 from typing import Any
 
 import torch
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Select, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from service.blobs import BlobStore, blob_store_from_settings
@@ -97,14 +97,17 @@ class LoadedDataset:
     examples: list[data.Example]
 
 
+def _records_in_order(dataset_id: str) -> Select[tuple[Record]]:
+    """A dataset's records in position order (a select to run, offset or limit)."""
+    return select(Record).where(Record.dataset_id == dataset_id).order_by(Record.position)
+
+
 def _load_dataset(dataset_id: str) -> LoadedDataset:
     with SessionLocal() as session:
         dataset = session.get(Dataset, dataset_id)
         if dataset is None:
             raise EngineError(f"dataset {dataset_id} no longer exists")
-        rows = session.scalars(
-            select(Record).where(Record.dataset_id == dataset_id).order_by(Record.position)
-        ).all()
+        rows = session.scalars(_records_in_order(dataset_id)).all()
         examples = [_example(row) for row in rows]
         return LoadedDataset(dataset.id, dataset.content_hash, examples)
 
@@ -136,8 +139,8 @@ class Context:
             self.method: str = valuation.method
             self.model_source: str = model.source
             self.model_id: str = model.id
-            self._pool_id: str = valuation.pool_dataset_id
-            self._probe_id: str = valuation.probe_dataset_id
+            self.pool_dataset_id: str = valuation.pool_dataset_id
+            self.probe_dataset_id: str = valuation.probe_dataset_id
             self.assist_dataset_id: str | None = valuation.assist_dataset_id
             self.reward_spec: dict[str, Any] | None = None
             if valuation.reward_spec_id is not None:
@@ -149,22 +152,25 @@ class Context:
 
     @cached_property
     def pool(self) -> LoadedDataset:
-        return _load_dataset(self._pool_id)
+        return _load_dataset(self.pool_dataset_id)
 
     @cached_property
     def probes(self) -> LoadedDataset:
-        return _load_dataset(self._probe_id)
+        return _load_dataset(self.probe_dataset_id)
+
+    @cached_property
+    def assisted_responses(self) -> tuple[str, dict[str, list[str]]] | None:
+        """NICE-AMC's responses by probe id and their dataset's hash (None without one)."""
+        return _assisted_responses(self.assist_dataset_id) if self.assist_dataset_id else None
 
     @cached_property
     def probe_prompts(self) -> tuple[str, list[nice.ProbePrompt]]:
         """NICE's view of the probes (prompt-only records allowed) and the dataset's hash."""
         with SessionLocal() as session:
-            dataset = session.get(Dataset, self._probe_id)
+            dataset = session.get(Dataset, self.probe_dataset_id)
             if dataset is None:
-                raise EngineError(f"dataset {self._probe_id} no longer exists")
-            rows = session.scalars(
-                select(Record).where(Record.dataset_id == self._probe_id).order_by(Record.position)
-            ).all()
+                raise EngineError(f"dataset {self.probe_dataset_id} no longer exists")
+            rows = session.scalars(_records_in_order(self.probe_dataset_id)).all()
             prompts = []
             for row in rows:
                 messages = tuple({"role": m["role"], "content": m["content"]} for m in row.messages)
@@ -394,6 +400,44 @@ def _projector(model: Any, settings: ValuationSettings) -> projection.Projector:
     )
 
 
+def _provenance(
+    s: ValuationSettings,
+    model: Any,
+    projector: projection.Projector,
+    checkpoint_hash: str,
+    fingerprint: str,
+    kind: str,
+) -> features.Provenance:
+    """What this valuation's features of ``kind`` at one checkpoint are computed from."""
+    return features.Provenance(
+        model=fingerprint,
+        checkpoint=checkpoint_hash,
+        projector=projector.spec(),
+        seed=s.projection.seed,
+        dim=s.projection.dim,
+        dtype=s.dtype if s.dtype == "float32" else "float16",
+        param_order_hash=lora.parameter_order_hash(model),
+        kind=kind,
+        max_length=s.max_length,
+    )
+
+
+def _find_or_create_feature_set(key: str, **fields: Any) -> tuple[str, bool]:
+    """The feature-set row with content ``key`` (created from ``fields`` if absent, a
+    concurrent creator winning ties): its id and whether it is complete."""
+    with SessionLocal() as session:
+        row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
+        if row is None:
+            session.add(FeatureSetRow(content_key=key, status="building", **fields))
+            try:
+                session.commit()
+            except IntegrityError:  # created concurrently by another valuation: use theirs
+                session.rollback()
+            row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
+        assert row is not None
+        return row.id, row.status == "complete"
+
+
 def _shard_key(prefix: str, index: int) -> str:
     return f"{prefix}/shard-{index:05d}.safetensors"
 
@@ -406,6 +450,7 @@ def _ensure_feature_set(
     model: Any,
     checkpoint_row_id: str,
     ckpt: warmup.Checkpoint,
+    ckpt_hash: str,
     fingerprint: str,
     shard_size: int,
 ) -> tuple[str, list[int]]:
@@ -416,47 +461,25 @@ def _ensure_feature_set(
     """
     s = ctx.settings
     projector = _projector(model, s)
-    provenance = features.Provenance(
-        model=fingerprint,
-        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
-        projector=projector.spec(),
-        seed=s.projection.seed,
-        dim=s.projection.dim,
-        dtype=s.dtype if s.dtype == "float32" else "float16",
-        param_order_hash=lora.parameter_order_hash(model),
-        kind=kind,
-        max_length=s.max_length,
-    )
+    provenance = _provenance(s, model, projector, ckpt_hash, fingerprint, kind)
     key = feature_key(
         provenance.to_dict(), dataset.content_hash, shard_size, s.adam_bias_correction
     )
     prefix = f"features/{key}"
     n_shards = len(_shards(dataset.examples, shard_size))
-    with SessionLocal() as session:
-        row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
-        if row is None:
-            row = FeatureSetRow(
-                content_key=key,
-                dataset_id=dataset.id,
-                checkpoint_id=checkpoint_row_id,
-                kind=kind,
-                provenance=provenance.to_dict(),
-                dim=provenance.dim,
-                dtype=provenance.dtype,
-                n_records=len(dataset.examples),
-                shard_size=shard_size,
-                n_shards=n_shards,
-                blob_prefix=prefix,
-                status="building",
-            )
-            session.add(row)
-            try:
-                session.commit()
-            except IntegrityError:  # created concurrently by another valuation: use theirs
-                session.rollback()
-                row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
-        assert row is not None
-        row_id, complete = row.id, row.status == "complete"
+    row_id, complete = _find_or_create_feature_set(
+        key,
+        dataset_id=dataset.id,
+        checkpoint_id=checkpoint_row_id,
+        kind=kind,
+        provenance=provenance.to_dict(),
+        dim=provenance.dim,
+        dtype=provenance.dtype,
+        n_records=len(dataset.examples),
+        shard_size=shard_size,
+        n_shards=n_shards,
+        blob_prefix=prefix,
+    )
     if complete:
         ctx.job.note(
             f"reused {kind} features of dataset {dataset.id} at epoch {ckpt.epoch} "
@@ -518,6 +541,7 @@ def featurize_valuation(ctx: Context) -> None:
     feature_set_ids: list[str] = []
     todo: list[tuple[str, int]] = []
     for row_id, ckpt in checkpoints:
+        ckpt_hash = features.checkpoint_hash(ckpt.adapter_state)  # once per checkpoint
         if is_nice:
             feature_set_ids.append(
                 _policy_feature_set(
@@ -526,6 +550,7 @@ def featurize_valuation(ctx: Context) -> None:
                     tokenizer=tokenizer,
                     checkpoint_row_id=row_id,
                     ckpt=ckpt,
+                    ckpt_hash=ckpt_hash,
                     fingerprint=fingerprint,
                     probe_hash=probe_hash,
                     probes=probe_prompts,
@@ -543,6 +568,7 @@ def featurize_valuation(ctx: Context) -> None:
                 model=peft_model,
                 checkpoint_row_id=row_id,
                 ckpt=ckpt,
+                ckpt_hash=ckpt_hash,
                 fingerprint=fingerprint,
                 shard_size=shard_size,
             )
@@ -606,6 +632,7 @@ def _policy_feature_set(
     tokenizer: Any,
     checkpoint_row_id: str,
     ckpt: warmup.Checkpoint,
+    ckpt_hash: str,
     fingerprint: str,
     probe_hash: str,
     probes: list[nice.ProbePrompt],
@@ -618,19 +645,9 @@ def _policy_feature_set(
     """
     s = ctx.settings
     assert ctx.reward_spec is not None
-    assist = _assisted_responses(ctx.assist_dataset_id) if ctx.assist_dataset_id else None
+    assist = ctx.assisted_responses
     projector = _projector(model, s)
-    provenance = features.Provenance(
-        model=fingerprint,
-        checkpoint=features.checkpoint_hash(ckpt.adapter_state),
-        projector=projector.spec(),
-        seed=s.projection.seed,
-        dim=s.projection.dim,
-        dtype=s.dtype if s.dtype == "float32" else "float16",
-        param_order_hash=lora.parameter_order_hash(model),
-        kind="policy",
-        max_length=s.max_length,
-    )
+    provenance = _provenance(s, model, projector, ckpt_hash, fingerprint, "policy")
     key = feature_key(
         provenance.to_dict(),
         probe_hash,
@@ -640,31 +657,19 @@ def _policy_feature_set(
     )
     prefix = f"features/{key}"
     samples_key = f"{prefix}/samples.jsonl"
-    with SessionLocal() as session:
-        row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
-        if row is None:
-            row = FeatureSetRow(
-                content_key=key,
-                dataset_id=ctx._probe_id,
-                checkpoint_id=checkpoint_row_id,
-                kind="policy",
-                provenance=provenance.to_dict(),
-                dim=provenance.dim,
-                dtype=provenance.dtype,
-                n_records=n_records,
-                shard_size=_probe_shard_size(n_records),
-                n_shards=1,
-                blob_prefix=prefix,
-                status="building",
-            )
-            session.add(row)
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
-        assert row is not None
-        row_id = row.id
+    row_id, _ = _find_or_create_feature_set(
+        key,
+        dataset_id=ctx.probe_dataset_id,
+        checkpoint_id=checkpoint_row_id,
+        kind="policy",
+        provenance=provenance.to_dict(),
+        dim=provenance.dim,
+        dtype=provenance.dtype,
+        n_records=n_records,
+        shard_size=_probe_shard_size(n_records),
+        n_shards=1,
+        blob_prefix=prefix,
+    )
     if ctx.blobs.exists(_shard_key(prefix, 0)) and ctx.blobs.exists(samples_key):
         ctx.job.note(f"reused NICE probe samples and features at epoch {ckpt.epoch}")
     else:
@@ -752,9 +757,7 @@ def _assisted_responses(dataset_id: str) -> tuple[str, dict[str, list[str]]]:
         dataset = session.get(Dataset, dataset_id)
         if dataset is None:
             raise EngineError(f"assist dataset {dataset_id} no longer exists")
-        rows = session.scalars(
-            select(Record).where(Record.dataset_id == dataset_id).order_by(Record.position)
-        ).all()
+        rows = session.scalars(_records_in_order(dataset_id)).all()
         by_probe: dict[str, list[str]] = {}
         for row in rows:
             probe_id = (row.metadata_ or {}).get("probe_id")
@@ -868,13 +871,7 @@ def _finish_featurize(ctx: Context, feature_set_ids: Sequence[str]) -> None:
 def _dataset_slice(dataset_id: str, start: int, size: int) -> list[data.Example]:
     """Records ``start .. start+size`` of a dataset in position order (one shard's worth)."""
     with SessionLocal() as session:
-        rows = session.scalars(
-            select(Record)
-            .where(Record.dataset_id == dataset_id)
-            .order_by(Record.position)
-            .offset(start)
-            .limit(size)
-        ).all()
+        rows = session.scalars(_records_in_order(dataset_id).offset(start).limit(size)).all()
         return [_example(row) for row in rows]
 
 
