@@ -60,7 +60,11 @@ BUILTIN_MODELS: dict[str, str] = {
 }
 """Models built in code, needing no files or hub (tests and the demo)."""
 
-Method = Literal["less", "tracin", "nice"]
+Method = Literal["less", "tracin", "nice", "datainf", "nice_if"]
+POLICY_METHODS: tuple[str, ...] = ("nice", "nice_if")
+"""Methods whose probe side is NICE's policy gradient of a reward (they need a reward spec)."""
+LAYERWISE_METHODS: tuple[str, ...] = ("datainf", "nice_if")
+"""Influence-function methods: per-layer projected gradients at the last checkpoint only."""
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
 
@@ -113,6 +117,23 @@ class NiceSpec(BaseModel):
     generation_batch_size: int = Field(8, ge=1, le=1024, description="probe prompts per batch")
 
 
+class DataInfSpec(BaseModel):
+    """DataInf and NICE-IF (seed 002 app. E.3): the damped per-layer Fisher at the last
+    checkpoint, inverted by Sherman–Morrison."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    damping: float = Field(0.1, gt=0.0, le=1e6, description="λ, or its scale (relative_damping)")
+    relative_damping: bool = Field(
+        True,
+        description="λ_l = damping · mean ‖g_l‖² over the pool (DataInf's default, 0.1); "
+        "False: λ_l = damping (seed 002 used 1e-4 on 2048-d projections)",
+    )
+    dim_per_layer: int | None = Field(
+        None, ge=1, le=1 << 16, description="projected width per layer; default 2048 (64 builtin)"
+    )
+
+
 class ValuationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -127,7 +148,11 @@ class ValuationSettings(BaseModel):
     )
     dtype: ComputeDtype = "float32"
     nice: NiceSpec = Field(
-        default_factory=lambda: NiceSpec(), description="used by method 'nice' only"
+        default_factory=lambda: NiceSpec(), description="used by methods 'nice' and 'nice_if'"
+    )
+    datainf: DataInfSpec = Field(
+        default_factory=lambda: DataInfSpec(),
+        description="used by methods 'datainf' and 'nice_if'",
     )
 
 

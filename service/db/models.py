@@ -114,7 +114,7 @@ class RewardSpec(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-METHODS = ("less", "tracin", "nice")
+METHODS = ("less", "tracin", "nice", "datainf", "nice_if")
 
 
 class Sample(Base):

@@ -26,18 +26,20 @@ from service.models import repository as models
 from service.pagination import Page, Pagination
 from service.valuations import repository
 from service.valuations.schemas import SampleRead, ScoreRead, ValuationCreate, ValuationRead
-from workers.contracts import REWARD_NEEDS_LABEL
+from workers.contracts import POLICY_METHODS, REWARD_NEEDS_LABEL
 
 JOB_KIND = "valuation"
 
 
 def _reward_spec(session: Session, body: ValuationCreate) -> RewardSpec | None:
-    """NICE needs a reward spec; the loss-based methods must not get one."""
-    if body.method != "nice":
+    """NICE and NICE-IF need a reward spec; the loss-based methods must not get one."""
+    if body.method not in POLICY_METHODS:
         for field in ("reward_spec_id", "assist_dataset_id"):
             if getattr(body, field) is not None:
                 raise InvalidInput(
-                    f"{field} is for method 'nice', not {body.method!r}", field=f"body.{field}"
+                    f"{field} is for methods {' and '.join(map(repr, POLICY_METHODS))}, "
+                    f"not {body.method!r}",
+                    field=f"body.{field}",
                 )
         return None
     if body.assist_dataset_id is not None:
@@ -53,7 +55,9 @@ def _reward_spec(session: Session, body: ValuationCreate) -> RewardSpec | None:
                 field="body.assist_dataset_id",
             )
     if body.reward_spec_id is None:
-        raise InvalidInput("method 'nice' needs a reward_spec_id", field="body.reward_spec_id")
+        raise InvalidInput(
+            f"method {body.method!r} needs a reward_spec_id", field="body.reward_spec_id"
+        )
     spec = session.get(RewardSpec, body.reward_spec_id)
     if spec is None:
         raise InvalidInput(
@@ -85,8 +89,8 @@ def create_valuation(session: Session, body: ValuationCreate) -> Valuation:
                 role = f"{body.method} probes"
             raise InvalidInput(
                 f"dataset {dataset_id} has {dataset.n_prompt_only} records without a response; "
-                f"{role} need one (prompt-only probes are for NICE with a reward that needs "
-                "no label)",
+                f"{role} need one (prompt-only probes are for NICE or NICE-IF with a reward "
+                "that needs no label)",
                 field=f"body.{field}",
             )
     job = Job(
@@ -192,9 +196,10 @@ def list_valuations(session: Session, page: Pagination) -> Page[ValuationRead]:
 def list_samples(session: Session, valuation_id: str, page: Pagination) -> Page[SampleRead]:
     """NICE's sampled responses and rewards, by checkpoint, probe and sample (for audit)."""
     valuation = get_valuation(session, valuation_id)
-    if valuation.method != "nice":
+    if valuation.method not in POLICY_METHODS:
         raise Conflict(
-            f"valuation {valuation_id} uses {valuation.method!r}; only 'nice' samples responses",
+            f"valuation {valuation_id} uses {valuation.method!r}; only "
+            f"{' and '.join(map(repr, POLICY_METHODS))} sample responses",
             field="valuation_id",
         )
     where = Sample.valuation_id == valuation_id

@@ -3,13 +3,23 @@ vs brute-force autograd."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from workers.engine.datainf import combine_rows, datainf_scores, lora_layers, per_layer_gradients
+from workers.engine.data import TokenizedExample
+from workers.engine.datainf import (
+    DataInfScorer,
+    datainf_scores,
+    layer_sizes,
+    layerwise_projector,
+)
+from workers.engine.errors import InvalidInput, ProvenanceMismatch
+from workers.engine.features import FeatureSet, featurize
+from workers.engine.influence import aggregate_subtasks
 from workers.engine.lora import lora_parameters
-from workers.engine.projection import BlockHadamardProjector
+from workers.engine.projection import BlockHadamardProjector, Projector, split_layers
 
-from .conftest import Warmed
+from .conftest import Warmed, make_provenance
 from .reference import reference_gradient
 
 
@@ -51,49 +61,118 @@ def test_a_layer_without_gradient_contributes_nothing() -> None:
     torch.testing.assert_close(scores, datainf_scores(pool[:1], probes[:1]))
 
 
-def test_per_layer_gradients_are_the_exact_gradients_cut_by_layer(warmed: Warmed) -> None:
+def _layer_features(
+    warmed: Warmed,
+    examples: list[TokenizedExample],
+    dim_per_layer: int | None,
+    *,
+    seed: int = 0,
+    batch_size: int = 4,
+) -> FeatureSet:
     model, ckpt = warmed.model, warmed.checkpoints[-1]
-    examples = warmed.pool[:5]
-    layers = per_layer_gradients(
-        model, examples, checkpoint=ckpt, dim_per_layer=None, seed=0, batch_size=3, pad_token_id=0
+    projector = layerwise_projector(model, dim_per_layer, seed)
+    return featurize(
+        model,
+        examples,
+        kind="sgd",
+        checkpoint=ckpt,
+        projector=projector,
+        provenance=make_provenance(model, ckpt, projector, kind="sgd"),
+        batch_size=batch_size,
+        pad_token_id=0,
     )
-    assert len(layers) == len(lora_layers(model)) == len(lora_parameters(model)) // 2
-    flat = torch.cat(layers, dim=1)  # layers are consecutive runs of lora_parameters
+
+
+def test_layerwise_features_are_the_exact_gradients_cut_by_layer(warmed: Warmed) -> None:
+    model = warmed.model
+    examples = warmed.pool[:5]
+    exact = _layer_features(warmed, examples, None, batch_size=3)
+    sizes = layer_sizes(model)
+    assert len(sizes) == len(lora_parameters(model)) // 2  # one layer per adapted module
+    layers = split_layers(exact.features, exact.provenance.projector)
+    assert [x.shape[1] for x in layers] == [sum(g) for g in sizes]
     model.eval()
     for row, example in enumerate(examples):
         expected = reference_gradient(model, example).double()
-        assert float((flat[row] - expected).norm() / expected.norm()) < 1e-4
+        got = torch.cat([x[row] for x in layers]).double()
+        assert float((got - expected).norm() / expected.norm()) < 1e-4
 
-    projected = per_layer_gradients(
-        model, examples, checkpoint=ckpt, dim_per_layer=64, seed=2, batch_size=5, pad_token_id=0
-    )
-    params = lora_parameters(model)
-    for layer, group in enumerate(lora_layers(model)):
-        sizes = [params[i][1].numel() for i in group]
-        projector = BlockHadamardProjector(sizes, 64, seed=2 * 100_003 + layer)
-        torch.testing.assert_close(
-            projected[layer],
-            projector.project(layers[layer].float()).double(),
-            rtol=1e-4,
-            atol=1e-6,
-        )
-
-
-def test_combine_rows_sums_weighted_rows_per_owner() -> None:
-    rows = [torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]], dtype=torch.float64)]
-    (combined,) = combine_rows(rows, owner=[0, 1, 0], weights=[0.5, 1.0, -1.0], n_owners=2)
+    projected = _layer_features(warmed, examples, 64, seed=2, batch_size=5)
+    assert projected.provenance.projector.endswith(":" + ",".join(["64"] * len(sizes)))
     torch.testing.assert_close(
-        combined, torch.tensor([[-2.5, -3.0], [0.0, 2.0]], dtype=torch.float64)
+        projected.features,
+        layerwise_projector(model, 64, 2).project(exact.features),
+        rtol=1e-4,
+        atol=1e-6,
     )
+
+
+def test_streamed_scorer_equals_the_whole_pool_formula(warmed: Warmed) -> None:
+    pool = _layer_features(warmed, warmed.pool[:10], 32)
+    probes = _layer_features(warmed, warmed.probes, 32)
+    for relative, damping in ((True, 0.1), (False, 1e-4)):
+        expected = datainf_scores(
+            split_layers(pool.features, pool.provenance.projector),
+            split_layers(probes.features, probes.provenance.projector),
+            damping=damping,
+            relative_damping=relative,
+        )
+        shards = [_rows(pool, slice(0, 4)), _rows(pool, slice(4, 7)), _rows(pool, slice(7, 10))]
+        scorer = DataInfScorer(probes, damping=damping, relative_damping=relative)
+        for shard in shards:
+            scorer.add_norms(shard)
+        for shard in shards:
+            scorer.add_corrections(shard)
+        got = [scorer.score(shard) for shard in shards]
+        subtasks = [s or "default" for s in probes.subtasks]
+        want, _ = aggregate_subtasks(expected, subtasks)
+        torch.testing.assert_close(torch.cat([g.scores for g in got]), want.double())
+        assert [r for g in got for r in g.record_ids] == pool.record_ids
+
+
+def _rows(features: FeatureSet, rows: slice) -> FeatureSet:
+    return FeatureSet(
+        features.provenance,
+        features.record_ids[rows],
+        features.subtasks[rows],
+        features.features[rows],
+    )
+
+
+def test_scorer_refuses_out_of_order_passes_and_foreign_features(warmed: Warmed) -> None:
+    pool = _layer_features(warmed, warmed.pool[:6], 32)
+    probes = _layer_features(warmed, warmed.probes, 32)
+    scorer = DataInfScorer(probes)
+    scorer.add_norms(_rows(pool, slice(0, 3)))
+    scorer.add_norms(_rows(pool, slice(3, 6)))
+    scorer.add_corrections(_rows(pool, slice(0, 3)))
+    with pytest.raises(InvalidInput, match="stream the whole pool"):
+        scorer.score(pool)
+    with pytest.raises(InvalidInput, match="norms are final"):
+        scorer.add_norms(pool)
+    other_seed = _layer_features(warmed, warmed.pool[:6], 32, seed=1)
+    with pytest.raises(ProvenanceMismatch, match="seed"):
+        scorer.add_corrections(other_seed)
+    model, ckpt = warmed.model, warmed.checkpoints[-1]
+    flat = BlockHadamardProjector([p.numel() for _, p in lora_parameters(model)], 32, seed=0)
+    flat_probes = FeatureSet(
+        make_provenance(model, ckpt, flat, kind="sgd"),
+        probes.record_ids,
+        probes.subtasks,
+        torch.zeros((len(probes.record_ids), 32)),
+    )
+    with pytest.raises(InvalidInput, match="layer by layer"):
+        DataInfScorer(flat_probes)
 
 
 def test_datainf_ranks_the_probes_task_on_the_tiny_model(warmed: Warmed) -> None:
     """Each planted probe's best-scored pool records share its task more often than chance."""
-    model, ckpt = warmed.model, warmed.checkpoints[-1]
-    common = dict(checkpoint=ckpt, dim_per_layer=None, seed=0, batch_size=8, pad_token_id=0)
-    pool = per_layer_gradients(model, warmed.pool, **common)  # type: ignore[arg-type]
-    probes = per_layer_gradients(model, warmed.probes, **common)  # type: ignore[arg-type]
-    scores = datainf_scores(pool, probes)
+    pool = _layer_features(warmed, warmed.pool, None, batch_size=8)
+    probes = _layer_features(warmed, warmed.probes, None, batch_size=8)
+    scores = datainf_scores(
+        split_layers(pool.features, pool.provenance.projector),
+        split_layers(probes.features, probes.provenance.projector),
+    )
     hits = 0
     for j, probe in enumerate(warmed.probes):
         best = scores[:, j].argsort(descending=True)[:4].tolist()
@@ -107,20 +186,12 @@ def test_datainf_ranks_the_probes_task_on_the_tiny_model(warmed: Warmed) -> None
 
 
 def test_nice_if_probe_side_equals_the_policy_gradient(warmed: Warmed) -> None:
-    """NICE-IF: per-layer policy gradients (rows of -log f, weighted, summed per probe) cut
-    the same vector as NICE's flat policy gradient."""
+    """NICE-IF's probe side: NICE's policy gradient through the layerwise projector is the
+    flat policy gradient cut by layer (exact), or its layerwise projection (projected)."""
     import dataclasses
 
-    from workers.engine.nice import (
-        ProbePrompt,
-        as_training_row,
-        assisted_samples,
-        policy_gradient_features,
-        sample_weights,
-    )
+    from workers.engine.nice import ProbePrompt, assisted_samples, policy_gradient_features
     from workers.engine.projection import IdentityProjector
-
-    from .conftest import make_provenance
 
     model, ckpt = warmed.model, warmed.checkpoints[-1]
     probes = [
@@ -131,33 +202,31 @@ def test_nice_if_probe_side_equals_the_policy_gradient(warmed: Warmed) -> None:
         warmed.tokenizer, probes, {"a": ["Lima.", "No idea."], "b": ["RIVER", "river"]}
     )
     rewards = [1.0, 0.0, 1.0, 0.5]
-    weights = sample_weights(rewards[:2], "baseline") + sample_weights(rewards[2:], "baseline")
-    rows = per_layer_gradients(
-        model,
-        [as_training_row(s) for s in samples],
-        checkpoint=ckpt,
-        dim_per_layer=None,
-        seed=0,
-        batch_size=4,
-        pad_token_id=0,
-        token_loss="sum",
-    )
-    layers = combine_rows(rows, owner=[0, 0, 1, 1], weights=weights, n_owners=2)
+
+    def policy(projector: Projector) -> torch.Tensor:
+        provenance = dataclasses.replace(
+            make_provenance(model, ckpt, projector, kind="sgd", max_length=128), kind="policy"
+        )
+        return policy_gradient_features(
+            model,
+            probes,
+            samples,
+            rewards,
+            weighting="baseline",
+            checkpoint=ckpt,
+            projector=projector,
+            provenance=provenance,
+            batch_size=4,
+            pad_token_id=0,
+        ).features.features.double()
+
     p = sum(x.numel() for _, x in lora_parameters(model))
-    projector = IdentityProjector(p)
-    provenance = dataclasses.replace(
-        make_provenance(model, ckpt, projector, kind="sgd", max_length=128), kind="policy"
+    flat = policy(IdentityProjector(p))
+    torch.testing.assert_close(policy(layerwise_projector(model, None, 0)), flat)
+    projected = layerwise_projector(model, 32, 3)
+    torch.testing.assert_close(  # projection commutes with NICE's weighted sum over samples
+        policy(projected),
+        projected.project(flat.float()).double(),
+        rtol=1e-4,
+        atol=1e-6,
     )
-    flat = policy_gradient_features(
-        model,
-        probes,
-        samples,
-        rewards,
-        weighting="baseline",
-        checkpoint=ckpt,
-        projector=projector,
-        provenance=provenance,
-        batch_size=4,
-        pad_token_id=0,
-    ).features.features.double()
-    torch.testing.assert_close(torch.cat(layers, dim=1), flat, rtol=1e-4, atol=1e-7)

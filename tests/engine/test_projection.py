@@ -10,8 +10,11 @@ from workers.engine.projection import (
     ROWS_PER_BLOCK,
     BlockHadamardProjector,
     IdentityProjector,
+    LayerwiseProjector,
     RademacherProjector,
     dense_rademacher_matrix,
+    layer_widths,
+    split_layers,
     sylvester_hadamard,
 )
 
@@ -144,3 +147,37 @@ def test_sylvester_hadamard_is_orthogonal() -> None:
     assert torch.equal(h, torch.tensor(hadamard(16), dtype=torch.float32))
     with pytest.raises(InvalidInput):
         sylvester_hadamard(12)
+
+
+def test_layerwise_projector_is_block_diagonal_and_keeps_each_layers_geometry() -> None:
+    layers = [[3000, 5000], [4096], [700, 300]]
+    proj = LayerwiseProjector(layers, 512, seed=4)
+    assert proj.dim == 3 * 512 and layer_widths(proj.spec()) == [512, 512, 512]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, proj.input_dim, generator=gen)
+    out = proj.project(x)
+    bounds = [0, 8000, 12096, 13096]
+    for layer in range(3):
+        only = torch.zeros_like(x)
+        only[:, bounds[layer] : bounds[layer + 1]] = x[:, bounds[layer] : bounds[layer + 1]]
+        alone = split_layers(proj.project(only), proj.spec())
+        for other in range(3):  # layer l's coordinates reach only layer l's columns
+            if other != layer:
+                assert float(alone[other].abs().max()) == 0.0
+        torch.testing.assert_close(alone[layer], split_layers(out, proj.spec())[layer])
+        exact = x[:, bounds[layer] : bounds[layer + 1]]
+        gram, approx = exact @ exact.T, alone[layer] @ alone[layer].T
+        assert float((approx - gram).norm() / gram.norm()) < 0.15  # JL at d=512
+    torch.testing.assert_close(LayerwiseProjector(layers, 512, seed=4).project(x), out)
+    assert not torch.allclose(LayerwiseProjector(layers, 512, seed=5).project(x), out)
+
+
+def test_exact_layerwise_projector_is_the_identity_with_layer_widths() -> None:
+    proj = LayerwiseProjector([[4, 6], [5]], None, seed=0)
+    x = torch.randn(3, 15)
+    torch.testing.assert_close(proj.project(x), x)
+    assert layer_widths(proj.spec()) == [10, 5]
+    with pytest.raises(InvalidInput, match="layer by layer"):
+        layer_widths("srht-blocks:v1")
+    with pytest.raises(InvalidInput, match="do not match"):
+        split_layers(torch.zeros(2, 14), proj.spec())

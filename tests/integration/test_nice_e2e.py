@@ -3,6 +3,7 @@
 Probe labels are wrong (refusals); an HTTP judge rewards the right behaviour. LESS on the
 labelled probes ranks the refusal records on top; NICE-AMC (a stronger model's answers supplied
 as a dataset, rewarded by the judge) on the prompt-only probes ranks the right records on top.
+The influence-function pair behaves the same way: DataInf follows the labels, NICE-IF the judge.
 """
 
 from __future__ import annotations
@@ -152,7 +153,24 @@ def test_nice_follows_the_judge_where_less_follows_wrong_labels(
     assert samples["total"] == 2 * len(probe_pairs) * 2  # epochs x probes x assisted answers
     assert all(s["reward"] == (1.0 if "capital of" in s["text"] else 0.0) for s in samples["items"])
     assert any("reused warmup run" in note for note in nice["notes"])
+    # the influence-function pair: DataInf on the wrong labels, NICE-IF with the judge
+    datainf = value(method="datainf", probe_dataset_id=labelled["id"])
+    nice_if = value(
+        method="nice_if",
+        probe_dataset_id=prompts["id"],
+        reward_spec_id=reward.json()["id"],
+        assist_dataset_id=assist["id"],
+    )
+    if_samples = api.get(f"/v1/valuations/{nice_if['id']}/samples").json()
+    assert if_samples["total"] == len(probe_pairs) * 2  # the last checkpoint only
+    assert any("DataInf damping" in note for note in nice_if["notes"])
     less_top, nice_top = top_groups(less), top_groups(nice)
-    print(f"\ntop {N_GROUP}: LESS {less_top}, NICE {nice_top}")
+    datainf_top, nice_if_top = top_groups(datainf), top_groups(nice_if)
+    print(
+        f"\ntop {N_GROUP}: LESS {less_top}, NICE {nice_top}, DataInf {datainf_top}, "
+        f"NICE-IF {nice_if_top}"
+    )
     assert less_top["refuse"] >= 0.6 * N_GROUP > less_top["right"]
     assert nice_top["right"] >= 0.6 * N_GROUP > nice_top["refuse"]
+    assert datainf_top["refuse"] >= 0.6 * N_GROUP > datainf_top["right"]
+    assert nice_if_top["right"] >= 0.6 * N_GROUP > nice_if_top["refuse"]

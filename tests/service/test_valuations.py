@@ -187,7 +187,7 @@ def test_prompt_only_datasets_are_refused_for_loss_based_methods(
 
     full = upload("full", [{"prompt": "a", "response": "b"}])
     prompts = upload("prompts", [{"prompt": "a", "response": "b"}, {"prompt": "only"}])
-    for method in ("less", "tracin"):
+    for method in ("less", "tracin", "datainf"):
         for field, body in (
             ("body.probe_dataset_id", {"pool_dataset_id": full, "probe_dataset_id": prompts}),
             ("body.pool_dataset_id", {"pool_dataset_id": prompts, "probe_dataset_id": full}),
@@ -238,7 +238,27 @@ def test_nice_needs_a_reward_and_labels_only_when_the_reward_does(
         (
             {**base, "method": "less", "probe_dataset_id": labelled, "reward_spec_id": exact},
             "body.reward_spec_id",
-            "for method 'nice'",
+            "for methods 'nice' and 'nice_if'",
+        ),
+        (
+            {**base, "method": "datainf", "probe_dataset_id": labelled, "reward_spec_id": exact},
+            "body.reward_spec_id",
+            "not 'datainf'",
+        ),
+        (
+            {**base, "method": "nice_if", "probe_dataset_id": prompts},
+            "body.reward_spec_id",
+            "method 'nice_if' needs a reward_spec_id",
+        ),
+        (
+            {
+                **base,
+                "method": "datainf",
+                "probe_dataset_id": labelled,
+                "settings": {"datainf": {"damping": 0}},
+            },
+            "body.settings.datainf.damping",
+            "",
         ),
         (
             {
@@ -268,6 +288,16 @@ def test_nice_needs_a_reward_and_labels_only_when_the_reward_does(
         "/v1/valuations", json={**base, "probe_dataset_id": labelled, "reward_spec_id": exact}
     )
     assert ok.status_code == 202, ok.text
+    nice_if = client.post(
+        "/v1/valuations",
+        json={**base, "method": "nice_if", "probe_dataset_id": prompts, "reward_spec_id": judge},
+    )
+    assert nice_if.status_code == 202, nice_if.text
+    assert nice_if.json()["settings"]["datainf"] == {
+        "damping": 0.1,
+        "relative_damping": True,
+        "dim_per_layer": None,  # resolved by the worker for the model
+    }
 
 
 def test_samples_endpoint_pages_and_refuses_loss_methods(

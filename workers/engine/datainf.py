@@ -11,150 +11,195 @@ the damped empirical Fisher H_l = (1/n) Σ_i g_il g_ilᵀ + λ_l I and the swap
 probe v is the helpfulness -I(z_k) = Σ_l v_lᵀ H_l⁻¹ g_kl (higher = upweighting z_k lowers the
 probe's loss more; the sign LESS uses), i.e.
 
-    Σ_l 1/(n λ_l) [ n v_lᵀ g_kl - Σ_i (v_lᵀ g_il)(g_ilᵀ g_kl) / (λ_l + ‖g_il‖²) ].
+    Σ_l 1/(n λ_l) [ n v_lᵀ g_kl - C_l g_kl ],   C_l = Σ_i (v_lᵀ g_il) g_ilᵀ / (λ_l + ‖g_il‖²).
 
-λ_l = ``damping`` · mean_i ‖g_il‖² (DataInf's default scale 0.1). Gradients are the per-layer
-projected loss gradients at one checkpoint (the last); with ``policy=True`` rows the probe side
-is NICE's policy gradient instead (NICE-IF). ``n`` is the pool given, so a pool is scored in
-one call: the Σ_i couples every example with every other (two passes would stream it).
+λ_l = ``damping`` · mean_i ‖g_il‖² (DataInf's default, damping 0.1) or, with
+``relative_damping=False``, λ_l = ``damping`` (seed 002 E.3 uses 1e-4 on 2048-d projections).
+
+Gradients g (pool, loss) and v (probes: loss for DataInf, NICE's policy gradient for NICE-IF)
+are taken at one checkpoint (the last) and projected layer by layer
+(``projection.LayerwiseProjector``): the ordinary featurizers produce them, the projector's
+spec tells the scorer where each layer's columns are. The Σ_i couples every pool example with
+every other, so a stored pool is streamed three times (``DataInfScorer``): ‖g_il‖² for λ_l,
+then C_l, then the scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from peft import PeftModel
 from torch import Tensor
 
-from workers.engine.data import TokenizedExample, collate
-from workers.engine.errors import Cancelled, InvalidInput
-from workers.engine.gradients import TokenLoss, backward_with_per_example_gradients
-from workers.engine.lora import load_adapter_state, lora_parameters
-from workers.engine.projection import BlockHadamardProjector
-from workers.engine.warmup import Checkpoint
+from workers.engine.errors import InvalidInput, ProvenanceMismatch
+from workers.engine.features import FeatureSet
+from workers.engine.influence import DEFAULT_SUBTASK, ShardScores, aggregate_subtasks
+from workers.engine.lora import lora_parameters
+from workers.engine.projection import LayerwiseProjector, split_layers
 
 
-def lora_layers(model: PeftModel) -> list[list[int]]:
-    """Indices into ``lora_parameters`` grouped by adapted module (its lora_A and lora_B)."""
-    groups: dict[str, list[int]] = {}
-    for index, (name, _) in enumerate(lora_parameters(model)):
+def layer_sizes(model: PeftModel) -> list[list[int]]:
+    """Sizes of the ``lora_parameters`` tensors grouped by adapted module (its lora_A, lora_B):
+    DataInf's layers. Groups are consecutive runs of ``lora_parameters``."""
+    groups: list[tuple[str, list[int]]] = []
+    for name, param in lora_parameters(model):
         module = name.split(".lora_", 1)[0]
-        groups.setdefault(module, []).append(index)
-    return list(groups.values())
+        if not groups or groups[-1][0] != module:
+            if any(module == seen for seen, _ in groups):
+                raise InvalidInput(f"LoRA tensors of {module} are not consecutive")
+            groups.append((module, []))
+        groups[-1][1].append(param.numel())
+    return [sizes for _, sizes in groups]
 
 
-def per_layer_gradients(
-    model: PeftModel,
-    examples: Sequence[TokenizedExample],
-    *,
-    checkpoint: Checkpoint,
-    dim_per_layer: int | None,
-    seed: int,
-    batch_size: int,
-    pad_token_id: int,
-    token_loss: TokenLoss = "mean",
-    should_stop: Callable[[], bool] | None = None,
-) -> list[Tensor]:
-    """Per-layer per-example gradients at ``checkpoint``: one [N, d_l] float64 tensor per layer.
-
-    ``dim_per_layer`` projects each layer with its own block SRHT (seeded by (seed, layer));
-    ``None`` keeps the exact gradients (small models, tests).
-    """
-    if batch_size < 1:
-        raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
-    load_adapter_state(model, checkpoint.adapter_state)
-    params = lora_parameters(model)
-    layers = lora_layers(model)
-    layer_of = {
-        index: (layer, group.index(index)) for layer, group in enumerate(layers) for index in group
-    }
-    sizes = [[params[i][1].numel() for i in group] for group in layers]
-    projectors = (
-        [
-            BlockHadamardProjector(group_sizes, dim_per_layer, seed=seed * 100_003 + layer)
-            for layer, group_sizes in enumerate(sizes)
-        ]
-        if dim_per_layer is not None
-        else None
-    )
-    widths = [dim_per_layer if dim_per_layer is not None else sum(g) for g in sizes]
-    offsets = [[sum(g[:k]) for k in range(len(g))] for g in sizes]
-    device = params[0][1].device
-    rows: list[list[Tensor]] = [[] for _ in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(examples), batch_size):
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"cancelled after {start} of {len(examples)} examples")
-            batch = {
-                k: v.to(device)
-                for k, v in collate(examples[start : start + batch_size], pad_token_id).items()
-            }
-            n = batch["input_ids"].shape[0]
-            out = [torch.zeros((n, w), dtype=torch.float64, device=device) for w in widths]
-
-            def consume(index: int, grads: Tensor, out: list[Tensor] = out) -> None:
-                layer, position = layer_of[index]
-                if projectors is not None:
-                    part = projectors[layer].project_segment(position, grads)
-                    out[layer] += part.double()
-                else:
-                    lo = offsets[layer][position]
-                    out[layer][:, lo : lo + grads.shape[1]] = grads.double()
-
-            backward_with_per_example_gradients(model, batch, consume, token_loss)
-            for layer in range(len(layers)):
-                rows[layer].append(out[layer].cpu())
-    finally:
-        model.train(was_training)
-    return [
-        torch.cat(r) if r else torch.zeros((0, w), dtype=torch.float64)
-        for r, w in zip(rows, widths, strict=True)
-    ]
-
-
-def combine_rows(
-    layer_rows: Sequence[Tensor], owner: Sequence[int], weights: Sequence[float], n_owners: int
-) -> list[Tensor]:
-    """Σ_j w_j row_j per owner, per layer: NICE-IF's policy gradient from per-sample rows."""
-    if len(owner) != len(weights):
-        raise InvalidInput(f"{len(owner)} owners but {len(weights)} weights")
-    index = torch.tensor(list(owner), dtype=torch.long)
-    w = torch.tensor(list(weights), dtype=torch.float64)[:, None]
-    out = []
-    for rows in layer_rows:
-        if rows.shape[0] != len(owner):
-            raise InvalidInput(f"{rows.shape[0]} rows but {len(owner)} owners")
-        acc = torch.zeros((n_owners, rows.shape[1]), dtype=torch.float64)
-        out.append(acc.index_add_(0, index, rows.double() * w))
-    return out
+def layerwise_projector(
+    model: PeftModel, dim_per_layer: int | None, seed: int
+) -> LayerwiseProjector:
+    """The per-layer Π DataInf features use for this model (``None``: exact gradients)."""
+    return LayerwiseProjector(layer_sizes(model), dim_per_layer, seed)
 
 
 def datainf_scores(
-    pool_layers: Sequence[Tensor], probe_layers: Sequence[Tensor], *, damping: float = 0.1
+    pool_layers: Sequence[Tensor],
+    probe_layers: Sequence[Tensor],
+    *,
+    damping: float = 0.1,
+    relative_damping: bool = True,
 ) -> Tensor:
-    """Helpfulness [N, M] of each pool example for each probe (module docstring)."""
-    if len(pool_layers) != len(probe_layers) or not pool_layers:
-        raise InvalidInput("pool and probes need the same, non-empty list of layers")
-    if not damping > 0:
-        raise InvalidInput(f"damping must be > 0, got {damping}")
-    n, m = pool_layers[0].shape[0], probe_layers[0].shape[0]
-    if n == 0 or m == 0:
-        raise InvalidInput("need at least one pool example and one probe")
-    total = torch.zeros((n, m), dtype=torch.float64)
-    for g, v in zip(pool_layers, probe_layers, strict=True):
-        g, v = g.double(), v.double()
-        if g.shape[0] != n or v.shape[0] != m or g.shape[1] != v.shape[1]:
+    """Helpfulness [N, M] of each pool example for each probe, the whole pool at once (module
+    docstring): the reference the streaming ``DataInfScorer`` is tested against."""
+    scorer = _LayerScorer(probe_layers, damping=damping, relative_damping=relative_damping)
+    scorer.add_norms(pool_layers)
+    scorer.add_corrections(pool_layers)
+    return scorer.scores(pool_layers)
+
+
+class _LayerScorer:
+    """The three streamed passes on per-layer tensors (no provenance)."""
+
+    def __init__(
+        self, probe_layers: Sequence[Tensor], *, damping: float, relative_damping: bool
+    ) -> None:
+        if not probe_layers:
+            raise InvalidInput("need a non-empty list of layers")
+        if not damping > 0:
+            raise InvalidInput(f"damping must be > 0, got {damping}")
+        self.probes = [v.double() for v in probe_layers]
+        self.m = self.probes[0].shape[0]
+        if self.m == 0 or any(v.shape[0] != self.m for v in self.probes):
+            raise InvalidInput("need at least one probe, with a row in every layer")
+        self.damping, self.relative = damping, relative_damping
+        self.n = 0
+        self.sq_sums = torch.zeros(len(self.probes), dtype=torch.float64)
+        self.lambdas: Tensor | None = None
+        self.corrections = [torch.zeros_like(v) for v in self.probes]  # C_l [M, d_l]
+        self.corrected = 0
+
+    def _check(self, pool_layers: Sequence[Tensor]) -> list[Tensor]:
+        if len(pool_layers) != len(self.probes):
+            raise InvalidInput(f"pool has {len(pool_layers)} layers, probes {len(self.probes)}")
+        n = pool_layers[0].shape[0]
+        for g, v in zip(pool_layers, self.probes, strict=True):
+            if g.ndim != 2 or g.shape[0] != n or g.shape[1] != v.shape[1]:
+                raise InvalidInput(
+                    f"layer shapes differ: pool {tuple(g.shape)}, probes {tuple(v.shape)}"
+                )
+        return [g.double() for g in pool_layers]
+
+    def add_norms(self, pool_layers: Sequence[Tensor]) -> None:
+        """Pass 1: accumulate Σ_i ‖g_il‖² and n."""
+        if self.lambdas is not None:
+            raise InvalidInput("norms are final once corrections have started")
+        layers = self._check(pool_layers)
+        self.n += layers[0].shape[0]
+        for layer, g in enumerate(layers):
+            self.sq_sums[layer] += (g * g).sum()
+
+    def _finish_norms(self) -> Tensor:
+        if self.lambdas is None:
+            if self.n == 0:
+                raise InvalidInput("need at least one pool example")
+            if self.relative:
+                self.lambdas = self.damping * self.sq_sums / self.n
+            else:
+                self.lambdas = torch.full_like(self.sq_sums, self.damping)
+        return self.lambdas
+
+    def add_corrections(self, pool_layers: Sequence[Tensor]) -> None:
+        """Pass 2: accumulate C_l = Σ_i (v_lᵀ g_il) g_ilᵀ / (λ_l + ‖g_il‖²)."""
+        lambdas = self._finish_norms()
+        layers = self._check(pool_layers)
+        self.corrected += layers[0].shape[0]
+        for layer, g in enumerate(layers):
+            lam = float(lambdas[layer])
+            if lam == 0:
+                continue  # a layer with no gradient anywhere contributes nothing
+            sq = (g * g).sum(dim=1)
+            vg = self.probes[layer] @ g.T  # [M, n]
+            self.corrections[layer] += (vg / (lam + sq)[None, :]) @ g
+
+    def scores(self, pool_layers: Sequence[Tensor]) -> Tensor:
+        """Pass 3: helpfulness [n_shard, M] of these pool rows."""
+        lambdas = self._finish_norms()
+        if self.corrected != self.n:
             raise InvalidInput(
-                f"layer shapes differ: pool {tuple(g.shape)}, probes {tuple(v.shape)}"
+                f"corrections cover {self.corrected} pool examples, norms {self.n}: "
+                "stream the whole pool through both passes first"
             )
-        sq = (g * g).sum(dim=1)  # ‖g_i‖² [n]
-        lam = damping * float(sq.mean())
-        if lam == 0:
-            continue  # a layer with no gradient contributes nothing
-        vg = v @ g.T  # v_lᵀ g_il [m, n]
-        correction = (vg / (lam + sq)[None, :]) @ g  # Σ_i (vᵀg_i) g_iᵀ / (λ+‖g_i‖²) [m, d]
-        total += ((n * vg - correction @ g.T) / (n * lam)).T
-    return total
+        layers = self._check(pool_layers)
+        total = torch.zeros((layers[0].shape[0], self.m), dtype=torch.float64)
+        for layer, g in enumerate(layers):
+            lam = float(lambdas[layer])
+            if lam == 0:
+                continue
+            v, c = self.probes[layer], self.corrections[layer]
+            total += ((self.n * (v @ g.T) - c @ g.T) / (self.n * lam)).T
+        return total
+
+
+class DataInfScorer:
+    """DataInf / NICE-IF scores of a stored pool, streamed shard by shard in three passes.
+
+    Call ``add_norms`` on every pool shard, then ``add_corrections`` on every shard, then
+    ``score`` on each shard. Every shard must have the probes' provenance (but its kind) and
+    a layerwise projector; probes are aggregated like LESS (mean within a subtask, max over
+    subtasks).
+    """
+
+    def __init__(
+        self, probes: FeatureSet, *, damping: float = 0.1, relative_damping: bool = True
+    ) -> None:
+        if not probes.record_ids:
+            raise InvalidInput("no probe features to score against")
+        self.provenance = probes.provenance
+        self.probe_subtasks = [s if s is not None else DEFAULT_SUBTASK for s in probes.subtasks]
+        self._layers = _LayerScorer(
+            self._split(probes), damping=damping, relative_damping=relative_damping
+        )
+
+    def _split(self, features: FeatureSet) -> list[Tensor]:
+        return split_layers(features.features, features.provenance.projector)
+
+    def _pool_layers(self, pool: FeatureSet) -> list[Tensor]:
+        try:
+            pool.provenance.require_compatible(self.provenance, allow_kind_difference=True)
+        except ProvenanceMismatch as exc:
+            raise ProvenanceMismatch(f"pool vs probes: {exc}") from exc
+        return self._split(pool)
+
+    def add_norms(self, pool: FeatureSet) -> None:
+        self._layers.add_norms(self._pool_layers(pool))
+
+    def add_corrections(self, pool: FeatureSet) -> None:
+        self._layers.add_corrections(self._pool_layers(pool))
+
+    @property
+    def lambdas(self) -> list[float]:
+        """λ_l per layer (after the first pass)."""
+        return self._layers._finish_norms().tolist()
+
+    def score(self, pool: FeatureSet) -> ShardScores:
+        pairs = self._layers.scores(self._pool_layers(pool))
+        scores, per_subtask = aggregate_subtasks(pairs, self.probe_subtasks)
+        return ShardScores(list(pool.record_ids), scores, per_subtask)

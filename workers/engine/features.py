@@ -262,7 +262,7 @@ def featurize(
         out = torch.zeros((n, projector.dim), dtype=projector.dtype, device=device)
 
         def consume(index: int, grads: Tensor) -> None:
-            out.add_(projector.project_segment(index, transform(index, grads)))
+            projector.add_segment(out, index, transform(index, grads))
 
         backward_with_per_example_gradients(model, batch, consume, token_loss)
         return out

@@ -114,16 +114,25 @@ def score_shard(
     if pair_scores is None:  # unreachable: n_ckpt >= 1 checked above
         raise InvalidInput("no checkpoints")
 
+    scores, per_subtask = aggregate_subtasks(pair_scores, probe_subtasks)
+    return ShardScores(record_ids=list(pool_ids), scores=scores, per_subtask=per_subtask)
+
+
+def aggregate_subtasks(
+    pair_scores: Tensor, probe_subtasks: Sequence[str]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Inf(z_i, D_V) [N] from Inf(z_i, z_v) [N, M]: the mean over each subtask's probes, the
+    max over subtasks (§2.2); also the per-subtask means, all on the CPU."""
+    if pair_scores.ndim != 2 or pair_scores.shape[1] != len(probe_subtasks):
+        raise InvalidInput(
+            f"pair scores {tuple(pair_scores.shape)} for {len(probe_subtasks)} probes"
+        )
     per_subtask = {
         subtask: pair_scores[:, [v for v, s in enumerate(probe_subtasks) if s == subtask]].mean(1)
         for subtask in sorted(set(probe_subtasks))
     }
     scores = torch.stack(list(per_subtask.values()), dim=1).amax(dim=1)
-    return ShardScores(
-        record_ids=list(pool_ids),
-        scores=scores.cpu(),
-        per_subtask={name: values.cpu() for name, values in per_subtask.items()},
-    )
+    return scores.cpu(), {name: values.cpu() for name, values in per_subtask.items()}
 
 
 def _require_aligned(

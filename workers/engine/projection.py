@@ -56,6 +56,11 @@ class Projector(ABC):
     def project_segment(self, index: int, x: Tensor) -> Tensor:
         """x_t Π_t [B, dim]: the contribution of segment ``index`` alone (x_t [B, P_t])."""
 
+    def add_segment(self, out: Tensor, index: int, x: Tensor) -> None:
+        """``out`` [B, dim] += x_t Π_t: what streaming featurizers call per LoRA tensor
+        (a projector whose Π_t is zero outside some columns writes only those)."""
+        out.add_(self.project_segment(index, x))
+
     def for_segments(self, segments: Sequence[int]) -> Projector:
         """This Π over R^P cut into ``segments``; raises if the cut would change Π.
 
@@ -373,6 +378,103 @@ class BlockHadamardProjector(Projector):
         else:
             index = torch.randperm(self.dim, generator=generator)[:size]
         return _Block(offset, length, size, signs.to(device), index.to(device))
+
+
+LAYERWISE_SPEC = "layerwise:v1"
+"""Spec prefix of ``LayerwiseProjector``: ``layerwise:v1:<inner spec>:<w_1>,...,<w_L>``."""
+
+
+class LayerwiseProjector(Projector):
+    """Block-diagonal Π: each layer (a group of consecutive segments, e.g. one adapted module's
+    lora_A and lora_B) is projected alone, and the L results are laid side by side.
+
+    DataInf (seed 002 app. E.3) needs per-layer gradients: its Hessian is block diagonal by
+    layer, so inner products must be kept per layer rather than summed over the model. Layer
+    l gets its own ``BlockHadamardProjector`` to ``dim_per_layer`` columns, seeded from
+    (seed, l); ``dim_per_layer=None`` keeps each layer exact (Π_l = I, tests and tiny models).
+    The spec records the layer widths, so ``layer_widths`` can split stored features without
+    the model.
+    """
+
+    _layout_free = False
+
+    def __init__(
+        self,
+        layers: Sequence[Sequence[int]],
+        dim_per_layer: int | None,
+        seed: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not layers or any(not group for group in layers):
+            raise InvalidInput("need at least one layer, each with at least one segment")
+        if dim_per_layer is not None and dim_per_layer < 1:
+            raise InvalidInput(f"dim_per_layer must be >= 1, got {dim_per_layer}")
+        if seed < 0:
+            raise InvalidInput(f"seed must be >= 0, got {seed}")
+        self.segments = _check_segments(
+            [s for group in layers for s in group], sum(sum(g) for g in layers)
+        )
+        self.input_dim = sum(self.segments)
+        self.seed = seed
+        self.dtype = dtype
+        self._inner: list[Projector] = [
+            BlockHadamardProjector(group, dim_per_layer, _layer_seed(seed, layer), dtype=dtype)
+            if dim_per_layer is not None
+            else IdentityProjector(sum(group), segments=group, dtype=dtype)
+            for layer, group in enumerate(layers)
+        ]
+        self.widths = tuple(inner.dim for inner in self._inner)
+        self.dim = sum(self.widths)
+        self._inner_spec = "identity" if dim_per_layer is None else self._inner[0].spec()
+        starts = [sum(self.widths[:layer]) for layer in range(len(layers))]
+        self._where = [  # segment index -> (layer, position in layer, first output column)
+            (layer, position, starts[layer])
+            for layer, group in enumerate(layers)
+            for position in range(len(group))
+        ]
+
+    def spec(self) -> str:
+        return f"{LAYERWISE_SPEC}:{self._inner_spec}:" + ",".join(map(str, self.widths))
+
+    def project_segment(self, index: int, x: Tensor) -> Tensor:
+        out = torch.zeros((x.shape[0], self.dim), dtype=self.dtype, device=x.device)
+        self.add_segment(out, index, x)
+        return out
+
+    def add_segment(self, out: Tensor, index: int, x: Tensor) -> None:
+        self._check_segment(index, x)
+        layer, position, start = self._where[index]
+        inner = self._inner[layer]
+        out[:, start : start + inner.dim] += inner.project_segment(position, x).to(out.dtype)
+
+
+def _layer_seed(seed: int, layer: int) -> int:
+    digest = hashlib.sha256(f"{LAYERWISE_SPEC}:{seed}:{layer}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def layer_widths(spec: str) -> list[int]:
+    """Per-layer widths of features made by a ``LayerwiseProjector`` with this spec."""
+    if not spec.startswith(LAYERWISE_SPEC + ":"):
+        raise InvalidInput(f"features were not projected layer by layer (projector {spec!r})")
+    try:
+        widths = [int(w) for w in spec.rsplit(":", 1)[1].split(",")]
+    except ValueError as exc:
+        raise InvalidInput(f"malformed layerwise projector spec {spec!r}") from exc
+    if not widths or min(widths) < 1:
+        raise InvalidInput(f"malformed layerwise projector spec {spec!r}")
+    return widths
+
+
+def split_layers(features: Tensor, spec: str) -> list[Tensor]:
+    """Features [N, Σ w_l] of a ``LayerwiseProjector`` as L tensors [N, w_l]."""
+    widths = layer_widths(spec)
+    if features.ndim != 2 or features.shape[1] != sum(widths):
+        raise InvalidInput(
+            f"features {tuple(features.shape)} do not match layer widths summing to {sum(widths)}"
+        )
+    return list(features.split(widths, dim=1))
 
 
 @contextlib.contextmanager

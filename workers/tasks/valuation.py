@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,6 +37,8 @@ from service.db.session import SessionLocal
 from service.queue import celery_app, enqueue
 from workers.contracts import (
     GPU_QUEUE,
+    LAYERWISE_METHODS,
+    POLICY_METHODS,
     REWARD_NEEDS_LABEL,
     VALUATION_FEATURIZE,
     VALUATION_FEATURIZE_SHARD,
@@ -47,6 +49,7 @@ from workers.contracts import (
 )
 from workers.engine import (
     data,
+    datainf,
     features,
     influence,
     lora,
@@ -65,6 +68,8 @@ FEATURIZE_STAGE = "featurize"
 
 TINY_LORA = {"r": 8, "alpha": 32.0}
 LESS_LORA = {"r": 128, "alpha": 512.0}
+TINY_DIM_PER_LAYER = 64
+DIM_PER_LAYER = 2048  # seed 002 app. E.3
 
 
 def content_key(**parts: Any) -> str:
@@ -74,13 +79,21 @@ def content_key(**parts: Any) -> str:
 
 
 def resolve_settings(requested: dict[str, Any], source: str) -> ValuationSettings:
-    """Fill the model-dependent defaults (LoRA rank and alpha) left as ``None`` by the user."""
+    """Fill the model-dependent defaults left as ``None`` by the user: LoRA rank and alpha,
+    DataInf's per-layer width."""
     settings = ValuationSettings.model_validate(requested)
-    defaults = TINY_LORA if source == models.TINY_LLAMA else LESS_LORA
+    tiny = source == models.TINY_LLAMA
+    defaults = TINY_LORA if tiny else LESS_LORA
     r = settings.lora.r if settings.lora.r is not None else defaults["r"]
     alpha = settings.lora.alpha if settings.lora.alpha is not None else 4.0 * r
+    dim_per_layer = settings.datainf.dim_per_layer or (
+        TINY_DIM_PER_LAYER if tiny else DIM_PER_LAYER
+    )
     return settings.model_copy(
-        update={"lora": settings.lora.model_copy(update={"r": r, "alpha": alpha})}
+        update={
+            "lora": settings.lora.model_copy(update={"r": r, "alpha": alpha}),
+            "datainf": settings.datainf.model_copy(update={"dim_per_layer": dim_per_layer}),
+        }
     )
 
 
@@ -392,12 +405,26 @@ def _shards(records: Sequence[data.Example], size: int) -> list[list[data.Exampl
     return [list(records[i : i + size]) for i in range(0, len(records), size)] or [[]]
 
 
-def _projector(model: Any, settings: ValuationSettings) -> projection.Projector:
-    """The production Π: block SRHT over the model's LoRA tensors (see ``projection``)."""
+def _projector(model: Any, settings: ValuationSettings, method: str) -> projection.Projector:
+    """The production Π: block SRHT over the model's LoRA tensors (see ``projection``); for
+    the influence-function methods one block SRHT per layer, side by side."""
+    if method in LAYERWISE_METHODS:
+        return datainf.layerwise_projector(
+            model, settings.datainf.dim_per_layer, settings.projection.seed
+        )
     sizes = [p.numel() for _, p in lora.lora_parameters(model)]
     return projection.BlockHadamardProjector(
         sizes, settings.projection.dim, settings.projection.seed
     )
+
+
+def _pool_kind(method: str) -> str:
+    """Influence functions use plain loss gradients of the pool; TracIn/LESS Adam features."""
+    return "sgd" if method in LAYERWISE_METHODS else "adam"
+
+
+def _probe_kind(method: str) -> str:
+    return "policy" if method in POLICY_METHODS else "sgd"
 
 
 def _provenance(
@@ -413,8 +440,8 @@ def _provenance(
         model=fingerprint,
         checkpoint=checkpoint_hash,
         projector=projector.spec(),
-        seed=s.projection.seed,
-        dim=s.projection.dim,
+        seed=projector.seed,
+        dim=projector.dim,
         dtype=s.dtype if s.dtype == "float32" else "float16",
         param_order_hash=lora.parameter_order_hash(model),
         kind=kind,
@@ -460,7 +487,7 @@ def _ensure_feature_set(
     finished shards count as progress at once.
     """
     s = ctx.settings
-    projector = _projector(model, s)
+    projector = _projector(model, s, ctx.method)
     provenance = _provenance(s, model, projector, ckpt_hash, fingerprint, kind)
     key = feature_key(
         provenance.to_dict(), dataset.content_hash, shard_size, s.adam_bias_correction
@@ -499,10 +526,11 @@ def featurize_valuation(ctx: Context) -> None:
 
     NICE's probe features (sampling, rewards, policy gradients) are computed here first, with
     the model this task already holds: probes are few, and the pool shards then need nothing
-    else to hand over to scoring.
+    else to hand over to scoring. The influence-function methods (DataInf, NICE-IF) need
+    features at the last checkpoint only.
     """
     s = ctx.settings
-    is_nice = ctx.method == "nice"
+    is_nice = ctx.method in POLICY_METHODS
     ctx.job.stage("load model")
     dtype = getattr(torch, s.dtype)
     model, tokenizer = models.load_model_and_tokenizer(
@@ -535,6 +563,8 @@ def featurize_valuation(ctx: Context) -> None:
 
     peft_model = lora.attach_lora(model, _lora_settings(s))
     checkpoints = _warmup_checkpoints(ctx, peft_model, tokenizer, pool_tok, fingerprint)
+    if ctx.method in LAYERWISE_METHODS:
+        checkpoints = checkpoints[-1:]
 
     total = len(checkpoints) * (len(ctx.pool.examples) + n_probe_records)
     ctx.job.stage(FEATURIZE_STAGE, total=total)
@@ -557,7 +587,7 @@ def featurize_valuation(ctx: Context) -> None:
                     n_records=n_probe_records,
                 )
             )
-        sets = [(ctx.pool, "adam", s.shard_size)]
+        sets = [(ctx.pool, _pool_kind(ctx.method), s.shard_size)]
         if not is_nice:
             sets.append((ctx.probes, "sgd", _probe_shard_size(len(ctx.probes.examples))))
         for dataset, kind, shard_size in sets:
@@ -646,7 +676,7 @@ def _policy_feature_set(
     s = ctx.settings
     assert ctx.reward_spec is not None
     assist = ctx.assisted_responses
-    projector = _projector(model, s)
+    projector = _projector(model, s, ctx.method)
     provenance = _provenance(s, model, projector, ckpt_hash, fingerprint, "policy")
     key = feature_key(
         provenance.to_dict(),
@@ -829,7 +859,7 @@ def featurize_shard(ctx: Context, task: FeatureShardTask) -> None:
             tokenized,
             kind=row.kind,  # type: ignore[arg-type]
             checkpoint=ckpt,
-            projector=_projector(model, s),
+            projector=_projector(model, s, ctx.method),
             provenance=provenance,
             batch_size=min(s.batch_size, _BATCH_SIZE_THAT_FITS.get(ctx.model_source, s.batch_size)),
             pad_token_id=tokenizer.pad_token_id,
@@ -925,20 +955,39 @@ def _cached_checkpoint(ctx: Context, checkpoint_id: str) -> warmup.Checkpoint:
 # --- stage 2: scores (CPU queue) --------------------------------------------------------------
 
 
+def _projector_matches(
+    method: str, settings: ValuationSettings, provenance: dict[str, Any]
+) -> bool:
+    """Whether stored features were projected the way this valuation's method projects."""
+    if provenance["seed"] != settings.projection.seed:
+        return False
+    if method in LAYERWISE_METHODS:
+        spec = provenance["projector"]
+        if not spec.startswith(f"{projection.LAYERWISE_SPEC}:"):
+            return False
+        widths = projection.layer_widths(spec)
+        return set(widths) == {settings.datainf.dim_per_layer}
+    return (
+        not provenance["projector"].startswith(f"{projection.LAYERWISE_SPEC}:")
+        and provenance["dim"] == settings.projection.dim
+    )
+
+
 def _feature_sets_by_epoch(
     valuation_id: str, settings: ValuationSettings
 ) -> tuple[list[float], list[FeatureSetRow], list[FeatureSetRow]]:
-    """Pool (Adam) and probe (SGD) feature-set rows for this valuation, one each per checkpoint
-    in epoch order, found by content key (they may have been computed for an identical upload)."""
+    """Pool and probe feature-set rows for this valuation, one each per checkpoint it uses
+    (every checkpoint; the last one for influence functions) in epoch order, found by content
+    key (they may have been computed for an identical upload)."""
     with SessionLocal() as session:
         valuation = session.get(Valuation, valuation_id)
         assert valuation is not None
+        method = valuation.method
         pool = session.get(Dataset, valuation.pool_dataset_id)
         probes = session.get(Dataset, valuation.probe_dataset_id)
         assert pool is not None and probes is not None
-        probe_kind = "policy" if valuation.method == "nice" else "sgd"
         policy = None
-        if valuation.method == "nice":
+        if method in POLICY_METHODS:
             spec = session.get(RewardSpecRow, valuation.reward_spec_id)
             if spec is None:
                 raise EngineError(f"reward spec {valuation.reward_spec_id} no longer exists")
@@ -950,24 +999,30 @@ def _feature_sets_by_epoch(
             policy = _policy_inputs(
                 dict(spec.spec), settings, assist.content_hash if assist else None
             )
-        wanted = {
-            "adam": (pool.content_hash, settings.shard_size),
-            probe_kind: (probes.content_hash, _probe_shard_size(probes.n_records)),
+        roles = {  # role -> (kind, dataset hash, shard size)
+            "pool": (_pool_kind(method), pool.content_hash, settings.shard_size),
+            "probes": (
+                _probe_kind(method),
+                probes.content_hash,
+                _probe_shard_size(probes.n_records),
+            ),
         }
         ckpts = session.scalars(
             select(CheckpointRow)
             .where(CheckpointRow.warmup_run_id == valuation.warmup_run_id)
             .order_by(CheckpointRow.epoch)
         ).all()
+        if method in LAYERWISE_METHODS:
+            ckpts = ckpts[-1:]
         lrs: list[float] = []
-        found: dict[str, list[FeatureSetRow]] = {kind: [] for kind in wanted}
+        found: dict[str, list[FeatureSetRow]] = {role: [] for role in roles}
         for ckpt in ckpts:
             rows = session.scalars(
                 select(FeatureSetRow).where(
                     FeatureSetRow.checkpoint_id == ckpt.id, FeatureSetRow.status == "complete"
                 )
             ).all()
-            for kind, (dataset_hash, shard_size) in wanted.items():
+            for role, (kind, dataset_hash, shard_size) in roles.items():
                 match = [
                     row
                     for row in rows
@@ -980,19 +1035,18 @@ def _feature_sets_by_epoch(
                         settings.adam_bias_correction,
                         policy=policy,
                     )
-                    and row.provenance["dim"] == settings.projection.dim
-                    and row.provenance["seed"] == settings.projection.seed
+                    and _projector_matches(method, settings, row.provenance)
                     and row.provenance["max_length"] == settings.max_length
                 ]
                 if len(match) != 1:
                     raise EngineError(
-                        f"{kind} features for epoch {ckpt.epoch} are missing; "
-                        "run the valuation again"
+                        f"{kind} features of the {role} for epoch {ckpt.epoch} are "
+                        f"{'missing' if not match else 'ambiguous'}; run the valuation again"
                     )
                 session.expunge(match[0])
-                found[kind].append(match[0])
+                found[role].append(match[0])
             lrs.append(ckpt.mean_lr)
-        return lrs, found["adam"], found[probe_kind]
+        return lrs, found["pool"], found["probes"]
 
 
 def _load_features(blobs: BlobStore, row: FeatureSetRow, index: int) -> features.FeatureSet:
@@ -1011,6 +1065,77 @@ def _load_pool_shard(
     return [_load_features(blobs, row, index) for row in pool_sets]
 
 
+def _stream_pool(
+    ctx: Context, pool_sets: Sequence[FeatureSetRow], n_shards: int
+) -> Iterator[list[features.FeatureSet]]:
+    """Pool shards (one feature set per checkpoint each) in order, ``SCORE_PREFETCH`` read
+    ahead by threads while the previous one is used; one job progress step per shard."""
+    with ThreadPoolExecutor(max_workers=SCORE_PREFETCH) as reader:
+        pending = [
+            reader.submit(_load_pool_shard, ctx.blobs, pool_sets, i)
+            for i in range(min(SCORE_PREFETCH, n_shards))
+        ]
+        for index in range(n_shards):
+            if ctx.job.cancel_requested():
+                for future in pending:
+                    future.cancel()
+                raise Cancelled("cancelled during scoring")
+            shard = pending.pop(0).result()
+            if index + SCORE_PREFETCH < n_shards:
+                pending.append(
+                    reader.submit(_load_pool_shard, ctx.blobs, pool_sets, index + SCORE_PREFETCH)
+                )
+            yield shard
+            ctx.job.advance(1)
+
+
+def _tracin_scores(
+    ctx: Context,
+    lrs: list[float],
+    pool_sets: Sequence[FeatureSetRow],
+    probes: list[features.FeatureSet],
+    n_shards: int,
+) -> Iterator[influence.ShardScores]:
+    """LESS / TracIn / NICE: one pass, each shard against the probes at every checkpoint."""
+    ctx.job.stage("score", total=n_shards)
+    device = _device()
+    # NICE aggregates exactly like LESS; only its probe features (policy gradients) differ
+    aggregation = "less" if ctx.method == "nice" else ctx.method
+    for pool in _stream_pool(ctx, pool_sets, n_shards):
+        yield influence.score_shard(
+            pool,
+            probes,
+            lrs,
+            method=aggregation,  # type: ignore[arg-type]
+            device=device,
+        )
+
+
+def _datainf_scores(
+    ctx: Context,
+    pool_set: FeatureSetRow,
+    probes: features.FeatureSet,
+    n_shards: int,
+) -> Iterator[influence.ShardScores]:
+    """DataInf / NICE-IF: three passes over the pool (λ, the correction, the scores)."""
+    spec = ctx.settings.datainf
+    scorer = datainf.DataInfScorer(
+        probes, damping=spec.damping, relative_damping=spec.relative_damping
+    )
+    ctx.job.stage("score", total=3 * n_shards)
+    for pool in _stream_pool(ctx, [pool_set], n_shards):
+        scorer.add_norms(pool[0])
+    lambdas = scorer.lambdas
+    ctx.job.note(
+        f"DataInf damping λ over {len(lambdas)} layers: min {min(lambdas):.3g}, "
+        f"max {max(lambdas):.3g}"
+    )
+    for pool in _stream_pool(ctx, [pool_set], n_shards):
+        scorer.add_corrections(pool[0])
+    for pool in _stream_pool(ctx, [pool_set], n_shards):
+        yield scorer.score(pool[0])
+
+
 def score_valuation(ctx: Context) -> None:
     lrs, pool_sets, probe_sets = _feature_sets_by_epoch(ctx.valuation_id, ctx.settings)
     probes = [
@@ -1020,44 +1145,19 @@ def score_valuation(ctx: Context) -> None:
     n_shards = pool_sets[0].n_shards
     if any(row.n_shards != n_shards for row in pool_sets):
         raise EngineError("pool feature sets disagree on sharding across checkpoints")
-    ctx.job.stage("score", total=n_shards)
+    shards = (
+        _datainf_scores(ctx, pool_sets[-1], probes[-1], n_shards)
+        if ctx.method in LAYERWISE_METHODS
+        else _tracin_scores(ctx, lrs, pool_sets, probes, n_shards)
+    )
     record_ids: list[str] = []
     scores: list[float] = []
     per_subtask: dict[str, list[float]] = {}
-    device = _device()
-    # NICE aggregates exactly like LESS; only its probe features (policy gradients) differ
-    aggregation = "less" if ctx.method == "nice" else ctx.method
-    with ThreadPoolExecutor(max_workers=SCORE_PREFETCH) as pool_reader:
-        # stream: at most SCORE_PREFETCH pool shards (per checkpoint) in memory, read ahead
-        # by threads while the previous shard is scored
-        pending = [
-            pool_reader.submit(_load_pool_shard, ctx.blobs, pool_sets, i)
-            for i in range(min(SCORE_PREFETCH, n_shards))
-        ]
-        for index in range(n_shards):
-            if ctx.job.cancel_requested():
-                for future in pending:
-                    future.cancel()
-                raise Cancelled("cancelled during scoring")
-            pool = pending.pop(0).result()
-            if index + SCORE_PREFETCH < n_shards:
-                pending.append(
-                    pool_reader.submit(
-                        _load_pool_shard, ctx.blobs, pool_sets, index + SCORE_PREFETCH
-                    )
-                )
-            shard = influence.score_shard(
-                pool,
-                probes,
-                lrs,
-                method=aggregation,  # type: ignore[arg-type]
-                device=device,
-            )
-            record_ids += shard.record_ids
-            scores += shard.scores.tolist()
-            for name, values in shard.per_subtask.items():
-                per_subtask.setdefault(name, []).extend(values.tolist())
-            ctx.job.advance(1)
+    for shard in shards:
+        record_ids += shard.record_ids
+        scores += shard.scores.tolist()
+        for name, values in shard.per_subtask.items():
+            per_subtask.setdefault(name, []).extend(values.tolist())
 
     order = influence.rank(record_ids, torch.tensor(scores, dtype=torch.float64))
     lines = []
