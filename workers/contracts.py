@@ -98,6 +98,29 @@ class ProjectionSpec(BaseModel):
     seed: int = Field(0, ge=0)
 
 
+class AssistEndpoint(BaseModel):
+    """NICE-AMC's stronger model behind an OpenAI-compatible ``/chat/completions`` endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(
+        pattern=r"^https?://", max_length=2000, description="e.g. http://host:8000/v1"
+    )
+    model: str = Field(min_length=1, max_length=200, description="the endpoint's model name")
+    n: int = Field(4, ge=1, le=64, description="responses per probe")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=1, le=8192)
+    timeout_s: float = Field(60.0, gt=0.0, le=600.0)
+    retries: int = Field(2, ge=0, le=10)
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        max_length=100,
+        description="name of a worker environment variable holding the API key (the key "
+        "itself is never sent to or stored by the API)",
+    )
+
+
 class NiceSpec(BaseModel):
     """NICE's Monte-Carlo policy gradient (seed 002 §3; defaults from app. C.1)."""
 
@@ -115,6 +138,11 @@ class NiceSpec(BaseModel):
         "with r > 0 (rejection)",
     )
     generation_batch_size: int = Field(8, ge=1, le=1024, description="probe prompts per batch")
+    assist_endpoint: AssistEndpoint | None = Field(
+        None,
+        description="NICE-AMC: fetch the stronger model's responses from this endpoint "
+        "(instead of an assist dataset); fetched once per valuation, reused at every checkpoint",
+    )
 
 
 class DataInfSpec(BaseModel):

@@ -33,15 +33,27 @@ JOB_KIND = "valuation"
 
 def _reward_spec(session: Session, body: ValuationCreate) -> RewardSpec | None:
     """NICE and NICE-IF need a reward spec; the loss-based methods must not get one."""
+    methods = " and ".join(map(repr, POLICY_METHODS))
+    endpoint = body.settings.nice.assist_endpoint
     if body.method not in POLICY_METHODS:
         for field in ("reward_spec_id", "assist_dataset_id"):
             if getattr(body, field) is not None:
                 raise InvalidInput(
-                    f"{field} is for methods {' and '.join(map(repr, POLICY_METHODS))}, "
-                    f"not {body.method!r}",
+                    f"{field} is for methods {methods}, not {body.method!r}",
                     field=f"body.{field}",
                 )
+        if endpoint is not None:
+            raise InvalidInput(
+                f"settings.nice.assist_endpoint is for methods {methods}, not {body.method!r}",
+                field="body.settings.nice.assist_endpoint",
+            )
         return None
+    if endpoint is not None and body.assist_dataset_id is not None:
+        raise InvalidInput(
+            "give the stronger model's responses either as assist_dataset_id or as "
+            "settings.nice.assist_endpoint, not both",
+            field="body.settings.nice.assist_endpoint",
+        )
     if body.assist_dataset_id is not None:
         assist = datasets.get(session, body.assist_dataset_id)
         if assist is None:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fake_openai import FakeOpenAI, serve
 from tests.integration.test_valuation_e2e import SETTINGS, _model, _upload, _wait
 from workers.engine.synthetic import CAPITALS, planted_tasks
 
@@ -161,15 +162,40 @@ def test_nice_follows_the_judge_where_less_follows_wrong_labels(
         reward_spec_id=reward.json()["id"],
         assist_dataset_id=assist["id"],
     )
+    # NICE-AMC with the stronger model behind an OpenAI-compatible endpoint
+    capitals = dict(probe_pairs)
+
+    def stronger(messages: list[dict[str, str]], i: int) -> str:
+        country = messages[-1]["content"].removeprefix("What is the capital of ").rstrip("?")
+        return _answer(country, capitals[country], right=i == 0)
+
+    with serve(FakeOpenAI(stronger)) as fake:
+        endpoint = {"base_url": fake.base_url, "model": "stronger", "n": 2}
+        nice_api = value(
+            method="nice",
+            probe_dataset_id=prompts["id"],
+            reward_spec_id=reward.json()["id"],
+            settings={**settings, "nice": {"assist_endpoint": endpoint}},
+        )
+    assert len(fake.requests) == len(probe_pairs)  # fetched once, used at both checkpoints
+    api_samples = api.get(f"/v1/valuations/{nice_api['id']}/samples", params={"limit": 100})
+
+    def audit(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        keys = ("epoch", "probe_record_id", "sample_index", "text", "reward")
+        return sorted(tuple(item[k] for k in keys) for item in items)
+
+    assert audit(api_samples.json()["items"]) == audit(samples["items"])  # same texts, rewards
     if_samples = api.get(f"/v1/valuations/{nice_if['id']}/samples").json()
     assert if_samples["total"] == len(probe_pairs) * 2  # the last checkpoint only
     assert any("DataInf damping" in note for note in nice_if["notes"])
     less_top, nice_top = top_groups(less), top_groups(nice)
     datainf_top, nice_if_top = top_groups(datainf), top_groups(nice_if)
+    nice_api_top = top_groups(nice_api)
     print(
         f"\ntop {N_GROUP}: LESS {less_top}, NICE {nice_top}, DataInf {datainf_top}, "
-        f"NICE-IF {nice_if_top}"
+        f"NICE-IF {nice_if_top}, NICE-AMC via endpoint {nice_api_top}"
     )
+    assert nice_api_top == nice_top  # the same texts as the assist dataset's: the same scores
     assert less_top["refuse"] >= 0.6 * N_GROUP > less_top["right"]
     assert nice_top["right"] >= 0.6 * N_GROUP > nice_top["refuse"]
     assert datainf_top["refuse"] >= 0.6 * N_GROUP > datainf_top["right"]

@@ -223,6 +223,7 @@ def test_nice_needs_a_reward_and_labels_only_when_the_reward_does(
     judge = _reward(client, "judge", {"kind": "http_judge", "url": "http://127.0.0.1:9/"})
     exact = _reward(client, "exact", {"kind": "exact_match"})
     base = {"model_id": model["id"], "pool_dataset_id": pool, "method": "nice"}
+    endpoint = {"base_url": "http://127.0.0.1:9/v1", "model": "big"}
     cases = [
         ({**base, "probe_dataset_id": prompts}, "body.reward_spec_id", "needs a reward_spec_id"),
         (
@@ -258,6 +259,37 @@ def test_nice_needs_a_reward_and_labels_only_when_the_reward_does(
                 "settings": {"datainf": {"damping": 0}},
             },
             "body.settings.datainf.damping",
+            "",
+        ),
+        (
+            {
+                **base,
+                "method": "less",
+                "probe_dataset_id": labelled,
+                "settings": {"nice": {"assist_endpoint": endpoint}},
+            },
+            "body.settings.nice.assist_endpoint",
+            "is for methods 'nice' and 'nice_if', not 'less'",
+        ),
+        (
+            {
+                **base,
+                "probe_dataset_id": prompts,
+                "reward_spec_id": judge,
+                "assist_dataset_id": labelled,
+                "settings": {"nice": {"assist_endpoint": endpoint}},
+            },
+            "body.settings.nice.assist_endpoint",
+            "not both",
+        ),
+        (
+            {
+                **base,
+                "probe_dataset_id": prompts,
+                "reward_spec_id": judge,
+                "settings": {"nice": {"assist_endpoint": {**endpoint, "api_key_env": "sk-123"}}},
+            },
+            "body.settings.nice.assist_endpoint.api_key_env",
             "",
         ),
         (

@@ -21,13 +21,12 @@ import math
 import os
 import re
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
+from workers.engine import http
 from workers.engine.errors import EngineError, InvalidInput
 from workers.engine.sandbox import run_python
 
@@ -502,25 +501,11 @@ def _max_length(model: Any, tokenizer: Any) -> int:
 
 # --- http_judge --------------------------------------------------------------------------------
 
-_BACKOFF_S = 0.2
-_BACKOFF_CAP_S = 5.0
-_HTTP_WORKERS = 4
-
-
-def _redacted(url: str) -> str:
-    """The URL without credentials or query string (those may hold tokens) for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
 
 def _http_judge(spec: HttpJudge, items: list[RewardItem]) -> list[float]:
     import httpx
 
-    if not items:
-        return []
-    where = _redacted(spec.url)
+    where = http.redacted(spec.url)
 
     def judge(client: httpx.Client, item: RewardItem) -> float:
         payload = {
@@ -529,47 +514,12 @@ def _http_judge(spec: HttpJudge, items: list[RewardItem]) -> list[float]:
             "response": item.response,
             "label": item.label,
         }
-        problem = ""
-        for attempt in range(spec.retries + 1):
-            if attempt:
-                time.sleep(min(_BACKOFF_S * 2 ** (attempt - 1), _BACKOFF_CAP_S))
-            try:
-                reply = client.post(spec.url, json=payload)
-            except httpx.TransportError as exc:  # connect/read errors and timeouts: retry
-                problem = f"{type(exc).__name__}: {exc}"
-                continue
-            except httpx.HTTPError as exc:
-                raise EngineError(
-                    f"http judge {where} failed for probe {item.probe_id!r}: {exc}"
-                ) from exc
-            if reply.status_code >= 500:
-                problem = f"status {reply.status_code}: {_snippet(reply.text)}"
-                continue
-            if not 200 <= reply.status_code < 300:
-                raise EngineError(
-                    f"http judge {where} answered status {reply.status_code} for probe "
-                    f"{item.probe_id!r}: {_snippet(reply.text)}"
-                )
-            return _judge_reward(reply.text, where, item.probe_id)
-        raise EngineError(
-            f"http judge {where} failed for probe {item.probe_id!r} after "
-            f"{spec.retries + 1} attempt(s): {problem}"
-        )
+        what = f"http judge {where} for probe {item.probe_id!r}"
+        body = http.post_json(client, spec.url, payload, retries=spec.retries, what=what)
+        return _judge_reward(body, where, item.probe_id)
 
     with httpx.Client(timeout=spec.timeout_s, headers=spec.headers) as client:
-        with ThreadPoolExecutor(max_workers=min(_HTTP_WORKERS, len(items))) as pool:
-            futures = [pool.submit(judge, client, item) for item in items]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-
-
-def _snippet(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
+        return http.map_parallel(lambda item: judge(client, item), items)
 
 
 def _judge_reward(body: str, where: str, probe_id: str) -> float:
@@ -585,6 +535,6 @@ def _judge_reward(body: str, where: str, probe_id: str) -> float:
     if isinstance(reward, bool) or not math.isfinite(value):
         raise EngineError(
             f'http judge {where} sent no finite {{"reward": number}} for probe {probe_id!r}: '
-            f"{_snippet(body)}"
+            f"{http.snippet(body)}"
         )
     return value

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,11 +44,13 @@ from workers.contracts import (
     VALUATION_FEATURIZE,
     VALUATION_FEATURIZE_SHARD,
     VALUATION_SCORE,
+    AssistEndpoint,
     FeatureShardTask,
     ValuationSettings,
     ValuationTask,
 )
 from workers.engine import (
+    assist,
     data,
     datainf,
     features,
@@ -173,8 +176,18 @@ class Context:
 
     @cached_property
     def assisted_responses(self) -> tuple[str, dict[str, list[str]]] | None:
-        """NICE-AMC's responses by probe id and their dataset's hash (None without one)."""
-        return _assisted_responses(self.assist_dataset_id) if self.assist_dataset_id else None
+        """NICE-AMC's responses by probe id and a hash of where they came from (the assist
+        dataset's content, or the fetched texts); None when the checkpoint samples its own."""
+        if self.assist_dataset_id:
+            return _assisted_responses(self.assist_dataset_id)
+        endpoint = self.settings.nice.assist_endpoint
+        if endpoint is not None and self.method in POLICY_METHODS:
+            return _endpoint_responses(self, endpoint)
+        return None
+
+    @property
+    def uses_assist(self) -> bool:
+        return bool(self.assist_dataset_id) or self.settings.nice.assist_endpoint is not None
 
     @cached_property
     def probe_prompts(self) -> tuple[str, list[nice.ProbePrompt]]:
@@ -641,7 +654,7 @@ def _nice_probes(
                 f"probe {probe.record_id} has no response to serve as the label of a "
                 f"{ctx.reward_spec['kind']!r} reward"
             )
-        needed = 1 if ctx.assist_dataset_id else s.nice.max_new_tokens
+        needed = 1 if ctx.uses_assist else s.nice.max_new_tokens
         if room < needed:
             skipped.append(
                 data.SkippedExample(
@@ -675,7 +688,7 @@ def _policy_feature_set(
     """
     s = ctx.settings
     assert ctx.reward_spec is not None
-    assist = ctx.assisted_responses
+    assisted = ctx.assisted_responses
     projector = _projector(model, s, ctx.method)
     provenance = _provenance(s, model, projector, ckpt_hash, fingerprint, "policy")
     key = feature_key(
@@ -683,7 +696,7 @@ def _policy_feature_set(
         probe_hash,
         _probe_shard_size(n_records),
         s.adam_bias_correction,
-        policy=_policy_inputs(ctx.reward_spec, s, assist[0] if assist else None),
+        policy=_policy_inputs(ctx.reward_spec, s, assisted[0] if assisted else None),
     )
     prefix = f"features/{key}"
     samples_key = f"{prefix}/samples.jsonl"
@@ -704,8 +717,8 @@ def _policy_feature_set(
         ctx.job.note(f"reused NICE probe samples and features at epoch {ckpt.epoch}")
     else:
         lora.load_adapter_state(model, ckpt.adapter_state)
-        if assist is not None:
-            samples = nice.assisted_samples(tokenizer, probes, assist[1])
+        if assisted is not None:
+            samples = nice.assisted_samples(tokenizer, probes, assisted[1])
             too_long = [
                 f"{x.probe_id}#{x.index}"
                 for x in samples
@@ -779,6 +792,35 @@ def _policy_feature_set(
     _store_samples(ctx, ckpt.epoch, ctx.blobs.get_bytes(samples_key))
     ctx.job.advance(n_records)
     return row_id
+
+
+def _endpoint_responses(ctx: Context, endpoint: AssistEndpoint) -> tuple[str, dict[str, list[str]]]:
+    """NICE-AMC responses fetched from an OpenAI-compatible endpoint, once: they are kept in
+    the blob store under the endpoint's content settings and the probes, so resumed jobs,
+    later checkpoints and repeated valuations score the same texts."""
+    probe_hash, probes = ctx.probe_prompts
+    content = endpoint.model_dump(exclude={"timeout_s", "retries", "api_key_env"})
+    key = f"assist/{content_key(endpoint=content, probes=probe_hash)}.json"
+    if not ctx.blobs.exists(key):
+        api_key = None
+        if endpoint.api_key_env:
+            api_key = os.environ.get(endpoint.api_key_env)
+            if not api_key:
+                raise EngineError(
+                    f"the worker's environment has no {endpoint.api_key_env} (the assist "
+                    "endpoint's API key)"
+                )
+        ctx.job.note(
+            f"fetching {endpoint.n} responses per probe for {len(probes)} probes from "
+            f"{assist.ChatEndpoint(endpoint.base_url, endpoint.model).url}"
+        )
+        responses = assist.fetch_responses(
+            assist.ChatEndpoint(**endpoint.model_dump(exclude={"api_key_env"}), api_key=api_key),
+            probes,
+        )
+        ctx.blobs.put_bytes(key, json.dumps(responses, sort_keys=True).encode())
+    blob = ctx.blobs.get_bytes(key)
+    return hashlib.sha256(blob).hexdigest()[:32], json.loads(blob)
 
 
 def _assisted_responses(dataset_id: str) -> tuple[str, dict[str, list[str]]]:
@@ -974,7 +1016,7 @@ def _projector_matches(
 
 
 def _feature_sets_by_epoch(
-    valuation_id: str, settings: ValuationSettings
+    valuation_id: str, settings: ValuationSettings, assist_hash: str | None
 ) -> tuple[list[float], list[FeatureSetRow], list[FeatureSetRow]]:
     """Pool and probe feature-set rows for this valuation, one each per checkpoint it uses
     (every checkpoint; the last one for influence functions) in epoch order, found by content
@@ -991,14 +1033,7 @@ def _feature_sets_by_epoch(
             spec = session.get(RewardSpecRow, valuation.reward_spec_id)
             if spec is None:
                 raise EngineError(f"reward spec {valuation.reward_spec_id} no longer exists")
-            assist = (
-                session.get(Dataset, valuation.assist_dataset_id)
-                if valuation.assist_dataset_id
-                else None
-            )
-            policy = _policy_inputs(
-                dict(spec.spec), settings, assist.content_hash if assist else None
-            )
+            policy = _policy_inputs(dict(spec.spec), settings, assist_hash)
         roles = {  # role -> (kind, dataset hash, shard size)
             "pool": (_pool_kind(method), pool.content_hash, settings.shard_size),
             "probes": (
@@ -1137,7 +1172,10 @@ def _datainf_scores(
 
 
 def score_valuation(ctx: Context) -> None:
-    lrs, pool_sets, probe_sets = _feature_sets_by_epoch(ctx.valuation_id, ctx.settings)
+    assisted = ctx.assisted_responses if ctx.method in POLICY_METHODS else None
+    lrs, pool_sets, probe_sets = _feature_sets_by_epoch(
+        ctx.valuation_id, ctx.settings, assisted[0] if assisted else None
+    )
     probes = [
         features.FeatureSet.concat([_load_features(ctx.blobs, row, i) for i in range(row.n_shards)])
         for row in probe_sets
