@@ -141,6 +141,16 @@ def test_regex_groups_case_and_no_match() -> None:
     assert compute_rewards(optional, items(("a", ""), ("ab", "b"))) == [1.0, 1.0]
 
 
+def test_catastrophic_regex_times_out_to_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first alternative backtracks exponentially before the second matches (about 1 s
+    for 22 a's here, 4x per extra a); past the timeout the sample scores 0, not 1."""
+    from workers.engine import rewards
+
+    monkeypatch.setattr(rewards, "REGEX_TIMEOUT_S", 0.05)
+    evil = Regex(pattern=r"^(a|a)+$|^a+b$")
+    assert compute_rewards(evil, items(("a" * 22 + "b", ""), ("ab", ""))) == [0.0, 1.0]
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
     [

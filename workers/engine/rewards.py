@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import regex
+
 from workers.engine import http
 from workers.engine.errors import EngineError, InvalidInput
 from workers.engine.sandbox import run_python
@@ -123,13 +125,14 @@ class Regex(_Spec):
         if not isinstance(self.pattern, str) or not 1 <= len(self.pattern) <= 2000:
             raise InvalidInput("Regex.pattern must be a string of 1 to 2000 characters")
         try:
-            compiled = re.compile(self.pattern, re.IGNORECASE if self.ignore_case else 0)
-        except re.error as exc:
+            re.compile(self.pattern)  # the syntax the API validates with
+            compiled = regex.compile(self.pattern, regex.IGNORECASE if self.ignore_case else 0)
+        except (re.error, regex.error) as exc:
             raise InvalidInput(f"invalid regex pattern {self.pattern!r}: {exc}") from exc
         object.__setattr__(self, "_compiled", compiled)
 
     @property
-    def compiled(self) -> re.Pattern[str]:
+    def compiled(self) -> regex.Pattern[str]:
         return self._compiled  # type: ignore[attr-defined, no-any-return]
 
 
@@ -322,8 +325,16 @@ def _contains(spec: Contains, response: str, label: str) -> float:
     return float(_fold(label, **fold) in _fold(response, **fold))
 
 
+REGEX_TIMEOUT_S = 1.0
+"""Longest a user pattern may search one response: catastrophic backtracking (``(a+)+$``)
+must not hang a worker; a search that runs out of time scores 0, like no match."""
+
+
 def _regex(spec: Regex, response: str, label: str) -> float:
-    match = spec.compiled.search(response)
+    try:
+        match = spec.compiled.search(response, timeout=REGEX_TIMEOUT_S)
+    except TimeoutError:
+        return 0.0
     if match is None:
         return 0.0
     answer = match.group(1) if spec.compiled.groups else match.group(0)
