@@ -38,9 +38,10 @@ from workers.engine.projection import Projector
 from workers.engine.safetensors_meta import read_metadata
 from workers.engine.warmup import Checkpoint
 
-FeatureKind = Literal["sgd", "adam"]
-FEATURE_KINDS: tuple[str, ...] = ("sgd", "adam", "policy")
-"""Stored kinds: probe loss gradients, pool Adam features, probe policy gradients (NICE)."""
+FeatureKind = Literal["sgd", "adam", "sgd_sum"]
+FEATURE_KINDS: tuple[str, ...] = ("sgd", "adam", "policy", "sgd_sum")
+"""Stored kinds: probe loss gradients, pool Adam features, probe policy gradients (NICE), and
+gradients of the loss summed over completion tokens (strategy studies, seed 001)."""
 FEATURE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -221,7 +222,7 @@ def featurize(
     after each batch; ``should_stop`` returning True raises ``Cancelled``.
 
     ``token_loss`` "sum" gives gradients of -log f(y|x) instead of the mean NTP loss (NICE's
-    policy-gradient rows, ``nice.policy_gradient_features``).
+    policy-gradient rows, ``nice.policy_gradient_features``); kind "sgd_sum" always sums.
 
     ``batch_size`` is an upper bound: a batch that runs out of accelerator memory is retried
     at half the size (down to 1), and ``on_batch_size`` hears of each reduction. Features do
@@ -231,6 +232,8 @@ def featurize(
         raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
     if method not in ("batched", "loop"):
         raise InvalidInput(f"method must be 'batched' or 'loop', got {method!r}")
+    if kind == "sgd_sum":
+        token_loss = "sum"
     load_adapter_state(model, checkpoint.adapter_state)
     _require_provenance_describes(model, examples, kind, checkpoint, projector, provenance)
     projector = projector.for_segments([p.numel() for _, p in lora_parameters(model)])
