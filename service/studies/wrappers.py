@@ -5,8 +5,7 @@ clarified query, the evaluation). Plain string work, served by the API."""
 from __future__ import annotations
 
 COT_DIRECTIVE = (
-    "Please output the reason first and then the final answer, regardless of the above "
-    "description."
+    "Please output the reason first and then the final answer, regardless of the above description."
 )
 CLARIFY_WRAPPER = (
     "[Input]: '{query}' It is known that the [input] is a user's question, which may not be "
