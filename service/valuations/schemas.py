@@ -30,14 +30,22 @@ class ValuationCreate(BaseModel):
     model_id: str
     pool_dataset_id: str = Field(description="the records to value (training candidates)")
     probe_dataset_id: str = Field(description="the target-task examples (validation set)")
-    method: Method = "less"
+    method: Method = Field(
+        "less",
+        description="less | tracin (gradient tracing over checkpoints), nice (policy gradient "
+        "of a reward on the probe side), datainf | nice_if (influence functions at the last "
+        "checkpoint, loss or policy gradient on the probe side)",
+    )
     reward_spec_id: str | None = Field(
-        None, description="method 'nice' only: the reward spec its probe samples are scored with"
+        None,
+        description="methods 'nice' and 'nice_if' only: the reward spec probe samples are "
+        "scored with",
     )
     assist_dataset_id: str | None = Field(
         None,
-        description="method 'nice' only (NICE-AMC): responses of a stronger model to use instead "
-        "of sampling; each record's metadata.probe_id names the probe it answers",
+        description="methods 'nice' and 'nice_if' only (NICE-AMC): responses of a stronger "
+        "model to use instead of sampling; each record's metadata.probe_id names the probe it "
+        "answers",
     )
     settings: ValuationSettings = Field(
         default_factory=lambda: ValuationSettings.model_validate({})

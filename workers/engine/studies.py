@@ -56,7 +56,9 @@ def pair_values(relinf: Tensor, metric: str) -> Tensor:
     RelInf(z'_i, z_j) over j ≠ i for s_cross."""
     n = relinf.shape[0]
     if relinf.ndim != 2 or relinf.shape[1] != n:
-        raise InvalidInput(f"a paired study needs a square RelInf matrix, got {tuple(relinf.shape)}")
+        raise InvalidInput(
+            f"a paired study needs a square RelInf matrix, got {tuple(relinf.shape)}"
+        )
     if metric == "s_in":
         return relinf.diagonal().clone()
     if metric == "s_cross":
