@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from sqlalchemy import Select, delete, insert, select
@@ -54,6 +54,7 @@ from workers.engine import (
     data,
     datainf,
     features,
+    http,
     influence,
     lora,
     models,
@@ -66,6 +67,7 @@ from workers.engine.errors import Cancelled, EngineError
 from workers.tasks.jobs import JobTracker
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FEATURIZE_STAGE = "featurize"
 
@@ -440,6 +442,11 @@ def _probe_kind(method: str) -> str:
     return "policy" if method in POLICY_METHODS else "sgd"
 
 
+def _checkpoints_used(method: str, checkpoints: Sequence[T]) -> list[T]:
+    """Every warmup checkpoint (TracIn, LESS, NICE), or the last one (influence functions)."""
+    return list(checkpoints[-1:] if method in LAYERWISE_METHODS else checkpoints)
+
+
 def _provenance(
     s: ValuationSettings,
     model: Any,
@@ -543,7 +550,7 @@ def featurize_valuation(ctx: Context) -> None:
     features at the last checkpoint only.
     """
     s = ctx.settings
-    is_nice = ctx.method in POLICY_METHODS
+    is_policy = ctx.method in POLICY_METHODS
     ctx.job.stage("load model")
     dtype = getattr(torch, s.dtype)
     model, tokenizer = models.load_model_and_tokenizer(
@@ -553,7 +560,7 @@ def featurize_valuation(ctx: Context) -> None:
 
     ctx.job.stage("tokenize")
     pool_tok, pool_skipped = data.tokenize_examples(tokenizer, ctx.pool.examples, s.max_length)
-    if is_nice:
+    if is_policy:
         probe_hash, probe_prompts, probe_skipped = _nice_probes(ctx, tokenizer)
         n_probes, n_probe_records = len(probe_prompts), len(ctx.probe_prompts[1])
     else:
@@ -575,9 +582,9 @@ def featurize_valuation(ctx: Context) -> None:
         )
 
     peft_model = lora.attach_lora(model, _lora_settings(s))
-    checkpoints = _warmup_checkpoints(ctx, peft_model, tokenizer, pool_tok, fingerprint)
-    if ctx.method in LAYERWISE_METHODS:
-        checkpoints = checkpoints[-1:]
+    checkpoints = _checkpoints_used(
+        ctx.method, _warmup_checkpoints(ctx, peft_model, tokenizer, pool_tok, fingerprint)
+    )
 
     total = len(checkpoints) * (len(ctx.pool.examples) + n_probe_records)
     ctx.job.stage(FEATURIZE_STAGE, total=total)
@@ -585,7 +592,7 @@ def featurize_valuation(ctx: Context) -> None:
     todo: list[tuple[str, int]] = []
     for row_id, ckpt in checkpoints:
         ckpt_hash = features.checkpoint_hash(ckpt.adapter_state)  # once per checkpoint
-        if is_nice:
+        if is_policy:
             feature_set_ids.append(
                 _policy_feature_set(
                     ctx,
@@ -601,8 +608,10 @@ def featurize_valuation(ctx: Context) -> None:
                 )
             )
         sets = [(ctx.pool, _pool_kind(ctx.method), s.shard_size)]
-        if not is_nice:
-            sets.append((ctx.probes, "sgd", _probe_shard_size(len(ctx.probes.examples))))
+        if not is_policy:  # policy probe features were made above, with the samples
+            sets.append(
+                (ctx.probes, _probe_kind(ctx.method), _probe_shard_size(len(ctx.probes.examples)))
+            )
         for dataset, kind, shard_size in sets:
             set_id, missing = _ensure_feature_set(
                 ctx,
@@ -810,14 +819,12 @@ def _endpoint_responses(ctx: Context, endpoint: AssistEndpoint) -> tuple[str, di
                     f"the worker's environment has no {endpoint.api_key_env} (the assist "
                     "endpoint's API key)"
                 )
+        chat = assist.ChatEndpoint(**endpoint.model_dump(exclude={"api_key_env"}), api_key=api_key)
         ctx.job.note(
-            f"fetching {endpoint.n} responses per probe for {len(probes)} probes from "
-            f"{assist.ChatEndpoint(endpoint.base_url, endpoint.model).url}"
+            f"fetching {chat.n} responses per probe for {len(probes)} probes from "
+            f"{http.redacted(chat.url)}"
         )
-        responses = assist.fetch_responses(
-            assist.ChatEndpoint(**endpoint.model_dump(exclude={"api_key_env"}), api_key=api_key),
-            probes,
-        )
+        responses = assist.fetch_responses(chat, probes)
         ctx.blobs.put_bytes(key, json.dumps(responses, sort_keys=True).encode())
     blob = ctx.blobs.get_bytes(key)
     return hashlib.sha256(blob).hexdigest()[:32], json.loads(blob)
@@ -1042,13 +1049,14 @@ def _feature_sets_by_epoch(
                 _probe_shard_size(probes.n_records),
             ),
         }
-        ckpts = session.scalars(
-            select(CheckpointRow)
-            .where(CheckpointRow.warmup_run_id == valuation.warmup_run_id)
-            .order_by(CheckpointRow.epoch)
-        ).all()
-        if method in LAYERWISE_METHODS:
-            ckpts = ckpts[-1:]
+        ckpts = _checkpoints_used(
+            method,
+            session.scalars(
+                select(CheckpointRow)
+                .where(CheckpointRow.warmup_run_id == valuation.warmup_run_id)
+                .order_by(CheckpointRow.epoch)
+            ).all(),
+        )
         lrs: list[float] = []
         found: dict[str, list[FeatureSetRow]] = {role: [] for role in roles}
         for ckpt in ckpts:
