@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     )
     page_size_max: int = Field(default=1000, ge=1)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_checkpoint_upload_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1,
+        description="one checkpoint-run upload (POST /v1/warmup-runs, all its adapter files)",
+    )
     check_model_paths: bool = Field(
         default=True, description="a model given as a local path must exist and hold config.json"
     )

@@ -61,7 +61,10 @@ class Conflict(SiftError):
 class PayloadTooLarge(SiftError):
     status_code = 413
     code = "payload_too_large"
-    description = "Upload larger than SIFT_MAX_UPLOAD_BYTES"
+    description = (
+        "Upload larger than its limit (SIFT_MAX_UPLOAD_BYTES; SIFT_MAX_CHECKPOINT_UPLOAD_BYTES "
+        "for checkpoint runs)"
+    )
 
 
 class ServiceUnavailable(SiftError):

@@ -14,14 +14,19 @@ from service.errors import install_error_handlers
 from service.models.endpoints import router as models_router
 from service.reward_specs.endpoints import router as reward_specs_router
 from service.selections.endpoints import router as selections_router
+from service.studies.endpoints import router as studies_router
 from service.valuations.endpoints import router as valuations_router
+from service.warmup_runs.endpoints import router as warmup_runs_router
 
 API_PREFIX = "/v1"
 
 DESCRIPTION = """\
 Sift values instruction-tuning data: which pool records most help a target task (LESS-style
 gradient influence). Upload a pool and a probe dataset, register a model, start a valuation,
-then read ranked scores and export a selection.
+then read ranked scores and export a selection. Runs of LoRA checkpoints (a valuation's warmup,
+or adapters trained elsewhere and uploaded as safetensors) are under `/v1/warmup-runs`; a
+strategy study (`/v1/studies`) asks whether a data-creation strategy's probe sets move an
+evaluation set across those checkpoints (RelInf, s_in / s_cross, verdicts and plots).
 
 Errors have one shape: `{"error": {"code", "message", "field"}}`.
 """
@@ -37,6 +42,8 @@ def create_app() -> FastAPI:
         reward_specs_router,
         valuations_router,
         selections_router,
+        studies_router,
+        warmup_runs_router,
     ):
         v1.include_router(router)
     app.include_router(v1)

@@ -24,10 +24,15 @@ The last one to finish hands the valuation on to scoring."""
 VALUATION_SCORE = "sift.valuation.score"
 """Stage 2 of a valuation: stream pool feature shards against probe features, store the scores."""
 
+STUDY_RUN = "sift.study.run"
+"""A strategy study: summed-loss gradients of its datasets at each checkpoint, then RelInf,
+s_in / s_cross, verdicts and plots."""
+
 TASK_QUEUES: dict[str, str] = {
     VALUATION_FEATURIZE: GPU_QUEUE,
     VALUATION_FEATURIZE_SHARD: GPU_QUEUE,
     VALUATION_SCORE: CPU_QUEUE,
+    STUDY_RUN: GPU_QUEUE,
 }
 
 
@@ -49,6 +54,12 @@ class FeatureShardTask(BaseModel):
     feature_set_id: str
     shard_index: int = Field(ge=0)
     feature_set_ids: list[str] = Field(min_length=1)
+
+
+class StudyTask(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    study_id: str
 
 
 # --- Valuation settings: the wire format the API validates and the worker resolves. ------------
@@ -182,6 +193,24 @@ class ValuationSettings(BaseModel):
         default_factory=lambda: DataInfSpec(),
         description="used by methods 'datainf' and 'nice_if'",
     )
+
+
+class StudySettings(BaseModel):
+    """How a strategy study computes gradients and reports spread (seed 001 §3-4)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    projection: ProjectionSpec = Field(
+        default_factory=lambda: ProjectionSpec(),
+        description="random projection of the LoRA gradients before the inner products "
+        "(RelInf(z, z) stays exactly 1)",
+    )
+    max_length: int = Field(512, ge=8, le=1 << 16, description="tokens per example; longer is cut")
+    batch_size: int = Field(8, ge=1, le=4096, description="featurization batch size")
+    dtype: ComputeDtype = "float32"
+    bootstrap: int = Field(1000, ge=1, le=100_000, description="bootstrap resamples of the pairs")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="level of the bootstrap interval")
+    seed: int = Field(0, ge=0, description="seed of the bootstrap")
 
 
 # --- Reward specs (NICE, seed 002 §3): how a sampled response to a probe prompt is scored. -------

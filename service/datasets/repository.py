@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session
 
-from service.db.models import Dataset, FeatureSet, Record, Valuation, WarmupRun
+from service.db.models import Dataset, FeatureSet, Record, Study, Valuation, WarmupRun
 
 
 def get(session: Session, dataset_id: str) -> Dataset | None:
@@ -81,6 +81,19 @@ def valuations_using(session: Session, dataset_id: str) -> list[str]:
             .order_by(Valuation.created_at)
         )
     )
+
+
+def studies_using(session: Session, dataset_id: str) -> list[str]:
+    """Studies that read ``dataset_id`` as their evaluation set or as one of their probe sets
+    (kept as JSON, so filtered here)."""
+    rows = session.execute(
+        select(Study.id, Study.eval_dataset_id, Study.probe_sets).order_by(Study.created_at)
+    ).all()
+    return [
+        study_id
+        for study_id, eval_id, probe_sets in rows
+        if eval_id == dataset_id or any(p["dataset_id"] == dataset_id for p in probe_sets)
+    ]
 
 
 def has_cached_artifacts(session: Session, dataset_id: str) -> bool:

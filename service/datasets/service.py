@@ -105,6 +105,13 @@ def delete_dataset(session: Session, dataset_id: str) -> None:
             f"dataset {dataset_id} is used by valuation {users[0]}{more}; it cannot be deleted",
             field="dataset_id",
         )
+    studies = repository.studies_using(session, dataset_id)
+    if studies:
+        more = f" (and {len(studies) - 1} more)" if len(studies) > 1 else ""
+        raise Conflict(
+            f"dataset {dataset_id} is used by study {studies[0]}{more}; it cannot be deleted",
+            field="dataset_id",
+        )
     if repository.has_cached_artifacts(session, dataset_id):
         raise Conflict(
             f"dataset {dataset_id} has cached warmup runs or feature sets", field="dataset_id"

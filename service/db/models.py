@@ -180,15 +180,26 @@ class Valuation(Base):
     job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
 
 
+WARMUP_ORIGINS = ("warmup", "upload")
+
+
 class WarmupRun(Base):
+    """A run of LoRA checkpoints: trained by Sift on a pool (``origin`` "warmup") or uploaded
+    as adapters with their steps and learning rates ("upload": no pool, no Adam moments)."""
+
     __tablename__ = "warmup_runs"
-    __table_args__ = (CheckConstraint(_in("status", ("running", "complete")), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", ("running", "complete")), name="status"),
+        CheckConstraint(_in("origin", WARMUP_ORIGINS), name="origin"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     content_key: Mapped[str] = mapped_column(String(128), unique=True)
+    origin: Mapped[str] = mapped_column(String(16), default="warmup", server_default="warmup")
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
-    pool_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    pool_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """``{"lora": LoraSpec}`` (resolved), plus ``"warmup"`` for runs Sift trained."""
     status: Mapped[str] = mapped_column(String(16), default="running")
     n_train: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -211,16 +222,21 @@ class Checkpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     mean_lr: Mapped[float] = mapped_column(Float)
     adapter_blob_key: Mapped[str] = mapped_column(String(1024))
-    optimizer_blob_key: Mapped[str] = mapped_column(String(1024))
+    optimizer_blob_key: Mapped[str | None] = mapped_column(String(1024))
+    """Adam moments; None for uploaded adapters (studies need none)."""
     content_hash: Mapped[str] = mapped_column(String(64))
 
     warmup_run: Mapped[WarmupRun] = relationship(back_populates="checkpoints")
 
 
+FEATURE_KINDS = ("sgd", "adam", "policy", "sgd_sum")
+"""As ``workers.engine.features.FEATURE_KINDS`` (a test holds the two equal)."""
+
+
 class FeatureSet(Base):
     __tablename__ = "feature_sets"
     __table_args__ = (
-        CheckConstraint(_in("kind", ("sgd", "adam", "policy")), name="kind"),
+        CheckConstraint(_in("kind", FEATURE_KINDS), name="kind"),
         CheckConstraint(_in("status", ("building", "complete")), name="status"),
     )
 
@@ -272,3 +288,29 @@ class Selection(Base):
     record_ids: Mapped[list[str]] = mapped_column(JSON)
     """Selected pool record ids in rank order."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Study(Base):
+    """A strategy study (seed 001): RelInf of named probe sets on an evaluation set, paired by
+    ``metadata[pair_key]``, over the checkpoints of a warmup run."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    warmup_run_id: Mapped[str] = mapped_column(ForeignKey("warmup_runs.id"), index=True)
+    eval_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    probe_sets: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    """``[{"name", "dataset_id"}]`` in request order (the plots' legend order)."""
+    pair_key: Mapped[str] = mapped_column(String(200))
+    reference: Mapped[str | None] = mapped_column(String(200))
+    """Name of the probe set the others are compared with (``exceeds_reference_from_step``)."""
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Curves by step, per-pair values and verdicts; written once the job succeeds."""
+    plot_png_key: Mapped[str | None] = mapped_column(String(1024))
+    plot_svg_key: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)

@@ -6,9 +6,10 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from service.db.models import FEATURE_KINDS as STORED_KINDS
 from workers.engine import features as features_module
 from workers.engine.errors import Cancelled, ProvenanceMismatch
-from workers.engine.features import FeatureSet, featurize
+from workers.engine.features import FEATURE_KINDS, FeatureSet, featurize
 from workers.engine.gradients import AdamFeatureMap, adam_features
 from workers.engine.influence import cosine_matrix
 from workers.engine.lora import lora_parameters
@@ -247,3 +248,7 @@ def test_default_projection_keeps_cosine_ranks_on_the_tiny_model(warmed: Warmed)
     rho = spearmanr(exact.flatten().numpy(), projected.flatten().numpy()).statistic
     print(f"\nSpearman(SRHT d=8192, exact) over {exact.numel()} pairs, P={p}: {rho:.4f}")
     assert rho >= 0.99
+
+
+def test_the_database_accepts_every_feature_kind() -> None:
+    assert STORED_KINDS == FEATURE_KINDS

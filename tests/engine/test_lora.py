@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft import get_peft_model_state_dict
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from workers.engine.errors import InvalidInput, ProvenanceMismatch
 from workers.engine.lora import (
     LoraSettings,
+    adapter_state_from_peft,
     attach_lora,
     load_adapter_state,
     lora_parameters,
@@ -51,3 +55,39 @@ def test_bad_lora_settings(kwargs: dict[str, object]) -> None:
 def test_unmatched_target_modules() -> None:
     with pytest.raises(InvalidInput):
         attach_lora(build_tiny_llama(0), LoraSettings(r=2, alpha=8.0, target_modules=("nope",)))
+
+
+def test_peft_saved_adapter_loads_into_lora_parameters() -> None:
+    """An adapter saved the PEFT way (no adapter name in its keys) round-trips exactly."""
+    settings = LoraSettings(r=4, alpha=16.0)
+    trained = attach_lora(build_tiny_llama(0), settings, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, p in lora_parameters(trained):
+            p.add_(torch.randn(p.shape, generator=generator))
+    saved = save_safetensors(
+        {k: v.contiguous() for k, v in get_peft_model_state_dict(trained).items()}
+    )
+    state = load_safetensors(saved)
+    assert all(".default." not in key for key in state)  # PEFT dropped the adapter name
+
+    fresh = attach_lora(build_tiny_llama(0), settings, seed=5)
+    load_adapter_state(fresh, adapter_state_from_peft(state))
+    for (name, p), (fresh_name, q) in zip(
+        lora_parameters(trained), lora_parameters(fresh), strict=True
+    ):
+        assert name == fresh_name and torch.equal(p, q)
+
+    named = adapter_state_from_peft(dict(lora_parameters(trained)))  # already named: unchanged
+    assert list(named) == [name for name, _ in lora_parameters(trained)]
+
+
+def test_adapter_state_from_peft_refuses_other_tensors() -> None:
+    state = {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 8),
+        "base_model.model.model.embed_tokens.weight": torch.zeros(4, 8),
+    }
+    with pytest.raises(InvalidInput, match="embed_tokens"):
+        adapter_state_from_peft(state)
+    with pytest.raises(InvalidInput, match="other"):
+        adapter_state_from_peft({"m.q_proj.lora_B.other.weight": torch.zeros(8, 2)})

@@ -15,6 +15,7 @@ from workers.engine.studies import (
     MetricPoint,
     pair_values,
     relinf_matrix,
+    run_study,
     summarize,
     verdict,
 )
@@ -120,11 +121,34 @@ def test_synthetic_study_related_probes_beat_unrelated_ones(warmed: Warmed) -> N
     order = list(TASKS)
     unrelated = {task: related[order[(k + 1) % len(order)]] for k, task in enumerate(order)}
     projector = _srht(warmed, 512)
+    sets: dict[str, list[torch.Tensor]] = {"Z": [], "A": [], "B": []}
     for ckpt in warmed.checkpoints:
-        z = _sum_loss_features(warmed, [evaluation[t] for t in order], ckpt, projector)
-        s_in = {}
-        for name, rows in (("A", related), ("B", unrelated)):
-            probes = _sum_loss_features(warmed, [rows[t] for t in order], ckpt, projector)
-            s_in[name] = float(pair_values(relinf_matrix(probes, z), "s_in").mean())
-        print(f"\nepoch {ckpt.epoch}: s_in {s_in}")
-        assert s_in["A"] > s_in["B"]
+        for name, rows in (("Z", evaluation), ("A", related), ("B", unrelated)):
+            sets[name].append(_sum_loss_features(warmed, [rows[t] for t in order], ckpt, projector))
+    steps = [c.step for c in warmed.checkpoints]
+    result = run_study(
+        sets["Z"], {"A": sets["A"], "B": sets["B"]}, steps, order, reference="B", bootstrap=200
+    )
+    s_in = {name: [p.value for p in result.curves[name]["s_in"]] for name in ("A", "B")}
+    print(f"\ns_in by step {steps}: {s_in}")
+    for k in range(len(steps)):
+        assert s_in["A"][k] > s_in["B"][k]
+        assert s_in["A"][k] == pytest.approx(
+            float(pair_values(relinf_matrix(sets["A"][k], sets["Z"][k]), "s_in").mean())
+        )
+    assert result.verdicts["A"]["s_in"].exceeds_reference_from_step == steps[0]
+    report = result.to_dict()
+    assert [p["name"] for p in report["probe_sets"]] == ["A", "B"]  # type: ignore[index]
+
+
+def test_run_study_checks_its_inputs() -> None:
+    g = torch.randn(3, 8, dtype=torch.float64)
+    with pytest.raises(InvalidInput, match="reference"):
+        run_study([g], {"A": [g]}, [1], ["a", "b", "c"], reference="B")
+    with pytest.raises(InvalidInput, match="1 of 2 steps"):
+        run_study([g, g], {"A": [g]}, [1, 2], ["a", "b", "c"])
+    with pytest.raises(InvalidInput, match="pairs"):
+        run_study([g], {"A": [g[:2]]}, [1], ["a", "b", "c"])
+    same = run_study([g], {"Z itself": [g]}, [5], ["a", "b", "c"])
+    assert same.curves["Z itself"]["s_in"][0].value == pytest.approx(1.0)
+    assert same.curves["Z itself"]["s_in"][0].per_pair == pytest.approx([1.0, 1.0, 1.0])

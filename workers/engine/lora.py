@@ -110,3 +110,38 @@ def load_adapter_state(model: nn.Module, state: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(state[name].to(device=p.device, dtype=p.dtype))
+
+
+_LORA_WEIGHTS = (".lora_A.weight", ".lora_B.weight")
+
+
+def adapter_state_from_peft(
+    state: dict[str, Tensor], adapter_name: str = "default"
+) -> dict[str, Tensor]:
+    """Key a saved PEFT adapter like ``lora_parameters``, ready for ``load_adapter_state``.
+
+    PEFT strips the adapter name when saving (``get_peft_model_state_dict``):
+    ``...q_proj.lora_A.weight`` on disk is ``...q_proj.lora_A.<adapter_name>.weight`` in the
+    model. Keys that already carry ``.<adapter_name>.`` are kept; anything that is not a
+    lora_A or lora_B weight raises ``InvalidInput``, since it cannot belong to the adapters.
+    """
+    kept = (f".lora_A.{adapter_name}.weight", f".lora_B.{adapter_name}.weight")
+    out: dict[str, Tensor] = {}
+    foreign: list[str] = []
+    for key, tensor in state.items():
+        if key.endswith(kept):
+            name = key
+        elif key.endswith(_LORA_WEIGHTS):
+            name = f"{key.removesuffix('.weight')}.{adapter_name}.weight"
+        else:
+            foreign.append(key)
+            continue
+        if name in out:
+            raise InvalidInput(f"adapter state holds {name} twice (with and without the name)")
+        out[name] = tensor
+    if foreign:
+        raise InvalidInput(
+            f"not LoRA lora_A/lora_B weights of adapter {adapter_name!r}: {sorted(foreign)[:5]} "
+            f"(total {len(foreign)})"
+        )
+    return out

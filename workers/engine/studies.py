@@ -136,3 +136,111 @@ def verdict(
             else:
                 break
     return Verdict(outcome, from_step, VERDICT_RULE)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """Curves of every probe set and metric over the checkpoints, with verdicts.
+
+    ``curves[name][metric][t]`` is the ``MetricPoint`` at ``steps[t]``; its ``per_pair`` values
+    follow ``pair_ids``.
+    """
+
+    steps: list[int]
+    pair_ids: list[str]
+    curves: dict[str, dict[str, list[MetricPoint]]]
+    verdicts: dict[str, dict[str, Verdict]]
+    reference: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: per-pair values keyed by pair id."""
+        return {
+            "steps": self.steps,
+            "pair_ids": self.pair_ids,
+            "reference": self.reference,
+            "verdict_rule": VERDICT_RULE,
+            "probe_sets": [
+                {
+                    "name": name,
+                    "metrics": {
+                        metric: {
+                            "points": [
+                                {
+                                    "step": step,
+                                    "value": p.value,
+                                    "std": p.std,
+                                    "low": p.low,
+                                    "high": p.high,
+                                    "per_pair": dict(zip(self.pair_ids, p.per_pair, strict=True)),
+                                }
+                                for step, p in zip(self.steps, points, strict=True)
+                            ],
+                            "verdict": {
+                                "outcome": self.verdicts[name][metric].outcome,
+                                "exceeds_reference_from_step": self.verdicts[name][
+                                    metric
+                                ].exceeds_reference_from_step,
+                            },
+                        }
+                        for metric, points in metrics.items()
+                    },
+                }
+                for name, metrics in self.curves.items()
+            ],
+        }
+
+
+def run_study(
+    evaluation: Sequence[Tensor],
+    probe_sets: dict[str, Sequence[Tensor]],
+    steps: Sequence[int],
+    pair_ids: Sequence[str],
+    *,
+    reference: str | None = None,
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> StudyResult:
+    """s_in and s_cross of each probe set at each checkpoint, their spread, and verdicts.
+
+    ``evaluation[t]`` holds the evaluation set's gradients [n, d] at ``steps[t]`` and
+    ``probe_sets[name][t]`` a probe set's, row i of each belonging to ``pair_ids[i]`` (the
+    caller aligns them). Every probe set is resampled with the same seed, so their intervals
+    come from the same bootstrap draws of the pairs.
+    """
+    n_steps = len(steps)
+    if n_steps == 0 or len(evaluation) != n_steps:
+        raise InvalidInput(f"need evaluation gradients at each of {n_steps} checkpoint steps")
+    if reference is not None and reference not in probe_sets:
+        raise InvalidInput(f"reference {reference!r} is not a probe set: {sorted(probe_sets)}")
+    curves: dict[str, dict[str, list[MetricPoint]]] = {}
+    for name, by_step in probe_sets.items():
+        if len(by_step) != n_steps:
+            raise InvalidInput(
+                f"probe set {name!r} has gradients at {len(by_step)} of {n_steps} steps"
+            )
+        curves[name] = {metric: [] for metric in METRICS}
+        for g_eval, g_probe in zip(evaluation, by_step, strict=True):
+            if g_eval.shape[0] != len(pair_ids) or g_probe.shape[0] != len(pair_ids):
+                raise InvalidInput(
+                    f"{len(pair_ids)} pairs, but {g_probe.shape[0]} probe and "
+                    f"{g_eval.shape[0]} evaluation rows"
+                )
+            relinf = relinf_matrix(g_probe, g_eval, eval_ids=pair_ids)
+            for metric in METRICS:
+                values = pair_values(relinf, metric)
+                curves[name][metric].append(
+                    summarize(values, bootstrap=bootstrap, confidence=confidence, seed=seed)
+                )
+    verdicts = {
+        name: {
+            metric: verdict(
+                points,
+                steps,
+                None if reference in (None, name) else curves[reference][metric],  # type: ignore[index]
+            )
+            for metric, points in metrics.items()
+        }
+        for name, metrics in curves.items()
+    }
+    return StudyResult(list(steps), list(pair_ids), curves, verdicts, reference)

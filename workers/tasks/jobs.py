@@ -3,13 +3,18 @@ is visible to the API while the task runs and survives a worker that dies mid-jo
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import case, update
 
 from service.db.models import Job
 from service.db.session import SessionLocal
+from workers.engine.errors import Cancelled, EngineError
+
+log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:
@@ -128,3 +133,37 @@ class JobTracker:
     def cancel(self) -> None:
         self._update(status="cancelled", timings=self._close_stage(), finished_at=_now())
         self._stage = None
+
+
+def run_tracked(
+    job: JobTracker, body: Callable[[], None], *, already_running: bool = False
+) -> None:
+    """The envelope of every task: skip finished jobs, honour cancellation, turn errors into
+    job status (an ``EngineError`` is the user's problem and says so; anything else is ours).
+
+    ``already_running``: a task inside a running job (a shard) does not start the job, and
+    does nothing for a job that is not running (failed, cancelled or finished meanwhile).
+    """
+    state = job.read()
+    if state.status in ("succeeded", "failed", "cancelled"):
+        log.info("job %s already %s; nothing to do", job.job_id, state.status)
+        return
+    if state.cancel_requested:
+        job.cancel()
+        return
+    if already_running:
+        if state.status != "running":
+            log.info("job %s is %s; dropping task", job.job_id, state.status)
+            return
+    elif not job.start():
+        log.info("job %s was cancelled before it started", job.job_id)
+        return
+    try:
+        body()
+    except Cancelled:
+        job.cancel()
+    except EngineError as exc:
+        job.fail(str(exc))
+    except Exception as exc:
+        job.fail(f"internal error: {type(exc).__name__}: {exc}")
+        raise

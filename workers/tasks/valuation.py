@@ -19,18 +19,17 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar
 
 import torch
-from sqlalchemy import Select, delete, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from service.blobs import BlobStore, blob_store_from_settings
 from service.config import get_settings
 from service.db.models import Checkpoint as CheckpointRow
-from service.db.models import Dataset, Model, Record, Score, Valuation, WarmupRun
+from service.db.models import Dataset, Model, Score, Valuation, WarmupRun
 from service.db.models import FeatureSet as FeatureSetRow
 from service.db.models import RewardSpec as RewardSpecRow
 from service.db.models import Sample as SampleRow
@@ -64,7 +63,19 @@ from workers.engine import (
     warmup,
 )
 from workers.engine.errors import Cancelled, EngineError
-from workers.tasks.jobs import JobTracker
+from workers.tasks.common import (
+    LoadedDataset,
+    cached_model,
+    compute_device,
+    content_key,
+    example_of,
+    feature_key,
+    find_or_create_feature_set,
+    load_dataset,
+    records_in_order,
+    shard_key,
+)
+from workers.tasks.jobs import JobTracker, run_tracked
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,12 +86,6 @@ TINY_LORA = {"r": 8, "alpha": 32.0}
 LESS_LORA = {"r": 128, "alpha": 512.0}
 TINY_DIM_PER_LAYER = 64
 DIM_PER_LAYER = 2048  # seed 002 app. E.3
-
-
-def content_key(**parts: Any) -> str:
-    """sha256 of the canonical JSON of everything that determines an artifact."""
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def resolve_settings(requested: dict[str, Any], source: str) -> ValuationSettings:
@@ -99,42 +104,6 @@ def resolve_settings(requested: dict[str, Any], source: str) -> ValuationSetting
             "lora": settings.lora.model_copy(update={"r": r, "alpha": alpha}),
             "datainf": settings.datainf.model_copy(update={"dim_per_layer": dim_per_layer}),
         }
-    )
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass(frozen=True)
-class LoadedDataset:
-    """A dataset's records as engine examples, in position order, with its content hash."""
-
-    id: str
-    content_hash: str
-    examples: list[data.Example]
-
-
-def _records_in_order(dataset_id: str) -> Select[tuple[Record]]:
-    """A dataset's records in position order (a select to run, offset or limit)."""
-    return select(Record).where(Record.dataset_id == dataset_id).order_by(Record.position)
-
-
-def _load_dataset(dataset_id: str) -> LoadedDataset:
-    with SessionLocal() as session:
-        dataset = session.get(Dataset, dataset_id)
-        if dataset is None:
-            raise EngineError(f"dataset {dataset_id} no longer exists")
-        rows = session.scalars(_records_in_order(dataset_id)).all()
-        examples = [_example(row) for row in rows]
-        return LoadedDataset(dataset.id, dataset.content_hash, examples)
-
-
-def _example(row: Record) -> data.Example:
-    return data.Example(
-        record_id=row.record_id,
-        messages=tuple({"role": m["role"], "content": m["content"]} for m in row.messages),
-        subtask=row.subtask,
     )
 
 
@@ -170,11 +139,11 @@ class Context:
 
     @cached_property
     def pool(self) -> LoadedDataset:
-        return _load_dataset(self.pool_dataset_id)
+        return load_dataset(self.pool_dataset_id)
 
     @cached_property
     def probes(self) -> LoadedDataset:
-        return _load_dataset(self.probe_dataset_id)
+        return load_dataset(self.probe_dataset_id)
 
     @cached_property
     def assisted_responses(self) -> tuple[str, dict[str, list[str]]] | None:
@@ -198,7 +167,7 @@ class Context:
             dataset = session.get(Dataset, self.probe_dataset_id)
             if dataset is None:
                 raise EngineError(f"dataset {self.probe_dataset_id} no longer exists")
-            rows = session.scalars(_records_in_order(self.probe_dataset_id)).all()
+            rows = session.scalars(records_in_order(self.probe_dataset_id)).all()
             prompts = []
             for row in rows:
                 messages = tuple({"role": m["role"], "content": m["content"]} for m in row.messages)
@@ -226,37 +195,10 @@ def _load_context(valuation_id: str) -> Context | None:
 def _run_job(
     valuation_id: str, body: Callable[[Context], None], *, already_running: bool = False
 ) -> None:
-    """Common envelope: skip finished jobs, honour cancellation, turn errors into job status.
-
-    ``already_running``: a task inside a running job (a shard) does not start the job, and
-    does nothing for a job that is not running (failed, cancelled or finished meanwhile).
-    """
+    """Run ``body`` for a valuation inside the job envelope (``jobs.run_tracked``)."""
     ctx = _load_context(valuation_id)
-    if ctx is None:
-        return
-    job = ctx.job.read()
-    if job.status in ("succeeded", "failed", "cancelled"):
-        log.info("valuation %s already %s; nothing to do", valuation_id, job.status)
-        return
-    if job.cancel_requested:
-        ctx.job.cancel()
-        return
-    if already_running:
-        if job.status != "running":
-            log.info("valuation %s is %s; dropping shard task", valuation_id, job.status)
-            return
-    elif not ctx.job.start():
-        log.info("valuation %s was cancelled before it started", valuation_id)
-        return
-    try:
-        body(ctx)
-    except Cancelled:
-        ctx.job.cancel()
-    except EngineError as exc:
-        ctx.job.fail(str(exc))
-    except Exception as exc:
-        ctx.job.fail(f"internal error: {type(exc).__name__}: {exc}")
-        raise
+    if ctx is not None:
+        run_tracked(ctx.job, lambda: body(ctx), already_running=already_running)
 
 
 # --- stage 1: warmup and features (GPU queue) -------------------------------------------------
@@ -380,25 +322,6 @@ def _set_warmup_run(valuation_id: str, run_id: str) -> None:
         session.commit()
 
 
-def feature_key(
-    provenance: dict[str, Any],
-    dataset_hash: str,
-    shard_size: int,
-    adam_bias_correction: bool,
-    policy: dict[str, Any] | None = None,
-) -> str:
-    """Content key of one feature set: identical records, checkpoint and projector → same key,
-    whichever dataset upload they came from. Policy features also depend on the reward and
-    the sampling settings (``policy``)."""
-    return content_key(
-        provenance=provenance,
-        dataset=dataset_hash,
-        shard_size=shard_size,
-        adam_bias_correction=adam_bias_correction if provenance["kind"] == "adam" else None,
-        policy=policy if provenance["kind"] == "policy" else None,
-    )
-
-
 def _policy_inputs(
     reward_spec: dict[str, Any], settings: ValuationSettings, assist_hash: str | None
 ) -> dict[str, Any]:
@@ -469,26 +392,6 @@ def _provenance(
     )
 
 
-def _find_or_create_feature_set(key: str, **fields: Any) -> tuple[str, bool]:
-    """The feature-set row with content ``key`` (created from ``fields`` if absent, a
-    concurrent creator winning ties): its id and whether it is complete."""
-    with SessionLocal() as session:
-        row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
-        if row is None:
-            session.add(FeatureSetRow(content_key=key, status="building", **fields))
-            try:
-                session.commit()
-            except IntegrityError:  # created concurrently by another valuation: use theirs
-                session.rollback()
-            row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
-        assert row is not None
-        return row.id, row.status == "complete"
-
-
-def _shard_key(prefix: str, index: int) -> str:
-    return f"{prefix}/shard-{index:05d}.safetensors"
-
-
 def _ensure_feature_set(
     ctx: Context,
     *,
@@ -514,7 +417,7 @@ def _ensure_feature_set(
     )
     prefix = f"features/{key}"
     n_shards = len(_shards(dataset.examples, shard_size))
-    row_id, complete = _find_or_create_feature_set(
+    row_id, complete = find_or_create_feature_set(
         key,
         dataset_id=dataset.id,
         checkpoint_id=checkpoint_row_id,
@@ -535,7 +438,7 @@ def _ensure_feature_set(
         ctx.job.advance(len(dataset.examples))
         return row_id, []
     done = set(ctx.blobs.list_keys(prefix + "/"))
-    missing = [i for i in range(n_shards) if _shard_key(prefix, i) not in done]
+    missing = [i for i in range(n_shards) if shard_key(prefix, i) not in done]
     sizes = [len(shard) for shard in _shards(dataset.examples, shard_size)]
     ctx.job.advance(sum(sizes[i] for i in range(n_shards) if i not in set(missing)))
     return row_id, missing
@@ -554,7 +457,7 @@ def featurize_valuation(ctx: Context) -> None:
     ctx.job.stage("load model")
     dtype = getattr(torch, s.dtype)
     model, tokenizer = models.load_model_and_tokenizer(
-        ctx.model_source, dtype=dtype, device=_device()
+        ctx.model_source, dtype=dtype, device=compute_device()
     )
     fingerprint = models.model_fingerprint(ctx.model_source, model)
 
@@ -709,7 +612,7 @@ def _policy_feature_set(
     )
     prefix = f"features/{key}"
     samples_key = f"{prefix}/samples.jsonl"
-    row_id, _ = _find_or_create_feature_set(
+    row_id, _ = find_or_create_feature_set(
         key,
         dataset_id=ctx.probe_dataset_id,
         checkpoint_id=checkpoint_row_id,
@@ -722,7 +625,7 @@ def _policy_feature_set(
         n_shards=1,
         blob_prefix=prefix,
     )
-    if ctx.blobs.exists(_shard_key(prefix, 0)) and ctx.blobs.exists(samples_key):
+    if ctx.blobs.exists(shard_key(prefix, 0)) and ctx.blobs.exists(samples_key):
         ctx.job.note(f"reused NICE probe samples and features at epoch {ckpt.epoch}")
     else:
         lora.load_adapter_state(model, ckpt.adapter_state)
@@ -791,7 +694,7 @@ def _policy_feature_set(
             for sample, reward in zip(samples, reward_values, strict=True)
         ]
         ctx.blobs.put_bytes(samples_key, ("\n".join(lines) + "\n").encode())
-        ctx.blobs.put_bytes(_shard_key(prefix, 0), result.features.to_safetensors())
+        ctx.blobs.put_bytes(shard_key(prefix, 0), result.features.to_safetensors())
         if result.zero_probes:
             ctx.job.note(
                 f"epoch {ckpt.epoch}: {len(result.zero_probes)} probes had all-zero sample "
@@ -836,7 +739,7 @@ def _assisted_responses(dataset_id: str) -> tuple[str, dict[str, list[str]]]:
         dataset = session.get(Dataset, dataset_id)
         if dataset is None:
             raise EngineError(f"assist dataset {dataset_id} no longer exists")
-        rows = session.scalars(_records_in_order(dataset_id)).all()
+        rows = session.scalars(records_in_order(dataset_id)).all()
         by_probe: dict[str, list[str]] = {}
         for row in rows:
             probe_id = (row.metadata_ or {}).get("probe_id")
@@ -890,11 +793,11 @@ def featurize_shard(ctx: Context, task: FeatureShardTask) -> None:
         if row is None:
             raise EngineError(f"feature set {task.feature_set_id} no longer exists")
         session.expunge(row)
-    key = _shard_key(row.blob_prefix, task.shard_index)
+    key = shard_key(row.blob_prefix, task.shard_index)
     if not ctx.blobs.exists(key):  # written atomically: existing means finished
         s = ctx.settings
         provenance = features.Provenance.from_dict(row.provenance)
-        model, tokenizer, fingerprint = _cached_model(ctx.model_source, s)
+        model, tokenizer, fingerprint = cached_model(ctx.model_source, s.dtype, _lora_settings(s))
         if fingerprint != provenance.model:
             raise EngineError(
                 f"feature set {row.id} was made with model {provenance.model}, this worker "
@@ -931,7 +834,7 @@ def _all_shards_stored(blobs: BlobStore, feature_set_id: str) -> bool:
             return True
         prefix, n_shards = row.blob_prefix, row.n_shards
     stored = set(blobs.list_keys(prefix + "/"))
-    return all(_shard_key(prefix, i) in stored for i in range(n_shards))
+    return all(shard_key(prefix, i) in stored for i in range(n_shards))
 
 
 def _finish_featurize(ctx: Context, feature_set_ids: Sequence[str]) -> None:
@@ -950,8 +853,8 @@ def _finish_featurize(ctx: Context, feature_set_ids: Sequence[str]) -> None:
 def _dataset_slice(dataset_id: str, start: int, size: int) -> list[data.Example]:
     """Records ``start .. start+size`` of a dataset in position order (one shard's worth)."""
     with SessionLocal() as session:
-        rows = session.scalars(_records_in_order(dataset_id).offset(start).limit(size)).all()
-        return [_example(row) for row in rows]
+        rows = session.scalars(records_in_order(dataset_id).offset(start).limit(size)).all()
+        return [example_of(row) for row in rows]
 
 
 _BATCH_SIZE_THAT_FITS: dict[str, int] = {}
@@ -964,25 +867,7 @@ def _remember_batch_size(ctx: Context, n: int) -> None:
     ctx.job.note(f"featurize batch size reduced to {n} to fit accelerator memory")
 
 
-_MODEL_CACHE: dict[tuple[Any, ...], tuple[Any, Any, str]] = {}
 _CHECKPOINT_CACHE: dict[str, warmup.Checkpoint] = {}
-
-
-def _cached_model(source: str, s: ValuationSettings) -> tuple[Any, Any, str]:
-    """The LoRA-wrapped model this worker process last loaded, if it is the one asked for.
-
-    Safe to share between shard tasks: ``featurize`` loads the checkpoint's adapter into the
-    model before every use. One model at a time (a 7B model fills a GPU).
-    """
-    key = (source, s.dtype, str(_device()), _lora_settings(s))
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE.clear()
-        model, tokenizer = models.load_model_and_tokenizer(
-            source, dtype=getattr(torch, s.dtype), device=_device()
-        )
-        fingerprint = models.model_fingerprint(source, model)
-        _MODEL_CACHE[key] = (lora.attach_lora(model, _lora_settings(s)), tokenizer, fingerprint)
-    return _MODEL_CACHE[key]
 
 
 def _cached_checkpoint(ctx: Context, checkpoint_id: str) -> warmup.Checkpoint:
@@ -1141,7 +1026,7 @@ def _tracin_scores(
 ) -> Iterator[influence.ShardScores]:
     """LESS / TracIn / NICE: one pass, each shard against the probes at every checkpoint."""
     ctx.job.stage("score", total=n_shards)
-    device = _device()
+    device = compute_device()
     # NICE aggregates exactly like LESS; only its probe features (policy gradients) differ
     aggregation = "less" if ctx.method == "nice" else ctx.method
     for pool in _stream_pool(ctx, pool_sets, n_shards):

@@ -1,0 +1,48 @@
+"""Study figures: one curve and one band per probe set in each metric's panel, labelled."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+from matplotlib.collections import PolyCollection
+
+from workers.engine.errors import InvalidInput
+from workers.engine.plots import render, study_figure
+from workers.engine.studies import METRICS, run_study
+
+
+@pytest.mark.parametrize("n_sets", [1, 3])
+def test_study_figure_has_a_curve_and_band_per_probe_set(n_sets: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    evaluation = [torch.randn(5, 16, generator=g) for _ in range(4)]
+    probes = {
+        f"set {k}": [e + k * torch.randn(5, 16, generator=g) for e in evaluation]
+        for k in range(n_sets)
+    }
+    steps = [10, 20, 30, 40]
+    result = run_study(evaluation, probes, steps, list("abcde"), bootstrap=50)
+    figure = study_figure(result, title="CoT or not")
+    axes = figure.axes
+    assert len(axes) == len(METRICS)
+    for ax, metric in zip(axes, METRICS, strict=True):
+        curves = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+        assert [line.get_label() for line in curves] == list(probes)
+        for line, name in zip(curves, probes, strict=True):
+            assert list(line.get_xdata()) == steps
+            expected = [p.value for p in result.curves[name][metric]]
+            assert list(line.get_ydata()) == pytest.approx(expected)
+        bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert len(bands) == n_sets
+        assert ax.get_xlabel() == "training step" and "RelInf" in ax.get_ylabel()
+        assert metric in ax.get_title()
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == list(probes)
+
+    png = render(figure, "png")
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    svg = ET.fromstring(render(figure, "svg"))
+    assert svg.tag.endswith("svg")
+    with pytest.raises(InvalidInput, match="png"):
+        render(figure, "pdf")  # type: ignore[arg-type]
