@@ -13,6 +13,7 @@ from service.datasets.endpoints import router as datasets_router
 from service.errors import install_error_handlers
 from service.models.endpoints import router as models_router
 from service.reward_specs.endpoints import router as reward_specs_router
+from service.score_sets.endpoints import router as score_sets_router
 from service.selections.endpoints import router as selections_router
 from service.studies.endpoints import router as studies_router
 from service.valuations.endpoints import router as valuations_router
@@ -26,7 +27,10 @@ gradient influence). Upload a pool and a probe dataset, register a model, start 
 then read ranked scores and export a selection. Runs of LoRA checkpoints (a valuation's warmup,
 or adapters trained elsewhere and uploaded as safetensors) are under `/v1/warmup-runs`; a
 strategy study (`/v1/studies`) asks whether a data-creation strategy's probe sets move an
-evaluation set across those checkpoints (RelInf, s_in / s_cross, verdicts and plots).
+evaluation set across those checkpoints (RelInf, s_in / s_cross, verdicts and plots). Score
+sets (`/v1/score-sets`) hold per-record scores of the seed 003 toolbox (model quality and IFD,
+text statistics, knn distance, random / BM25 / DSIR / RDS importance against probes), with
+distributions and rank comparisons between them.
 
 Errors have one shape: `{"error": {"code", "message", "field"}}`.
 """
@@ -43,6 +47,7 @@ def create_app() -> FastAPI:
         valuations_router,
         selections_router,
         studies_router,
+        score_sets_router,
         warmup_runs_router,
     ):
         v1.include_router(router)

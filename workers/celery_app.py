@@ -12,7 +12,9 @@ from __future__ import annotations
 from service.queue import celery_app
 from workers.contracts import CPU_QUEUE, GPU_QUEUE
 
-celery_app.conf.update(include=["workers.tasks.valuation", "workers.tasks.study"])
+celery_app.conf.update(
+    include=["workers.tasks.valuation", "workers.tasks.study", "workers.tasks.score_set"]
+)
 celery_app.loader.import_default_modules()
 
 QUEUES = (GPU_QUEUE, CPU_QUEUE)

@@ -28,11 +28,15 @@ STUDY_RUN = "sift.study.run"
 """A strategy study: summed-loss gradients of its datasets at each checkpoint, then RelInf,
 s_in / s_cross, verdicts and plots."""
 
+SCORE_SET_RUN = "sift.score_set.run"
+"""One score set: a seed 003 scorer over a dataset (model-based ones need the GPU queue)."""
+
 TASK_QUEUES: dict[str, str] = {
     VALUATION_FEATURIZE: GPU_QUEUE,
     VALUATION_FEATURIZE_SHARD: GPU_QUEUE,
     VALUATION_SCORE: CPU_QUEUE,
     STUDY_RUN: GPU_QUEUE,
+    SCORE_SET_RUN: GPU_QUEUE,
 }
 
 
@@ -60,6 +64,12 @@ class StudyTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     study_id: str
+
+
+class ScoreSetTask(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    score_set_id: str
 
 
 # --- Valuation settings: the wire format the API validates and the worker resolves. ------------
@@ -211,6 +221,70 @@ class StudySettings(BaseModel):
     bootstrap: int = Field(1000, ge=1, le=100_000, description="bootstrap resamples of the pairs")
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="level of the bootstrap interval")
     seed: int = Field(0, ge=0, description="seed of the bootstrap")
+
+
+# --- Score sets (seed 003 toolbox): which scorer, what it needs, which columns it writes. -------
+
+Scorer = Literal["quality", "text", "knn", "random", "bm25", "dsir", "rds"]
+SCORERS: tuple[str, ...] = ("quality", "text", "knn", "random", "bm25", "dsir", "rds")
+IMPORTANCE_SCORERS: tuple[str, ...] = ("random", "bm25", "dsir", "rds")
+"""Scored against a probe dataset and aggregated like LESS (mean within a probe subtask, max
+over subtasks); their sets hold a "score" column and one "subtask:<name>" column per subtask."""
+EMBEDDING_SCORERS: tuple[str, ...] = ("knn", "rds")
+"""Need record embeddings (``ScoreSetSettings.embedding``)."""
+QUALITY_COLUMNS: tuple[str, ...] = (
+    "nll",
+    "perplexity",
+    "el2n",
+    "u_entropy",
+    "u_confidence",
+    "u_margin",
+    "u_min_margin",
+)
+IFD_COLUMNS: tuple[str, ...] = ("nll_a", "ifd")
+TEXT_COLUMNS: tuple[str, ...] = (
+    "prompt_chars",
+    "prompt_words",
+    "response_chars",
+    "response_words",
+    "ttr",
+    "mtld",
+    "distinct_1",
+    "distinct_2",
+)
+
+
+class SentenceTransformerEmbedding(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sentence_transformer: str = Field(
+        min_length=1, max_length=1024, description="local path of a sentence-transformers model"
+    )
+
+
+class ScoreSetSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_length: int = Field(512, ge=8, le=1 << 16, description="tokens per example; longer is cut")
+    batch_size: int = Field(8, ge=1, le=4096)
+    dtype: ComputeDtype = "float32"
+    ifd: bool = Field(True, description="quality: also NLL of the response alone and IFD")
+    embedding: Literal["lm", "tfidf"] | SentenceTransformerEmbedding = Field(
+        "tfidf",
+        description="knn and rds: the model's mean last hidden state ('lm', needs model_id), "
+        "TF-IDF of the text, or a local sentence-transformers model",
+    )
+    k: int = Field(5, ge=1, le=1000, description="knn: the k of the k-th nearest neighbour")
+    seed: int = Field(0, ge=0, description="random: the seed of the scores")
+    dsir_buckets: int = Field(10_000, ge=2, le=1 << 24, description="dsir: hashed n-gram buckets")
+    dsir_smoothing: float = Field(0.01, gt=0.0, le=100.0, description="dsir: pseudo-count")
+    bm25_k1: float = Field(1.5, gt=0.0, le=100.0)
+    bm25_b: float = Field(0.75, ge=0.0, le=1.0)
+
+
+def scorer_needs_model(scorer: str, settings: ScoreSetSettings) -> bool:
+    """Quality scores come from a model; so do LM embeddings."""
+    return scorer == "quality" or (scorer in EMBEDDING_SCORERS and settings.embedding == "lm")
 
 
 # --- Reward specs (NICE, seed 002 §3): how a sampled response to a probe prompt is scored. -------

@@ -8,7 +8,15 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session
 
-from service.db.models import Dataset, FeatureSet, Record, Study, Valuation, WarmupRun
+from service.db.models import (
+    Dataset,
+    FeatureSet,
+    Record,
+    ScoreSet,
+    Study,
+    Valuation,
+    WarmupRun,
+)
 
 
 def get(session: Session, dataset_id: str) -> Dataset | None:
@@ -94,6 +102,17 @@ def studies_using(session: Session, dataset_id: str) -> list[str]:
         for study_id, eval_id, probe_sets in rows
         if eval_id == dataset_id or any(p["dataset_id"] == dataset_id for p in probe_sets)
     ]
+
+
+def score_sets_using(session: Session, dataset_id: str) -> list[str]:
+    """Score sets that score ``dataset_id`` or score against it as their probes."""
+    return list(
+        session.scalars(
+            select(ScoreSet.id)
+            .where(or_(ScoreSet.dataset_id == dataset_id, ScoreSet.probe_dataset_id == dataset_id))
+            .order_by(ScoreSet.created_at)
+        )
+    )
 
 
 def has_cached_artifacts(session: Session, dataset_id: str) -> bool:

@@ -112,6 +112,14 @@ def delete_dataset(session: Session, dataset_id: str) -> None:
             f"dataset {dataset_id} is used by study {studies[0]}{more}; it cannot be deleted",
             field="dataset_id",
         )
+    score_sets = repository.score_sets_using(session, dataset_id)
+    if score_sets:
+        more = f" (and {len(score_sets) - 1} more)" if len(score_sets) > 1 else ""
+        raise Conflict(
+            f"dataset {dataset_id} is used by score set {score_sets[0]}{more}; it cannot be "
+            "deleted",
+            field="dataset_id",
+        )
     if repository.has_cached_artifacts(session, dataset_id):
         raise Conflict(
             f"dataset {dataset_id} has cached warmup runs or feature sets", field="dataset_id"

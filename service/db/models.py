@@ -314,3 +314,33 @@ class Study(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
+
+
+SCORERS = ("quality", "text", "knn", "random", "bm25", "dsir", "rds")
+"""As ``workers.contracts.SCORERS`` (a test holds the two equal)."""
+
+
+class ScoreSet(Base):
+    """Per-record scores of one scorer (seed 003 toolbox) over a dataset: one or more named
+    columns (e.g. a "quality" set holds nll, perplexity, el2n, ...) that selections can use."""
+
+    __tablename__ = "score_sets"
+    __table_args__ = (CheckConstraint(_in("scorer", SCORERS), name="scorer"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    scorer: Mapped[str] = mapped_column(String(32))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"))
+    probe_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+    """Importance scorers only: the probes records are scored against."""
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    values_blob_key: Mapped[str | None] = mapped_column(String(1024))
+    """``{"record_ids": [...], "columns": {name: [value or null, ...]}}`` in dataset order."""
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Per column: count, missing, mean, std, min, max, quantiles and a histogram."""
+    n_records: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)

@@ -49,5 +49,5 @@ def test_expected_tables(engine: Engine) -> None:
     tables = set(inspect(engine).get_table_names())
     assert {
         "datasets", "records", "models", "jobs", "valuations", "warmup_runs", "checkpoints",
-        "feature_sets", "scores", "selections", "reward_specs",
+        "feature_sets", "scores", "selections", "reward_specs", "score_sets",
     } <= tables  # fmt: skip

@@ -7,7 +7,8 @@ state, so concurrent tasks in one process cannot draw on each other's figures.
 from __future__ import annotations
 
 import io
-from typing import Literal
+import itertools
+from typing import Any, Literal
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -60,6 +61,26 @@ def study_figure(
     )
     suffix = f" — {len(result.pair_ids)} pairs"
     figure.suptitle((title or "Strategy study") + suffix)
+    return figure
+
+
+def histogram_figure(summary: dict[str, Any], *, column: str, title: str | None = None) -> Figure:
+    """A score column's histogram (from ``summaries.column_summary``) with its median marked."""
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    ax = figure.subplots()
+    histogram = summary["histogram"]
+    edges, counts = histogram["edges"], histogram["counts"]
+    if counts:
+        widths = [b - a for a, b in itertools.pairwise(edges)]
+        ax.bar(edges[:-1], counts, width=widths, align="edge", edgecolor="white")
+        median = summary["quantiles"]["p50"]
+        ax.axvline(median, color="0.2", linestyle="--", label=f"median {median:.4g}")
+        ax.legend()
+    ax.set_xlabel(column)
+    ax.set_ylabel("records")
+    missing = f", {summary['missing']} missing" if summary["missing"] else ""
+    ax.set_title(f"{title or column}: {summary['count']} records{missing}")
+    ax.grid(True, axis="y", alpha=0.3)
     return figure
 
 
