@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from service import health
+from service.curations.endpoints import router as curations_router
 from service.datasets.endpoints import router as datasets_router
 from service.errors import install_error_handlers
 from service.models.endpoints import router as models_router
@@ -48,6 +49,7 @@ def create_app() -> FastAPI:
         selections_router,
         studies_router,
         score_sets_router,
+        curations_router,
         warmup_runs_router,
     ):
         v1.include_router(router)

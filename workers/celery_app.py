@@ -13,7 +13,12 @@ from service.queue import celery_app
 from workers.contracts import CPU_QUEUE, GPU_QUEUE
 
 celery_app.conf.update(
-    include=["workers.tasks.valuation", "workers.tasks.study", "workers.tasks.score_set"]
+    include=[
+        "workers.tasks.valuation",
+        "workers.tasks.study",
+        "workers.tasks.score_set",
+        "workers.tasks.curation",
+    ]
 )
 celery_app.loader.import_default_modules()
 

@@ -31,12 +31,17 @@ s_in / s_cross, verdicts and plots."""
 SCORE_SET_RUN = "sift.score_set.run"
 """One score set: a seed 003 scorer over a dataset (model-based ones need the GPU queue)."""
 
+CURATION_RUN = "sift.curation.run"
+"""Filter a dataset by score sets, then rank or pick with a diversity algorithm, under quotas
+(on the GPU queue: diversity picks may embed records with the model)."""
+
 TASK_QUEUES: dict[str, str] = {
     VALUATION_FEATURIZE: GPU_QUEUE,
     VALUATION_FEATURIZE_SHARD: GPU_QUEUE,
     VALUATION_SCORE: CPU_QUEUE,
     STUDY_RUN: GPU_QUEUE,
     SCORE_SET_RUN: GPU_QUEUE,
+    CURATION_RUN: GPU_QUEUE,
 }
 
 
@@ -225,8 +230,8 @@ class StudySettings(BaseModel):
 
 # --- Score sets (seed 003 toolbox): which scorer, what it needs, which columns it writes. -------
 
-Scorer = Literal["quality", "text", "knn", "random", "bm25", "dsir", "rds"]
-SCORERS: tuple[str, ...] = ("quality", "text", "knn", "random", "bm25", "dsir", "rds")
+Scorer = Literal["quality", "text", "knn", "random", "bm25", "dsir", "rds", "reward"]
+SCORERS: tuple[str, ...] = ("quality", "text", "knn", "random", "bm25", "dsir", "rds", "reward")
 IMPORTANCE_SCORERS: tuple[str, ...] = ("random", "bm25", "dsir", "rds")
 """Scored against a probe dataset and aggregated like LESS (mean within a probe subtask, max
 over subtasks); their sets hold a "score" column and one "subtask:<name>" column per subtask."""
@@ -252,6 +257,13 @@ TEXT_COLUMNS: tuple[str, ...] = (
     "distinct_1",
     "distinct_2",
 )
+REWARD_COLUMNS: tuple[str, ...] = ("reward",)
+"""Scorer "reward" (seed 003 eq. 9, R_i = r(Q_i, A_i)): each record's response scored by the
+set's reward spec as a response to its prompt. Label kinds (``REWARD_NEEDS_LABEL``) compare
+with the record's ``metadata.label``, which every record must then carry (a non-empty string)."""
+REPORT_N_CLUSTERS = 8
+"""knn's dataset-level report: k-means clusters when ``ScoreSetSettings.n_clusters`` is unset
+(fewer for a dataset of fewer records)."""
 
 
 class SentenceTransformerEmbedding(BaseModel):
@@ -275,7 +287,14 @@ class ScoreSetSettings(BaseModel):
         "TF-IDF of the text, or a local sentence-transformers model",
     )
     k: int = Field(5, ge=1, le=1000, description="knn: the k of the k-th nearest neighbour")
-    seed: int = Field(0, ge=0, description="random: the seed of the scores")
+    n_clusters: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="knn: k-means clusters of the dataset-level report's inertia (at most the "
+        "dataset's records); default min(8, records), written back on creation",
+    )
+    seed: int = Field(0, ge=0, description="random: the seed of the scores; knn: of k-means")
     dsir_buckets: int = Field(10_000, ge=2, le=1 << 24, description="dsir: hashed n-gram buckets")
     dsir_smoothing: float = Field(0.01, gt=0.0, le=100.0, description="dsir: pseudo-count")
     bm25_k1: float = Field(1.5, gt=0.0, le=100.0)
@@ -394,3 +413,121 @@ REWARD_NEEDS_LABEL: dict[str, bool] = {
 }
 """Whether probes scored by a kind must carry a label (their response); the others accept
 probes with a prompt only."""
+
+
+# --- Curations: compose score sets into a selection (seed 003 §2 eqs. 4-5, §4.3). --------------
+
+
+class CurationTask(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    curation_id: str
+
+
+class ScoreRef(BaseModel):
+    """One column of a succeeded score set over the curation's dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score_set_id: str
+    column: str = Field(min_length=1, max_length=200)
+    order: Literal["desc", "asc"] = Field(
+        "desc", description="desc: higher is better (e.g. importance); asc: lower (e.g. nll)"
+    )
+
+
+class ScoreFilter(BaseModel):
+    """Keep records whose value lies strictly between thresholds (eq. 4) and whose percentile
+    among the dataset's values, 100·F̂(f(x)), lies within [min_percentile, max_percentile]
+    (eq. 5). A record with no value in the column is dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score_set_id: str
+    column: str = Field(min_length=1, max_length=200)
+    min: float | None = Field(None, description="τ_min (exclusive)")
+    max: float | None = Field(None, description="τ_max (exclusive)")
+    min_percentile: float | None = Field(None, ge=0.0, le=100.0)
+    max_percentile: float | None = Field(None, ge=0.0, le=100.0)
+
+
+class RankPick(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["rank"] = "rank"
+    by: ScoreRef
+
+
+class RandomPick(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["random"] = "random"
+    seed: int = Field(0, ge=0)
+
+
+class KCenterPick(BaseModel):
+    """k-center greedy (seed 003 alg. 2) in the embedding space."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["k_center"] = "k_center"
+    seed: int = Field(0, ge=0, description="draws the first centre")
+
+
+class HerdingPick(BaseModel):
+    """Kernel herding (alg. 3): match the mean embedding of the candidates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["herding"] = "herding"
+
+
+class QditPick(BaseModel):
+    """QDIT (alg. 5): maximise (1 - α)·facility-location diversity + α·quality."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["qdit"] = "qdit"
+    quality: ScoreRef
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="0: pure diversity; 1: pure quality")
+
+
+class DeitaPick(BaseModel):
+    """DEITA (alg. 6): best score first, skipping records within cosine distance τ of a pick."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["deita"] = "deita"
+    score: ScoreRef
+    tau: float = Field(0.1, gt=0.0, le=2.0, description="DEITA's similarity 0.9 is τ = 0.1")
+
+
+Pick = Annotated[
+    RankPick | RandomPick | KCenterPick | HerdingPick | QditPick | DeitaPick,
+    Field(discriminator="method"),
+]
+EMBEDDING_PICKS: tuple[str, ...] = ("k_center", "herding", "qdit", "deita")
+
+
+class Quota(BaseModel):
+    """At most ``max_per_group`` records per group (a subtask, or a metadata field's value)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(
+        "subtask",
+        pattern=r"^(subtask|metadata\.[A-Za-z0-9_.-]+)$",
+        description="'subtask' or 'metadata.<field>'",
+    )
+    max_per_group: int = Field(ge=1)
+
+
+class CurationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    embedding: Literal["lm", "tfidf"] | SentenceTransformerEmbedding = Field(
+        "tfidf", description="the space of the diversity picks (as for score sets)"
+    )
+    max_length: int = Field(512, ge=8, le=1 << 16)
+    batch_size: int = Field(8, ge=1, le=4096)
+    dtype: ComputeDtype = "float32"

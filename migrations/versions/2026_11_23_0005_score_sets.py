@@ -1,4 +1,5 @@
-"""Score sets: per-record scores of the seed 003 toolbox (quality, text, diversity, importance).
+"""Score sets: per-record scores of the seed 003 toolbox (quality, text, diversity, importance,
+rewards), and knn's dataset-level diversity report.
 
 Revision ID: 0005
 Revises: 0004
@@ -17,7 +18,7 @@ down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-SCORERS = "'quality', 'text', 'knn', 'random', 'bm25', 'dsir', 'rds'"
+SCORERS = "'quality', 'text', 'knn', 'random', 'bm25', 'dsir', 'rds', 'reward'"
 
 
 def upgrade() -> None:
@@ -30,9 +31,11 @@ def upgrade() -> None:
         sa.Column("dataset_id", sa.String(length=32), nullable=False),
         sa.Column("model_id", sa.String(length=32), nullable=True),
         sa.Column("probe_dataset_id", sa.String(length=32), nullable=True),
+        sa.Column("reward_spec_id", sa.String(length=32), nullable=True),
         sa.Column("settings", sa.JSON(), nullable=False),
         sa.Column("values_blob_key", sa.String(length=1024), nullable=True),
         sa.Column("summary", sa.JSON(), nullable=True),
+        sa.Column("report", sa.JSON(), nullable=True),
         sa.Column("n_records", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint(f"scorer IN ({SCORERS})", name=op.f("ck_score_sets_scorer")),
@@ -47,6 +50,11 @@ def upgrade() -> None:
             ["probe_dataset_id"],
             ["datasets.id"],
             name=op.f("fk_score_sets_probe_dataset_id_datasets"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["reward_spec_id"],
+            ["reward_specs.id"],
+            name=op.f("fk_score_sets_reward_spec_id_reward_specs"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_score_sets")),
         sa.UniqueConstraint("job_id", name=op.f("uq_score_sets_job_id")),

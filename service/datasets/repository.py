@@ -9,6 +9,7 @@ from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from service.db.models import (
+    Curation,
     Dataset,
     FeatureSet,
     Record,
@@ -111,6 +112,16 @@ def score_sets_using(session: Session, dataset_id: str) -> list[str]:
             select(ScoreSet.id)
             .where(or_(ScoreSet.dataset_id == dataset_id, ScoreSet.probe_dataset_id == dataset_id))
             .order_by(ScoreSet.created_at)
+        )
+    )
+
+
+def curations_using(session: Session, dataset_id: str) -> list[str]:
+    return list(
+        session.scalars(
+            select(Curation.id)
+            .where(Curation.dataset_id == dataset_id)
+            .order_by(Curation.created_at)
         )
     )
 

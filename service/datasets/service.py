@@ -98,28 +98,20 @@ def _record_read(r: Record) -> RecordRead:
 
 def delete_dataset(session: Session, dataset_id: str) -> None:
     dataset = get_dataset(session, dataset_id)
-    users = repository.valuations_using(session, dataset_id)
-    if users:
-        more = f" (and {len(users) - 1} more)" if len(users) > 1 else ""
-        raise Conflict(
-            f"dataset {dataset_id} is used by valuation {users[0]}{more}; it cannot be deleted",
-            field="dataset_id",
-        )
-    studies = repository.studies_using(session, dataset_id)
-    if studies:
-        more = f" (and {len(studies) - 1} more)" if len(studies) > 1 else ""
-        raise Conflict(
-            f"dataset {dataset_id} is used by study {studies[0]}{more}; it cannot be deleted",
-            field="dataset_id",
-        )
-    score_sets = repository.score_sets_using(session, dataset_id)
-    if score_sets:
-        more = f" (and {len(score_sets) - 1} more)" if len(score_sets) > 1 else ""
-        raise Conflict(
-            f"dataset {dataset_id} is used by score set {score_sets[0]}{more}; it cannot be "
-            "deleted",
-            field="dataset_id",
-        )
+    users = {
+        "valuation": repository.valuations_using,
+        "study": repository.studies_using,
+        "score set": repository.score_sets_using,
+        "curation": repository.curations_using,
+    }
+    for kind, using in users.items():
+        ids = using(session, dataset_id)
+        if ids:
+            more = f" (and {len(ids) - 1} more)" if len(ids) > 1 else ""
+            raise Conflict(
+                f"dataset {dataset_id} is used by {kind} {ids[0]}{more}; it cannot be deleted",
+                field="dataset_id",
+            )
     if repository.has_cached_artifacts(session, dataset_id):
         raise Conflict(
             f"dataset {dataset_id} has cached warmup runs or feature sets", field="dataset_id"

@@ -316,7 +316,7 @@ class Study(Base):
     job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
 
 
-SCORERS = ("quality", "text", "knn", "random", "bm25", "dsir", "rds")
+SCORERS = ("quality", "text", "knn", "random", "bm25", "dsir", "rds", "reward")
 """As ``workers.contracts.SCORERS`` (a test holds the two equal)."""
 
 
@@ -335,12 +335,41 @@ class ScoreSet(Base):
     model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"))
     probe_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
     """Importance scorers only: the probes records are scored against."""
+    reward_spec_id: Mapped[str | None] = mapped_column(ForeignKey("reward_specs.id"))
+    """Scorer "reward" only: the reward each record's response gets."""
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     values_blob_key: Mapped[str | None] = mapped_column(String(1024))
     """``{"record_ids": [...], "columns": {name: [value or null, ...]}}`` in dataset order."""
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """Per column: count, missing, mean, std, min, max, quantiles and a histogram."""
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Scorer "knn" only, once succeeded: the dataset-level diversity report (Vendi score, kNN
+    mean distance, k-means inertia) of the same embeddings."""
     n_records: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
+
+
+class Curation(Base):
+    """A selection composed from score sets (seed 003): filters, then a rank or diversity pick,
+    under quotas. The request is kept as ``recipe``; the result is the picked record ids."""
+
+    __tablename__ = "curations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"))
+    """Only for diversity picks in the model's embedding space ("lm")."""
+    recipe: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """``{"filters", "pick", "budget", "budget_fraction", "quota", "settings"}`` as validated."""
+    record_ids: Mapped[list[str] | None] = mapped_column(JSON)
+    """Selected record ids in pick order; written once the job succeeds."""
+    n_selected: Mapped[int | None] = mapped_column(Integer)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Candidates left after each filter, and selected records per quota group."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)

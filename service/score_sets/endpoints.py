@@ -34,13 +34,15 @@ ColumnQuery = Annotated[
 )
 def create_score_set(body: ScoreSetCreate, session: SessionDep, queue: QueueDep) -> Any:
     """Score every record of a dataset with one seed 003 scorer: quality (model losses and
-    uncertainty, IFD), text statistics, knn distance, or importance against probes (random,
-    bm25, dsir, rds).
+    uncertainty, IFD), text statistics, knn distance (plus a dataset-level diversity report),
+    importance against probes (random, bm25, dsir, rds), or each response's reward under a
+    reward spec.
 
-    What the scorer needs is checked first (422 naming the field: a model or probe set it
-    lacks or does not use, a quality set over prompt-only records, a knn set of at most k
-    records). The score set is committed before its task is sent; if the broker refuses it,
-    the reply is 503.
+    What the scorer needs is checked first (422 naming the field: a model, probe set or reward
+    spec it lacks or does not use, a quality or reward set over prompt-only records, a label
+    reward over records without metadata.label, a knn set of at most k records or of fewer
+    than settings.n_clusters). The score set is committed before its task is sent; if the
+    broker refuses it, the reply is 503.
     """
     score_set = service.create_score_set(session, body)
     session.commit()

@@ -28,6 +28,11 @@ class ScoreSetCreate(BaseModel):
                     "dataset_id": "0b6d5c4e3f2a41908f7e6d5c4b3a2918",
                     "probe_dataset_id": "9a8b7c6d5e4f43218a9b8c7d6e5f4a3b",
                 },
+                {
+                    "scorer": "reward",
+                    "dataset_id": "0b6d5c4e3f2a41908f7e6d5c4b3a2918",
+                    "reward_spec_id": "3c2b1a0f9e8d47c6b5a4f3e2d1c0b9a8",
+                },
             ]
         },
     )
@@ -36,7 +41,8 @@ class ScoreSetCreate(BaseModel):
     scorer: Scorer = Field(
         description="quality (model: nll, perplexity, el2n, uncertainty; IFD with settings.ifd) "
         "| text (lengths, TTR, MTLD, distinct-n) | knn (distance to the k-th nearest neighbour) "
-        "| random | bm25 | dsir | rds (importance against probe_dataset_id)"
+        "| random | bm25 | dsir | rds (importance against probe_dataset_id) | reward (each "
+        "response's reward under reward_spec_id)"
     )
     dataset_id: str = Field(description="the records to score")
     model_id: str | None = Field(
@@ -48,6 +54,13 @@ class ScoreSetCreate(BaseModel):
         None,
         description="importance scorers (random, bm25, dsir, rds) only: the probes records are "
         "scored against (aggregated per probe subtask)",
+    )
+    reward_spec_id: str | None = Field(
+        None,
+        description="scorer 'reward' only: the reward spec each record's response is scored by "
+        "(as a response to the record's prompt); the label kinds (exact_match, contains, regex, "
+        "numeric) compare with the record's metadata.label, which every record must then have, "
+        "python_tests runs the record's metadata.test and metadata.entry_point",
     )
     settings: ScoreSetSettings = Field(default_factory=lambda: ScoreSetSettings.model_validate({}))
 
@@ -84,6 +97,24 @@ class DistributionRead(ColumnSummary):
     column: str
 
 
+class DiversityReportRead(BaseModel):
+    """Dataset-level diversity of a knn set's embeddings (seed 003 §4.1-4.2)."""
+
+    n: int = Field(description="records")
+    vendi: float = Field(
+        description="Vendi score with the cosine kernel: the effective number of distinct "
+        "records, in [1, min(n, embedding dim)]"
+    )
+    knn_mean: float = Field(
+        description="D^kNN (eq. 28): the mean distance to the k-th nearest other record, i.e. "
+        "the mean of the knn_distance column"
+    )
+    k: int
+    inertia: float = Field(description="D^inertia (eq. 29) of seeded k-means on the unit rows")
+    n_clusters: int
+    seed: int = Field(description="the k-means seed (settings.seed)")
+
+
 class ScoreSetRead(BaseModel):
     id: str
     job_id: str
@@ -92,6 +123,7 @@ class ScoreSetRead(BaseModel):
     dataset_id: str
     model_id: str | None
     probe_dataset_id: str | None
+    reward_spec_id: str | None
     settings: dict[str, Any]
     status: str = Field(description="queued | running | succeeded | failed | cancelled")
     stage: str | None
@@ -108,6 +140,10 @@ class ScoreSetRead(BaseModel):
     summary: dict[str, ColumnSummary] | None = Field(
         description="once succeeded: per column its count, missing, mean, std, min, max, "
         "quantiles and histogram"
+    )
+    report: DiversityReportRead | None = Field(
+        description="scorer 'knn' once succeeded: the dataset-level diversity report of the "
+        "same embeddings; null otherwise"
     )
     created_at: datetime
     started_at: datetime | None

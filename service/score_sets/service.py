@@ -1,13 +1,15 @@
 """Score-set rules. No commits here: the endpoint (or task) commits.
 
 A score set is a row in ``score_sets`` plus its ``jobs`` row, like a study. Everything a
-request can get wrong (a scorer without the model or probes it needs, or with ones it does not
-use, a quality set over prompt-only records, a knn set smaller than k) is refused here with a
-422 naming the field, before anything is written or queued.
+request can get wrong (a scorer without the model, probes or reward spec it needs, or with ones
+it does not use, a quality or reward set over prompt-only records, a label reward over records
+without ``metadata.label``, a knn set smaller than k or than its k-means clusters) is refused
+here with a 422 naming the field, before anything is written or queued.
 
 Once the job has succeeded the worker has written ``values_blob_key`` (``{"record_ids": [...],
 "columns": {name: [value or null, ...]}}`` in dataset order), ``summary`` (per column, in a
-stable order) and ``n_records``; values, distributions and comparisons are read from those.
+stable order) and ``n_records`` (and, for knn, ``report``); values, distributions and
+comparisons are read from those.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sqlalchemy.orm import Session
 from service.blobs import BlobNotFound, BlobStore
 from service.datasets import repository as datasets
 from service.db.base import utcnow
-from service.db.models import FINISHED_STATUSES, Job, JobStatus, ScoreSet
+from service.db.models import FINISHED_STATUSES, Job, JobStatus, Record, RewardSpec, ScoreSet
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository as models
 from service.pagination import Page, Pagination
@@ -40,6 +42,9 @@ from service.score_sets.schemas import (
 from workers.contracts import (
     EMBEDDING_SCORERS,
     IMPORTANCE_SCORERS,
+    REPORT_N_CLUSTERS,
+    REWARD_NEEDS_LABEL,
+    ScoreSetSettings,
     scorer_needs_model,
 )
 
@@ -99,24 +104,105 @@ def _model(session: Session, body: ScoreSetCreate) -> None:
         raise InvalidInput(f"model {body.model_id} does not exist", field="body.model_id")
 
 
+def _reward_spec(session: Session, body: ScoreSetCreate) -> RewardSpec | None:
+    """Scorer 'reward' needs a reward spec; the other scorers must not get one."""
+    if body.scorer != "reward":
+        if body.reward_spec_id is not None:
+            raise InvalidInput(
+                f"reward_spec_id is for scorer 'reward', not {body.scorer!r}",
+                field="body.reward_spec_id",
+            )
+        return None
+    if body.reward_spec_id is None:
+        raise InvalidInput(
+            "scorer 'reward' scores each record's response with a reward spec: give a "
+            "reward_spec_id",
+            field="body.reward_spec_id",
+        )
+    spec = session.get(RewardSpec, body.reward_spec_id)
+    if spec is None:
+        raise InvalidInput(
+            f"reward spec {body.reward_spec_id} does not exist", field="body.reward_spec_id"
+        )
+    return spec
+
+
+def _lacking(session: Session, dataset_id: str, fields: Sequence[str]) -> tuple[int, list[str]]:
+    """How many records lack a non-empty string ``metadata.<field>`` for one of ``fields``,
+    and the first of their record ids."""
+    rows = session.execute(
+        select(Record.record_id, Record.metadata_)
+        .where(Record.dataset_id == dataset_id)
+        .order_by(Record.position)
+    )
+    count, shown = 0, list[str]()
+    for record_id, metadata in rows:
+        metadata = metadata if isinstance(metadata, dict) else {}
+        if any(not isinstance(metadata.get(f), str) or not metadata[f] for f in fields):
+            count += 1
+            if len(shown) < _SHOWN:
+                shown.append(record_id)
+    return count, shown
+
+
+def _reward_metadata(session: Session, dataset_id: str, spec: RewardSpec) -> None:
+    """What a reward reads besides prompt and response must be on every record: the label of
+    a label kind (``metadata.label``), the tests of python_tests."""
+    fields: tuple[str, ...]
+    if REWARD_NEEDS_LABEL[spec.kind]:
+        fields, why = ("label",), f"a {spec.kind!r} reward compares each response with it"
+    elif spec.kind == "python_tests":
+        fields = ("test", "entry_point")
+        why = "a 'python_tests' reward runs them against each response"
+    else:
+        return
+    count, shown = _lacking(session, dataset_id, fields)
+    if count:
+        wanted = " and ".join(f"metadata.{f}" for f in fields)
+        more = f" (and {count - len(shown)} more)" if count > len(shown) else ""
+        raise InvalidInput(
+            f"dataset {dataset_id} has {count} records without a non-empty string {wanted}; {why}: "
+            + ", ".join(shown)
+            + more,
+            field="body.dataset_id",
+        )
+
+
 def create_score_set(session: Session, body: ScoreSetCreate) -> ScoreSet:
     dataset = datasets.get(session, body.dataset_id)
     if dataset is None:
         raise InvalidInput(f"dataset {body.dataset_id} does not exist", field="body.dataset_id")
     _probe_dataset(session, body)
     _model(session, body)
-    if body.scorer == "quality" and dataset.n_prompt_only:
+    reward = _reward_spec(session, body)
+    if body.scorer in ("quality", "reward") and dataset.n_prompt_only:
         raise InvalidInput(
             f"dataset {dataset.id} has {dataset.n_prompt_only} records without a response; "
-            "quality scores are computed on each record's response, so every record needs one",
+            f"{body.scorer} scores are computed on each record's response, so every record "
+            "needs one",
             field="body.dataset_id",
         )
-    if body.scorer == "knn" and dataset.n_records <= body.settings.k:
-        raise InvalidInput(
-            f"dataset {dataset.id} has {dataset.n_records} records; the distance to the k-th "
-            f"nearest neighbour (k={body.settings.k}) needs more than k",
-            field="body.settings.k",
-        )
+    if reward is not None:
+        _reward_metadata(session, dataset.id, reward)
+    settings = body.settings
+    if body.scorer == "knn":
+        if dataset.n_records <= settings.k:
+            raise InvalidInput(
+                f"dataset {dataset.id} has {dataset.n_records} records; the distance to the k-th "
+                f"nearest neighbour (k={settings.k}) needs more than k",
+                field="body.settings.k",
+            )
+        if settings.n_clusters is None:
+            n_clusters = min(REPORT_N_CLUSTERS, dataset.n_records)
+            settings = ScoreSetSettings.model_validate(
+                settings.model_dump() | {"n_clusters": n_clusters}
+            )
+        elif settings.n_clusters > dataset.n_records:
+            raise InvalidInput(
+                f"dataset {dataset.id} has {dataset.n_records} records, fewer than the "
+                f"{settings.n_clusters} k-means clusters of the diversity report",
+                field="body.settings.n_clusters",
+            )
     job = Job(
         kind=JOB_KIND,
         status=JobStatus.queued.value,
@@ -135,7 +221,8 @@ def create_score_set(session: Session, body: ScoreSetCreate) -> ScoreSet:
         dataset_id=body.dataset_id,
         model_id=body.model_id,
         probe_dataset_id=body.probe_dataset_id,
-        settings=body.settings.model_dump(mode="json"),
+        reward_spec_id=body.reward_spec_id,
+        settings=settings.model_dump(mode="json"),
     )
     score_set.job = job
     session.add(score_set)
@@ -205,6 +292,7 @@ def to_read(score_set: ScoreSet) -> ScoreSetRead:
         "dataset_id": score_set.dataset_id,
         "model_id": score_set.model_id,
         "probe_dataset_id": score_set.probe_dataset_id,
+        "reward_spec_id": score_set.reward_spec_id,
         "settings": score_set.settings,
         "status": job.status,
         "stage": job.stage,
@@ -216,6 +304,7 @@ def to_read(score_set: ScoreSet) -> ScoreSetRead:
         "n_records": score_set.n_records,
         "columns": list(score_set.summary or {}) if succeeded else None,
         "summary": _public_summary(score_set) if succeeded else None,
+        "report": score_set.report if succeeded else None,
         "created_at": score_set.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

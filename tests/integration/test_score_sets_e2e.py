@@ -2,12 +2,18 @@
 
 The planted pool holds 8 records of each of five tasks; the probes are of one task ("capital").
 Importance baselines must put that task first; quality and text scorers must give every record
-a value; the distribution and comparison views must agree with the stored values.
+a value; the distribution and comparison views must agree with the stored values. A knn set's
+diversity report must agree with its column; a reward set must store what its judge (an HTTP
+server here) or rule (``contains`` against ``metadata.label``) gives each record.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -64,7 +70,18 @@ def test_scorers_end_to_end(api: httpx.Client) -> None:
         assert row["response_chars"] == len(by_id[record_id]["response"])
 
     knn = _score_set(api, {**base, "scorer": "knn"})
-    assert all(0 <= v["knn_distance"] <= 2 for v in _values(api, knn["id"]).values())
+    report, n = knn["report"], len(task_of)
+    distances = [
+        d for v in _values(api, knn["id"]).values() if (d := v["knn_distance"]) is not None
+    ]
+    assert len(distances) == n and all(0 <= d <= 2 for d in distances)
+    assert report["n"] == n and report["k"] == 3 and report["n_clusters"] == 8
+    assert knn["settings"]["n_clusters"] == 8  # the default, written back
+    assert 1.0 <= report["vendi"] <= n
+    assert report["knn_mean"] == pytest.approx(sum(distances) / n, rel=1e-9, abs=1e-12)
+    assert report["knn_mean"] == pytest.approx(knn["summary"]["knn_distance"]["mean"])
+    assert report["inertia"] >= 0
+    assert quality["report"] is None and text["report"] is None
 
     ranked: dict[str, list[str]] = {}
     for scorer in ("bm25", "dsir", "rds", "random"):
@@ -101,3 +118,90 @@ def test_scorers_end_to_end(api: httpx.Client) -> None:
     expected = len(set(ranked["bm25"][:PER_TASK]) & set(ranked["dsir"][:PER_TASK]))
     assert body["top_k"]["overlap"] == expected
     assert body["spearman"] > 0
+
+
+# --- the reward scorer -------------------------------------------------------------------------
+
+
+def judge_reward(prompt: str, response: str) -> float:
+    """What the judge gives: depends on both the prompt and the response."""
+    return len(response) + 0.01 * len(prompt)
+
+
+class _Judge(BaseHTTPRequestHandler):
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        self.seen.append(body)
+        payload = json.dumps({"reward": judge_reward(body["prompt"], body["response"])}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def judge_url() -> Iterator[str]:
+    _Judge.seen.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/judge"
+    finally:
+        server.shutdown()
+
+
+def _reward_spec(api: httpx.Client, name: str, spec: dict[str, Any]) -> str:
+    response = api.post("/v1/reward-specs", json={"name": name, "spec": spec})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def test_reward_sets_store_each_records_reward(api: httpx.Client, judge_url: str) -> None:
+    rows = _records("pool.jsonl", per_task=3)
+    pool = _upload(api, "ss-reward-pool", rows)
+    judge = _reward_spec(api, "ss-judge", {"kind": "http_judge", "url": judge_url})
+    judged = _score_set(
+        api, {"scorer": "reward", "dataset_id": pool["id"], "reward_spec_id": judge}
+    )
+    assert judged["columns"] == ["reward"] and judged["reward_spec_id"] == judge
+    assert judged["report"] is None
+    rewards = _values(api, judged["id"])
+    expected = {r["id"]: judge_reward(r["prompt"], r["response"]) for r in rows}
+    assert {k: v["reward"] for k, v in rewards.items()} == pytest.approx(expected)
+    # the judge saw each record once, as NICE shows it a sample: record id, prompt, response
+    assert sorted(body["probe_id"] for body in _Judge.seen) == sorted(expected)
+    assert all(body["label"] is None for body in _Judge.seen)  # no metadata.label here
+
+    capitals = [
+        ("Paris", "The capital of France is Paris.", "paris"),
+        ("Rome", "It is Rome, I think.", "Rome"),
+        ("Oslo", "I do not know.", "Oslo"),
+        ("Lima", "Lima is the answer", "LIMA"),
+    ]
+    labelled = _upload(
+        api,
+        "ss-labelled",
+        [
+            {
+                "id": f"c{i}",
+                "prompt": f"What is the capital of the country whose capital is {city}?",
+                "response": response,
+                "metadata": {"label": label},
+            }
+            for i, (city, response, label) in enumerate(capitals)
+        ],
+    )
+    contains = _reward_spec(api, "ss-contains", {"kind": "contains"})
+    by_rule = _score_set(
+        api, {"scorer": "reward", "dataset_id": labelled["id"], "reward_spec_id": contains}
+    )
+    values = _values(api, by_rule["id"])
+    assert [values[f"c{i}"]["reward"] for i in range(4)] == [1.0, 1.0, 0.0, 1.0]
+    assert by_rule["summary"]["reward"]["mean"] == pytest.approx(0.75)

@@ -49,5 +49,6 @@ def test_expected_tables(engine: Engine) -> None:
     tables = set(inspect(engine).get_table_names())
     assert {
         "datasets", "records", "models", "jobs", "valuations", "warmup_runs", "checkpoints",
-        "feature_sets", "scores", "selections", "reward_specs", "score_sets",
+        "feature_sets", "scores", "selections", "reward_specs", "studies", "score_sets",
+        "curations",
     } <= tables  # fmt: skip

@@ -495,3 +495,192 @@ def test_datasets_of_a_score_set_cannot_be_deleted(
         response = client.delete(f"/v1/datasets/{dataset_id}")
         assert response.status_code == 409, response.text
         assert f"score set {score_set_id}" in response.json()["error"]["message"]
+
+
+# --- the reward scorer -------------------------------------------------------------------------
+
+
+def _reward_spec(client: TestClient, name: str, spec: dict[str, Any]) -> str:
+    response = client.post("/v1/reward-specs", json={"name": name, "spec": spec})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _labelled(name: str, labels: list[Any]) -> list[dict[str, Any]]:
+    """Records name0.. with metadata.label (left out where the label is ``...``)."""
+    return [
+        {
+            "id": f"{name}{i}",
+            "prompt": f"what is {i}+{i}?",
+            "response": f"it is {2 * i}",
+            "metadata": {} if label is ... else {"label": label},
+        }
+        for i, label in enumerate(labels)
+    ]
+
+
+def test_reward_sets_take_a_reward_spec(
+    client: TestClient,
+    db: Session,
+    queue: RecordingQueue,
+    make_dataset: MakeDataset,
+    pool: dict[str, Any],
+) -> None:
+    judge = _reward_spec(client, "judge", {"kind": "http_judge", "url": "http://127.0.0.1:9/j"})
+    contains = _reward_spec(client, "contains", {"kind": "contains"})
+    tests = _reward_spec(client, "tests", {"kind": "python_tests"})
+    # a judge needs no label: any dataset with responses
+    judged = _create(client, scorer="reward", dataset_id=pool["id"], reward_spec_id=judge)
+    assert judged["reward_spec_id"] == judge and judged["report"] is None
+    row = db.get(ScoreSet, judged["id"])
+    assert row is not None and row.reward_spec_id == judge and row.scorer == "reward"
+    labelled = make_dataset(name="l", recs=_labelled("l", ["0", "2", "5"]))
+    assert _create(client, scorer="reward", dataset_id=labelled["id"], reward_spec_id=contains)
+    code = [
+        {
+            "id": "c0",
+            "prompt": "def f(x):\n",
+            "response": "    return x\n",
+            "metadata": {"test": "def check(f):\n    assert f(1) == 1\n", "entry_point": "f"},
+        }
+    ]
+    programs = make_dataset(name="code", recs=code)
+    assert _create(client, scorer="reward", dataset_id=programs["id"], reward_spec_id=tests)
+    assert len(queue.sent) == 3
+    # other scorers show no reward spec
+    assert _create(client, scorer="text", dataset_id=pool["id"])["reward_spec_id"] is None
+
+
+def test_reward_requests_are_refused_naming_the_field(
+    client: TestClient,
+    db: Session,
+    queue: RecordingQueue,
+    make_dataset: MakeDataset,
+    pool: dict[str, Any],
+) -> None:
+    def refused(body: dict[str, Any], field: str, *phrases: str) -> None:
+        response = client.post("/v1/score-sets", json=body)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["field"] == field, error
+        for phrase in phrases:
+            assert phrase in error["message"], error["message"]
+        _nothing_written(db, queue)
+
+    d = pool["id"]
+    judge = _reward_spec(client, "judge", {"kind": "http_judge", "url": "http://127.0.0.1:9/j"})
+    contains = _reward_spec(client, "contains", {"kind": "contains"})
+    numeric = _reward_spec(client, "numeric", {"kind": "numeric"})
+    tests = _reward_spec(client, "tests", {"kind": "python_tests"})
+    refused({"scorer": "reward", "dataset_id": d}, "body.reward_spec_id", "give a reward_spec_id")
+    refused(
+        {"scorer": "reward", "dataset_id": d, "reward_spec_id": "nope"},
+        "body.reward_spec_id",
+        "reward spec nope does not exist",
+    )
+    refused(
+        {"scorer": "text", "dataset_id": d, "reward_spec_id": judge},
+        "body.reward_spec_id",
+        "for scorer 'reward', not 'text'",
+    )
+    refused(
+        {"scorer": "reward", "dataset_id": d, "reward_spec_id": judge, "model_id": "x"},
+        "body.model_id",
+        "'reward' uses no model",
+    )
+    prompt_only = make_dataset(name="po", recs=[{"id": "x", "prompt": "q?"}, *records_with(1)])
+    refused(
+        {"scorer": "reward", "dataset_id": prompt_only["id"], "reward_spec_id": judge},
+        "body.dataset_id",
+        "1 records without a response",
+    )
+    # label kinds: every record needs a string metadata.label, and the message names those
+    # without (a number is not a label: labels are compared as text)
+    refused(
+        {"scorer": "reward", "dataset_id": d, "reward_spec_id": contains},
+        "body.dataset_id",
+        "6 records without a non-empty string metadata.label",
+        "'contains' reward",
+        "d0, d1, d2, d3, d4, d5",
+    )
+    some = make_dataset(name="s", recs=_labelled("s", ["0", ..., 4, "", "8"]))
+    refused(
+        {"scorer": "reward", "dataset_id": some["id"], "reward_spec_id": numeric},
+        "body.dataset_id",
+        "3 records",
+        ": s1, s2, s3",
+    )
+    many = make_dataset(name="m", recs=_labelled("m", [...] * 25))
+    refused(
+        {"scorer": "reward", "dataset_id": many["id"], "reward_spec_id": contains},
+        "body.dataset_id",
+        "25 records",
+        "m19 (and 5 more)",
+    )
+    # python_tests reads metadata.test and metadata.entry_point
+    refused(
+        {"scorer": "reward", "dataset_id": d, "reward_spec_id": tests},
+        "body.dataset_id",
+        "metadata.test and metadata.entry_point",
+    )
+
+
+# --- the knn report ----------------------------------------------------------------------------
+
+
+def test_knn_clusters_default_to_at_most_the_records(
+    client: TestClient,
+    db: Session,
+    queue: RecordingQueue,
+    make_dataset: MakeDataset,
+    pool: dict[str, Any],
+) -> None:
+    for settings, phrase in (
+        ({"n_clusters": 7}, "6 records, fewer than the 7 k-means clusters"),
+        ({"n_clusters": 0}, ""),
+    ):
+        response = client.post(
+            "/v1/score-sets", json={"scorer": "knn", "dataset_id": pool["id"], "settings": settings}
+        )
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["field"] == "body.settings.n_clusters" and phrase in error["message"]
+        _nothing_written(db, queue)
+    small = _create(client, scorer="knn", dataset_id=pool["id"])  # 6 records
+    assert small["settings"]["n_clusters"] == 6
+    big = make_dataset(20, name="b")
+    assert _create(client, scorer="knn", dataset_id=big["id"])["settings"]["n_clusters"] == 8
+    chosen = _create(client, scorer="knn", dataset_id=pool["id"], settings={"n_clusters": 6})
+    assert chosen["settings"]["n_clusters"] == 6
+    # other scorers keep the setting as given (unused)
+    assert _create(client, scorer="text", dataset_id=pool["id"])["settings"]["n_clusters"] is None
+
+
+def test_a_succeeded_knn_set_shows_its_report(
+    client: TestClient, db: Session, blob_store: FilesystemBlobStore, pool: dict[str, Any]
+) -> None:
+    knn = _create(client, scorer="knn", dataset_id=pool["id"], settings={"k": 2})["id"]
+    report = {
+        "n": 6,
+        "vendi": 4.5,
+        "knn_mean": 0.25,
+        "k": 2,
+        "inertia": 1.5,
+        "n_clusters": 6,
+        "seed": 0,
+    }
+    row = db.get(ScoreSet, knn)
+    assert row is not None
+    row.report = report  # the worker writes it with the values
+    db.commit()
+    assert client.get(f"/v1/score-sets/{knn}").json()["report"] is None  # until succeeded
+    _finish(db, blob_store, knn, {"knn_distance": [0.25] * 6}, [f"d{i}" for i in range(6)])
+    body = client.get(f"/v1/score-sets/{knn}").json()
+    assert body["report"] == report and body["columns"] == ["knn_distance"]
+    listed = client.get("/v1/score-sets").json()["items"]
+    assert [s["report"] for s in listed if s["id"] == knn] == [report]
+
+
+def test_other_sets_have_no_report(client: TestClient, finished: tuple[str, str]) -> None:
+    for score_set_id in finished:
+        assert client.get(f"/v1/score-sets/{score_set_id}").json()["report"] is None

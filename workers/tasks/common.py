@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from service.db.models import Dataset, Record
 from service.db.models import FeatureSet as FeatureSetRow
 from service.db.session import SessionLocal
-from workers.engine import data, lora, models
+from workers.contracts import SentenceTransformerEmbedding
+from workers.engine import data, embeddings, lora, models
 from workers.engine.errors import EngineError
 
 
@@ -123,3 +125,31 @@ def cached_model(source: str, dtype: str, lora_settings: lora.LoraSettings) -> t
         fingerprint = models.model_fingerprint(source, model)
         _MODEL_CACHE[key] = (lora.attach_lora(model, lora_settings), tokenizer, fingerprint)
     return _MODEL_CACHE[key]
+
+
+def embed_examples(
+    examples: Sequence[data.Example],
+    embedding: str | SentenceTransformerEmbedding,
+    *,
+    model_and_tokenizer: Callable[[], tuple[Any, Any]],
+    max_length: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """Record embeddings [N, H] in one space: the model's mean last hidden state ("lm"), TF-IDF
+    of the text ("tfidf", one vocabulary for all of ``examples``), or a local
+    sentence-transformers model. ``model_and_tokenizer`` is called only for "lm"."""
+    if embedding == "lm":
+        model, tokenizer = model_and_tokenizer()
+        tokenized, skipped = data.tokenize_examples(tokenizer, examples, max_length)
+        if skipped:
+            raise EngineError(
+                f"{len(skipped)} records cannot be embedded at max_length {max_length}: "
+                + "; ".join(f"{x.record_id}: {x.reason}" for x in skipped[:5])
+            )
+        return embeddings.lm_mean_embeddings(
+            model, tokenized, batch_size=batch_size, pad_token_id=tokenizer.pad_token_id
+        )
+    texts = [embeddings.example_text(ex) for ex in examples]
+    if isinstance(embedding, SentenceTransformerEmbedding):
+        return embeddings.sentence_transformer_embeddings(texts, embedding.sentence_transformer)
+    return embeddings.tfidf_embeddings(texts)

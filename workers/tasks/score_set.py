@@ -4,13 +4,19 @@ A score set's values, summary and histogram PNGs are written once at the end, th
 first and the row last: a worker killed mid-job leaves nothing half-written, and the
 re-delivered task (``acks_late``) simply computes the set again. These scorers are one pass
 over the dataset (no warmup, no checkpoints), so there is no intermediate state worth keeping.
+
+A knn set also stores a dataset-level diversity report of the same embeddings (``report``).
+A reward set scores each record's response with the engine's reward execution, exactly as NICE
+scores a sampled response (``rewards.compute_rewards``): a failing unit test or a regex that
+runs out of time scores 0, while a reward that cannot be computed at all (a judge that keeps
+failing, a reward model that cannot be loaded) fails the job with the engine's message.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -20,29 +26,30 @@ from sqlalchemy import select
 from service.blobs import BlobStore, blob_store_from_settings
 from service.config import get_settings
 from service.db.models import Model, Record, ScoreSet
+from service.db.models import RewardSpec as RewardSpecRow
 from service.db.session import SessionLocal
 from service.queue import celery_app
 from workers.contracts import (
     IMPORTANCE_SCORERS,
+    REPORT_N_CLUSTERS,
     SCORE_SET_RUN,
     ScoreSetSettings,
     ScoreSetTask,
-    SentenceTransformerEmbedding,
     scorer_needs_model,
 )
 from workers.engine import (
     data,
     diversity,
-    embeddings,
     importance,
     models,
     plots,
     quality,
+    rewards,
     summaries,
     text_stats,
 )
 from workers.engine.errors import EngineError
-from workers.tasks.common import compute_device, example_of
+from workers.tasks.common import compute_device, embed_examples, example_of
 from workers.tasks.jobs import JobTracker, run_tracked
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,9 @@ class ScoreSetContext:
             self.model_id: str | None = row.model_id
             self.settings = ScoreSetSettings.model_validate(row.settings)
             self.job = JobTracker(row.job_id)
+            self.reward_spec_id: str | None = row.reward_spec_id
+        self.report: dict[str, Any] | None = None
+        """knn: the dataset-level diversity report, set by ``compute_columns``."""
         self.blobs: BlobStore = blob_store_from_settings(get_settings())
         self._model: tuple[Any, Any] | None = None
 
@@ -162,23 +172,13 @@ def _embed(
     everything = [*examples, *extra]
     s = ctx.settings
     ctx.job.stage("embeddings", total=len(everything))
-    if s.embedding == "lm":
-        model, tokenizer = ctx.model()
-        tokenized, skipped = data.tokenize_examples(tokenizer, everything, s.max_length)
-        if skipped:  # a prompt-only probe still has a prompt to embed
-            raise EngineError(
-                f"{len(skipped)} records cannot be embedded at max_length {s.max_length}: "
-                + "; ".join(f"{x.record_id}: {x.reason}" for x in skipped[:5])
-            )
-        x = embeddings.lm_mean_embeddings(
-            model, tokenized, batch_size=s.batch_size, pad_token_id=tokenizer.pad_token_id
-        )
-    else:
-        texts = [embeddings.example_text(ex) for ex in everything]
-        if isinstance(s.embedding, SentenceTransformerEmbedding):
-            x = embeddings.sentence_transformer_embeddings(texts, s.embedding.sentence_transformer)
-        else:
-            x = embeddings.tfidf_embeddings(texts)
+    x = embed_examples(
+        everything,
+        s.embedding,
+        model_and_tokenizer=ctx.model,
+        max_length=s.max_length,
+        batch_size=s.batch_size,
+    )
     ctx.job.advance(len(everything))
     return x[: len(examples)], x[len(examples) :]
 
@@ -218,6 +218,73 @@ def _importance(ctx: ScoreSetContext, examples: list[data.Example]) -> Columns:
     return columns
 
 
+def _knn(ctx: ScoreSetContext, examples: list[data.Example]) -> Columns:
+    """knn_distance per record, and the dataset-level report of the same embeddings."""
+    x, _ = _embed(ctx, examples)
+    s = ctx.settings
+    ctx.job.stage("knn")
+    column = {"knn_distance": _floats(diversity.knn_distance(x, s.k))}
+    ctx.job.stage("diversity report")
+    n_clusters = s.n_clusters or min(REPORT_N_CLUSTERS, len(examples))  # the API resolves it
+    ctx.report = diversity.diversity_report(x, n_clusters=n_clusters, k=s.k, seed=s.seed).to_dict()
+    return column
+
+
+def reward_item(
+    record_id: str, messages: Sequence[Mapping[str, str]], metadata: Mapping[str, Any]
+) -> rewards.RewardItem:
+    """A record as its reward sees it, the way NICE shows a sampled response: the last user
+    message before the response as the prompt, the response, ``metadata.label`` (when a
+    non-empty string, as the API requires) as the label, and the metadata (python_tests reads
+    test and entry_point)."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise EngineError(f"record {record_id!r} has no response to reward")
+    users = [m["content"] for m in messages[:-1] if m["role"] == "user"]
+    label = metadata.get("label")
+    return rewards.RewardItem(
+        probe_id=record_id,
+        prompt=users[-1] if users else "",
+        response=messages[-1]["content"],
+        label=label if isinstance(label, str) and label else None,
+        metadata=dict(metadata),
+    )
+
+
+def reward_column(
+    spec: Mapping[str, Any], items: Sequence[rewards.RewardItem]
+) -> list[float | None]:
+    """R_i = r(Q_i, A_i) (seed 003 eq. 9) for each item, by ``rewards.compute_rewards``."""
+    reward = rewards.reward_from_dict(spec)
+    if reward.NEEDS_LABEL:  # the API checks this too; name the records, not "probes"
+        lacking = [item.probe_id for item in items if item.label is None]
+        if lacking:
+            raise EngineError(
+                f"{len(lacking)} records have no non-empty string metadata.label, which a "
+                f"{reward.KIND!r} reward compares each response with: {lacking[:10]}"
+            )
+    return [float(r) for r in rewards.compute_rewards(reward, items)]
+
+
+def _reward(ctx: ScoreSetContext, examples: list[data.Example]) -> Columns:
+    with SessionLocal() as session:
+        row = session.get(RewardSpecRow, ctx.reward_spec_id) if ctx.reward_spec_id else None
+        if row is None:  # the API requires one for this scorer
+            raise EngineError(f"reward spec {ctx.reward_spec_id} no longer exists")
+        spec = dict(row.spec)
+        rows = session.execute(
+            select(Record.record_id, Record.messages, Record.metadata_)
+            .where(Record.dataset_id == ctx.dataset_id)
+            .order_by(Record.position)
+        ).all()
+    if [r.record_id for r in rows] != [ex.record_id for ex in examples]:
+        raise EngineError(f"the records of dataset {ctx.dataset_id} changed while being scored")
+    items = [reward_item(r.record_id, r.messages, r.metadata_ or {}) for r in rows]
+    ctx.job.stage(f"reward ({spec['kind']})", total=len(items))
+    column = reward_column(spec, items)
+    ctx.job.advance(len(items))
+    return {"reward": column}
+
+
 def compute_columns(ctx: ScoreSetContext, examples: list[data.Example]) -> Columns:
     """The scorer's columns, each aligned with ``examples``."""
     if ctx.scorer == "quality":
@@ -228,11 +295,11 @@ def compute_columns(ctx: ScoreSetContext, examples: list[data.Example]) -> Colum
         ctx.job.advance(len(examples))
         return columns
     if ctx.scorer == "knn":
-        x, _ = _embed(ctx, examples)
-        ctx.job.stage("knn")
-        return {"knn_distance": _floats(diversity.knn_distance(x, ctx.settings.k))}
+        return _knn(ctx, examples)
     if ctx.scorer in IMPORTANCE_SCORERS:
         return _importance(ctx, examples)
+    if ctx.scorer == "reward":
+        return _reward(ctx, examples)
     raise EngineError(f"unknown scorer {ctx.scorer!r}")
 
 
@@ -259,6 +326,7 @@ def run(ctx: ScoreSetContext) -> None:
         if row is None:
             raise EngineError(f"score set {ctx.score_set_id} no longer exists")
         row.values_blob_key, row.summary, row.n_records = values_key, summary, len(examples)
+        row.report = ctx.report
         session.commit()
     ctx.job.succeed()
 
@@ -274,4 +342,4 @@ def run_task(score_set_id: str) -> None:
     run_tracked(ctx.job, lambda: run(ctx))
 
 
-__all__ = ["compute_columns", "run_task"]
+__all__ = ["compute_columns", "reward_column", "reward_item", "run_task"]
