@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
+from service import jobs
 from service.curations import service
 from service.curations.schemas import CurationCreate, CurationRead
 from service.db.session import SessionDep
@@ -16,7 +16,6 @@ from service.selections import service as selections
 from workers.contracts import CURATION_RUN, CurationTask
 
 router = APIRouter(prefix="/curations", tags=["curations"])
-log = logging.getLogger(__name__)
 
 
 @router.post(
@@ -28,16 +27,15 @@ def create_curation(body: CurationCreate, session: SessionDep, queue: QueueDep) 
     at most ``quota.max_per_group`` per group, up to the budget."""
     curation = service.create_curation(session, body)
     session.commit()
-    try:
-        queue.enqueue(CURATION_RUN, CurationTask(curation_id=curation.id))
-    except Exception as e:
-        log.exception("enqueue failed for curation %s", curation.id)
-        service.mark_enqueue_failed(session, curation, e)
-        session.commit()
-        raise ServiceUnavailable(
-            f"curation {curation.id} was created but could not be queued ({e}); its job is "
-            "marked failed"
-        ) from e
+    jobs.enqueue_committed(
+        session,
+        queue,
+        CURATION_RUN,
+        CurationTask(curation_id=curation.id),
+        curation.job,
+        noun="curation",
+        resource_id=curation.id,
+    )
     return service.to_read(curation)
 
 

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service import jobs
 from service.curations.schemas import CurationCreate, CurationRead
 from service.datasets import repository as datasets
-from service.db.base import utcnow
-from service.db.models import FINISHED_STATUSES, Curation, Job, JobStatus, ScoreSet
+from service.db.models import Curation, JobStatus, ScoreSet
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository as models
 from service.pagination import Page, Pagination
@@ -87,17 +87,7 @@ def create_curation(session: Session, body: CurationCreate) -> Curation:
         )
     if body.model_id is not None and not models.exists(session, body.model_id):
         raise InvalidInput(f"model {body.model_id} does not exist", field="body.model_id")
-    job = Job(
-        kind=JOB_KIND,
-        status=JobStatus.queued.value,
-        progress_done=0,
-        progress_total=0,
-        notes=[],
-        timings={},
-        cancel_requested=False,
-    )
-    session.add(job)
-    session.flush()
+    job = jobs.new_job(session, JOB_KIND)
     recipe = body.model_dump(mode="json", exclude={"name", "dataset_id", "model_id"})
     curation = Curation(
         job_id=job.id,
@@ -112,38 +102,18 @@ def create_curation(session: Session, body: CurationCreate) -> Curation:
     return curation
 
 
-def mark_enqueue_failed(session: Session, curation: Curation, error: Exception) -> None:
-    job = curation.job
-    job.status = JobStatus.failed.value
-    job.error = f"could not enqueue the curation: {type(error).__name__}: {error}"
-    job.finished_at = utcnow()
-    session.flush()
-
-
 def get_curation(session: Session, curation_id: str, *, for_update: bool = False) -> Curation:
     curation = session.scalar(select(Curation).where(Curation.id == curation_id))
     if curation is None:
         raise NotFound(f"curation {curation_id} not found", field="curation_id")
-    if for_update:  # lock the job row: a worker picking the job up races with a cancel
-        session.scalar(
-            select(Job)
-            .where(Job.id == curation.job_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+    if for_update:
+        jobs.lock(session, curation.job_id)
     return curation
 
 
 def cancel_curation(session: Session, curation_id: str) -> Curation:
     curation = get_curation(session, curation_id, for_update=True)
-    job = curation.job
-    if job.status in FINISHED_STATUSES:
-        raise Conflict(f"curation {curation_id} has already finished (status {job.status!r})")
-    job.cancel_requested = True
-    if job.status == JobStatus.queued:
-        job.status = JobStatus.cancelled.value
-        job.finished_at = utcnow()
-    session.flush()
+    jobs.cancel(session, curation.job, what=f"curation {curation_id}")
     return curation
 
 
@@ -166,19 +136,11 @@ def to_read(curation: Curation) -> CurationRead:
         "dataset_id": curation.dataset_id,
         "model_id": curation.model_id,
         "recipe": curation.recipe,
-        "status": job.status,
-        "stage": job.stage,
-        "progress": {"done": job.progress_done, "total": job.progress_total},
-        "cancel_requested": job.cancel_requested,
-        "error": job.error,
-        "notes": job.notes,
-        "timings": job.timings,
+        **jobs.job_state(job),
         "n_selected": curation.n_selected if succeeded else None,
         "record_ids": curation.record_ids if succeeded else None,
         "stats": curation.stats if succeeded else None,
         "created_at": curation.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
     }
     return CurationRead.model_validate(payload)
 

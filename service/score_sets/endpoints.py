@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
+from service import jobs
 from service.blobs import BlobStoreDep
 from service.db.session import SessionDep
 from service.errors import Conflict, NotFound, ServiceUnavailable, error_responses
@@ -22,7 +22,6 @@ from service.score_sets.schemas import (
 from workers.contracts import SCORE_SET_RUN, ScoreSetTask
 
 router = APIRouter(prefix="/score-sets", tags=["score sets"])
-log = logging.getLogger(__name__)
 
 ColumnQuery = Annotated[
     str, Query(min_length=1, max_length=300, description="a column of the score set, e.g. 'nll'")
@@ -46,16 +45,15 @@ def create_score_set(body: ScoreSetCreate, session: SessionDep, queue: QueueDep)
     """
     score_set = service.create_score_set(session, body)
     session.commit()
-    try:
-        queue.enqueue(SCORE_SET_RUN, ScoreSetTask(score_set_id=score_set.id))
-    except Exception as e:
-        log.exception("enqueue failed for score set %s", score_set.id)
-        service.mark_enqueue_failed(session, score_set, e)
-        session.commit()
-        raise ServiceUnavailable(
-            f"score set {score_set.id} was created but could not be queued ({e}); its job is "
-            "marked failed"
-        ) from e
+    jobs.enqueue_committed(
+        session,
+        queue,
+        SCORE_SET_RUN,
+        ScoreSetTask(score_set_id=score_set.id),
+        score_set.job,
+        noun="score set",
+        resource_id=score_set.id,
+    )
     return service.to_read(score_set)
 
 

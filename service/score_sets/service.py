@@ -24,10 +24,10 @@ from urllib.parse import quote
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service import jobs
 from service.blobs import BlobNotFound, BlobStore
 from service.datasets import repository as datasets
-from service.db.base import utcnow
-from service.db.models import FINISHED_STATUSES, Job, JobStatus, Record, RewardSpec, ScoreSet
+from service.db.models import JobStatus, Record, RewardSpec, ScoreSet
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository as models
 from service.pagination import Page, Pagination
@@ -203,17 +203,7 @@ def create_score_set(session: Session, body: ScoreSetCreate) -> ScoreSet:
                 f"{settings.n_clusters} k-means clusters of the diversity report",
                 field="body.settings.n_clusters",
             )
-    job = Job(
-        kind=JOB_KIND,
-        status=JobStatus.queued.value,
-        progress_done=0,
-        progress_total=0,
-        notes=[],
-        timings={},
-        cancel_requested=False,
-    )
-    session.add(job)
-    session.flush()
+    job = jobs.new_job(session, JOB_KIND)
     score_set = ScoreSet(
         job_id=job.id,
         name=body.name,
@@ -230,40 +220,20 @@ def create_score_set(session: Session, body: ScoreSetCreate) -> ScoreSet:
     return score_set
 
 
-def mark_enqueue_failed(session: Session, score_set: ScoreSet, error: Exception) -> None:
-    job = score_set.job
-    job.status = JobStatus.failed.value
-    job.error = f"could not enqueue the score set: {type(error).__name__}: {error}"
-    job.finished_at = utcnow()
-    session.flush()
-
-
 def get_score_set(
     session: Session, score_set_id: str, *, for_update: bool = False, field: str = "score_set_id"
 ) -> ScoreSet:
     score_set = session.scalar(select(ScoreSet).where(ScoreSet.id == score_set_id))
     if score_set is None:
         raise NotFound(f"score set {score_set_id} not found", field=field)
-    if for_update:  # lock the job row: a worker picking the job up races with a cancel
-        session.scalar(
-            select(Job)
-            .where(Job.id == score_set.job_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+    if for_update:
+        jobs.lock(session, score_set.job_id)
     return score_set
 
 
 def cancel_score_set(session: Session, score_set_id: str) -> ScoreSet:
     score_set = get_score_set(session, score_set_id, for_update=True)
-    job = score_set.job
-    if job.status in FINISHED_STATUSES:
-        raise Conflict(f"score set {score_set_id} has already finished (status {job.status!r})")
-    job.cancel_requested = True
-    if job.status == JobStatus.queued:
-        job.status = JobStatus.cancelled.value
-        job.finished_at = utcnow()
-    session.flush()
+    jobs.cancel(session, score_set.job, what=f"score set {score_set_id}")
     return score_set
 
 
@@ -294,20 +264,12 @@ def to_read(score_set: ScoreSet) -> ScoreSetRead:
         "probe_dataset_id": score_set.probe_dataset_id,
         "reward_spec_id": score_set.reward_spec_id,
         "settings": score_set.settings,
-        "status": job.status,
-        "stage": job.stage,
-        "progress": {"done": job.progress_done, "total": job.progress_total},
-        "cancel_requested": job.cancel_requested,
-        "error": job.error,
-        "notes": job.notes,
-        "timings": job.timings,
+        **jobs.job_state(job),
         "n_records": score_set.n_records,
         "columns": list(score_set.summary or {}) if succeeded else None,
         "summary": _public_summary(score_set) if succeeded else None,
         "report": score_set.report if succeeded else None,
         "created_at": score_set.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
     }
     return ScoreSetRead.model_validate(payload)
 

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 
+from service import jobs
 from service.blobs import BlobStoreDep
 from service.db.session import SessionDep
 from service.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable, error_responses
@@ -21,7 +21,6 @@ from service.studies.schemas import (
 from workers.contracts import STUDY_RUN, StudyTask
 
 router = APIRouter(prefix="/studies", tags=["studies"])
-log = logging.getLogger(__name__)
 
 
 @router.post(
@@ -36,15 +35,15 @@ def create_study(body: StudyCreate, session: SessionDep, queue: QueueDep) -> Any
     """
     study = service.create_study(session, body)
     session.commit()
-    try:
-        queue.enqueue(STUDY_RUN, StudyTask(study_id=study.id))
-    except Exception as e:
-        log.exception("enqueue failed for study %s", study.id)
-        service.mark_enqueue_failed(session, study, e)
-        session.commit()
-        raise ServiceUnavailable(
-            f"study {study.id} was created but could not be queued ({e}); its job is marked failed"
-        ) from e
+    jobs.enqueue_committed(
+        session,
+        queue,
+        STUDY_RUN,
+        StudyTask(study_id=study.id),
+        study.job,
+        noun="study",
+        resource_id=study.id,
+    )
     return service.to_read(study)
 
 

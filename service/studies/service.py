@@ -14,12 +14,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service import jobs
 from service.datasets import repository as datasets
-from service.db.base import utcnow
 from service.db.models import (
-    FINISHED_STATUSES,
     Checkpoint,
-    Job,
     JobStatus,
     Record,
     Study,
@@ -134,17 +132,7 @@ def create_study(session: Session, body: StudyCreate) -> Study:
                 f"metadata.{body.pair_key}: " + "; ".join(problems),
                 field=field,
             )
-    job = Job(
-        kind=JOB_KIND,
-        status=JobStatus.queued.value,
-        progress_done=0,
-        progress_total=0,
-        notes=[],
-        timings={},
-        cancel_requested=False,
-    )
-    session.add(job)
-    session.flush()
+    job = jobs.new_job(session, JOB_KIND)
     study = Study(
         job_id=job.id,
         name=body.name,
@@ -161,38 +149,18 @@ def create_study(session: Session, body: StudyCreate) -> Study:
     return study
 
 
-def mark_enqueue_failed(session: Session, study: Study, error: Exception) -> None:
-    job = study.job
-    job.status = JobStatus.failed.value
-    job.error = f"could not enqueue the study: {type(error).__name__}: {error}"
-    job.finished_at = utcnow()
-    session.flush()
-
-
 def get_study(session: Session, study_id: str, *, for_update: bool = False) -> Study:
     study = session.scalar(select(Study).where(Study.id == study_id))
     if study is None:
         raise NotFound(f"study {study_id} not found", field="study_id")
-    if for_update:  # lock the job row: a worker picking the job up races with a cancel
-        session.scalar(
-            select(Job)
-            .where(Job.id == study.job_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+    if for_update:
+        jobs.lock(session, study.job_id)
     return study
 
 
 def cancel_study(session: Session, study_id: str) -> Study:
     study = get_study(session, study_id, for_update=True)
-    job = study.job
-    if job.status in FINISHED_STATUSES:
-        raise Conflict(f"study {study_id} has already finished (status {job.status!r})")
-    job.cancel_requested = True
-    if job.status == JobStatus.queued:
-        job.status = JobStatus.cancelled.value
-        job.finished_at = utcnow()
-    session.flush()
+    jobs.cancel(session, study.job, what=f"study {study_id}")
     return study
 
 
@@ -221,13 +189,7 @@ def to_read(study: Study) -> StudyRead:
         "pair_key": study.pair_key,
         "reference": study.reference,
         "settings": study.settings,
-        "status": job.status,
-        "stage": job.stage,
-        "progress": {"done": job.progress_done, "total": job.progress_total},
-        "cancel_requested": job.cancel_requested,
-        "error": job.error,
-        "notes": job.notes,
-        "timings": job.timings,
+        **jobs.job_state(job),
         "result": study.result if succeeded else None,
         "plots": (
             {fmt: f"/v1/studies/{study.id}/plot.{fmt}" for fmt in PLOT_FORMATS}
@@ -235,8 +197,6 @@ def to_read(study: Study) -> StudyRead:
             else None
         ),
         "created_at": study.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
     }
     return StudyRead.model_validate(payload)
 

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import APIRouter
 
+from service import jobs
 from service.db.session import SessionDep
 from service.errors import Conflict, NotFound, ServiceUnavailable, error_responses
 from service.pagination import Page, PaginationDep
@@ -14,7 +14,6 @@ from service.valuations.schemas import SampleRead, ScoreRead, ValuationCreate, V
 from workers.contracts import VALUATION_FEATURIZE, ValuationTask
 
 router = APIRouter(prefix="/valuations", tags=["valuations"])
-log = logging.getLogger(__name__)
 
 
 @router.post(
@@ -31,16 +30,15 @@ def create_valuation(body: ValuationCreate, session: SessionDep, queue: QueueDep
     """
     valuation = service.create_valuation(session, body)
     session.commit()
-    try:
-        queue.enqueue(VALUATION_FEATURIZE, ValuationTask(valuation_id=valuation.id))
-    except Exception as e:
-        log.exception("enqueue failed for valuation %s", valuation.id)
-        service.mark_enqueue_failed(session, valuation, e)
-        session.commit()
-        raise ServiceUnavailable(
-            f"valuation {valuation.id} was created but could not be queued ({e}); its job is "
-            "marked failed"
-        ) from e
+    jobs.enqueue_committed(
+        session,
+        queue,
+        VALUATION_FEATURIZE,
+        ValuationTask(valuation_id=valuation.id),
+        valuation.job,
+        noun="valuation",
+        resource_id=valuation.id,
+    )
     return service.to_read(valuation)
 
 

@@ -7,20 +7,15 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.db.models import Job, Score, Valuation
+from service import jobs
+from service.db.models import Score, Valuation
 
 
 def get(session: Session, valuation_id: str, *, for_update: bool = False) -> Valuation | None:
     stmt = select(Valuation).where(Valuation.id == valuation_id)
     valuation = session.scalar(stmt)
     if valuation is not None and for_update:
-        # Lock the job row: a worker picking the job up races with a cancel.
-        session.scalar(
-            select(Job)
-            .where(Job.id == valuation.job_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+        jobs.lock(session, valuation.job_id)
     return valuation
 
 

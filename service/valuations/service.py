@@ -11,11 +11,9 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service import jobs
 from service.datasets import repository as datasets
-from service.db.base import utcnow
 from service.db.models import (
-    FINISHED_STATUSES,
-    Job,
     JobStatus,
     RewardSpec,
     Sample,
@@ -105,17 +103,7 @@ def create_valuation(session: Session, body: ValuationCreate) -> Valuation:
                 "that needs no label)",
                 field=f"body.{field}",
             )
-    job = Job(
-        kind=JOB_KIND,
-        status=JobStatus.queued.value,
-        progress_done=0,
-        progress_total=0,
-        notes=[],
-        timings={},
-        cancel_requested=False,
-    )
-    session.add(job)
-    session.flush()
+    job = jobs.new_job(session, JOB_KIND)
     valuation = Valuation(
         job_id=job.id,
         model_id=body.model_id,
@@ -131,14 +119,6 @@ def create_valuation(session: Session, body: ValuationCreate) -> Valuation:
     session.add(valuation)
     session.flush()
     return valuation
-
-
-def mark_enqueue_failed(session: Session, valuation: Valuation, error: Exception) -> None:
-    job = valuation.job
-    job.status = JobStatus.failed.value
-    job.error = f"could not enqueue the valuation: {type(error).__name__}: {error}"
-    job.finished_at = utcnow()
-    session.flush()
 
 
 def get_valuation(session: Session, valuation_id: str, *, for_update: bool = False) -> Valuation:
@@ -159,14 +139,7 @@ def require_succeeded(valuation: Valuation) -> None:
 
 def cancel_valuation(session: Session, valuation_id: str) -> Valuation:
     valuation = get_valuation(session, valuation_id, for_update=True)
-    job = valuation.job
-    if job.status in FINISHED_STATUSES:
-        raise Conflict(f"valuation {valuation_id} has already finished (status {job.status!r})")
-    job.cancel_requested = True
-    if job.status == JobStatus.queued:
-        job.status = JobStatus.cancelled.value
-        job.finished_at = utcnow()
-    session.flush()
+    jobs.cancel(session, valuation.job, what=f"valuation {valuation_id}")
     return valuation
 
 
@@ -183,19 +156,11 @@ def to_read(valuation: Valuation) -> ValuationRead:
             "reward_spec_id": valuation.reward_spec_id,
             "assist_dataset_id": valuation.assist_dataset_id,
             "settings": valuation.settings,
-            "status": job.status,
-            "stage": job.stage,
-            "progress": {"done": job.progress_done, "total": job.progress_total},
-            "cancel_requested": job.cancel_requested,
-            "error": job.error,
-            "notes": job.notes,
-            "timings": job.timings,
+            **jobs.job_state(job),
             "skipped": valuation.skipped,
             "n_scored": valuation.n_scored,
             "warmup_run_id": valuation.warmup_run_id,
             "created_at": valuation.created_at,
-            "started_at": job.started_at,
-            "finished_at": job.finished_at,
         }
     )
 

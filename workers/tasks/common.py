@@ -17,7 +17,7 @@ import torch
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 
-from service.db.models import Dataset, Record
+from service.db.models import Dataset, Model, Record
 from service.db.models import FeatureSet as FeatureSetRow
 from service.db.session import SessionLocal
 from workers.contracts import SentenceTransformerEmbedding
@@ -153,3 +153,15 @@ def embed_examples(
     if isinstance(embedding, SentenceTransformerEmbedding):
         return embeddings.sentence_transformer_embeddings(texts, embedding.sentence_transformer)
     return embeddings.tfidf_embeddings(texts)
+
+
+def load_registered_model(model_id: str | None, dtype: str) -> tuple[Any, Any]:
+    """A registered model and its tokenizer as registered (no LoRA), on the compute device."""
+    with SessionLocal() as session:
+        row = session.get(Model, model_id) if model_id else None
+        if row is None:
+            raise EngineError(f"model {model_id} no longer exists")
+        source = row.source
+    return models.load_model_and_tokenizer(
+        source, dtype=getattr(torch, dtype), device=compute_device()
+    )

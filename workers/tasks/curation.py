@@ -15,13 +15,12 @@ import math
 from fractions import Fraction
 from typing import Any
 
-import torch
 from pydantic import TypeAdapter
 from sqlalchemy import select
 
 from service.blobs import BlobStore, blob_store_from_settings
 from service.config import get_settings
-from service.db.models import Curation, Model, Record, ScoreSet
+from service.db.models import Curation, Record, ScoreSet
 from service.db.session import SessionLocal
 from service.queue import celery_app
 from workers.contracts import (
@@ -34,9 +33,9 @@ from workers.contracts import (
     ScoreFilter,
     ScoreRef,
 )
-from workers.engine import curation, data, models
+from workers.engine import curation, data
 from workers.engine.errors import EngineError
-from workers.tasks.common import compute_device, embed_examples, example_of
+from workers.tasks.common import embed_examples, example_of, load_registered_model
 from workers.tasks.jobs import JobTracker, run_tracked
 
 log = logging.getLogger(__name__)
@@ -64,14 +63,7 @@ class CurationContext:
         self._values: dict[str, dict[str, Any]] = {}
 
     def model_and_tokenizer(self) -> tuple[Any, Any]:
-        with SessionLocal() as session:
-            row = session.get(Model, self.model_id) if self.model_id else None
-            if row is None:
-                raise EngineError(f"model {self.model_id} no longer exists")
-            source = row.source
-        return models.load_model_and_tokenizer(
-            source, dtype=getattr(torch, self.settings.dtype), device=compute_device()
-        )
+        return load_registered_model(self.model_id, self.settings.dtype)
 
     def column(self, score_set_id: str, column: str, record_ids: list[str]) -> list[float | None]:
         """A score set's column aligned with ``record_ids`` (None where it has no value)."""

@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from service.blobs import BlobStore, blob_store_from_settings
 from service.config import get_settings
-from service.db.models import Model, Record, ScoreSet
+from service.db.models import Record, ScoreSet
 from service.db.models import RewardSpec as RewardSpecRow
 from service.db.session import SessionLocal
 from service.queue import celery_app
@@ -41,7 +41,6 @@ from workers.engine import (
     data,
     diversity,
     importance,
-    models,
     plots,
     quality,
     rewards,
@@ -49,7 +48,7 @@ from workers.engine import (
     text_stats,
 )
 from workers.engine.errors import EngineError
-from workers.tasks.common import compute_device, embed_examples, example_of
+from workers.tasks.common import embed_examples, example_of, load_registered_model
 from workers.tasks.jobs import JobTracker, run_tracked
 
 log = logging.getLogger(__name__)
@@ -81,14 +80,7 @@ class ScoreSetContext:
         """The scoring model and its tokenizer, loaded on first use (no LoRA: scores are of
         the model as registered)."""
         if self._model is None:
-            with SessionLocal() as session:
-                row = session.get(Model, self.model_id) if self.model_id else None
-                if row is None:
-                    raise EngineError(f"model {self.model_id} no longer exists")
-                source = row.source
-            self._model = models.load_model_and_tokenizer(
-                source, dtype=getattr(torch, self.settings.dtype), device=compute_device()
-            )
+            self._model = load_registered_model(self.model_id, self.settings.dtype)
         return self._model
 
 

@@ -1,0 +1,98 @@
+"""The job life cycle every job-backed resource shares (valuations, studies, score sets,
+curations): create queued, enqueue after commit, lock for cancel, cancel, and the job's part of
+the read view. Each resource keeps only what is its own."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db.base import utcnow
+from service.db.models import FINISHED_STATUSES, Job, JobStatus
+from service.errors import Conflict, ServiceUnavailable
+from service.queue import TaskQueue
+
+log = logging.getLogger(__name__)
+
+
+def new_job(session: Session, kind: str) -> Job:
+    """A queued job row, flushed so its id can be referenced."""
+    job = Job(
+        kind=kind,
+        status=JobStatus.queued.value,
+        progress_done=0,
+        progress_total=0,
+        notes=[],
+        timings={},
+        cancel_requested=False,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def enqueue_committed(
+    session: Session,
+    queue: TaskQueue,
+    task_name: str,
+    payload: BaseModel,
+    job: Job,
+    *,
+    noun: str,
+    resource_id: str,
+) -> None:
+    """Send the task of a resource already committed (so the worker always finds it). If the
+    broker refuses, the job is marked failed and committed, and the reply is 503."""
+    try:
+        queue.enqueue(task_name, payload)
+    except Exception as e:
+        log.exception("enqueue failed for %s %s", noun, resource_id)
+        job.status = JobStatus.failed.value
+        job.error = f"could not enqueue the {noun}: {type(e).__name__}: {e}"
+        job.finished_at = utcnow()
+        session.commit()
+        raise ServiceUnavailable(
+            f"{noun} {resource_id} was created but could not be queued ({e}); its job is "
+            "marked failed"
+        ) from e
+
+
+def lock(session: Session, job_id: str) -> None:
+    """Lock the job row: a worker picking the job up races with a cancel."""
+    session.scalar(
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+def cancel(session: Session, job: Job, *, what: str) -> None:
+    """A queued job is cancelled at once, a running one when the worker next checks
+    ``cancel_requested``; a finished one is a 409. ``what`` names the resource."""
+    if job.status in FINISHED_STATUSES:
+        raise Conflict(f"{what} has already finished (status {job.status!r})")
+    job.cancel_requested = True
+    if job.status == JobStatus.queued:
+        job.status = JobStatus.cancelled.value
+        job.finished_at = utcnow()
+    session.flush()
+
+
+def job_state(job: Job) -> dict[str, Any]:
+    """The job's fields of a resource's read view."""
+    return {
+        "status": job.status,
+        "stage": job.stage,
+        "progress": {"done": job.progress_done, "total": job.progress_total},
+        "cancel_requested": job.cancel_requested,
+        "error": job.error,
+        "notes": job.notes,
+        "timings": job.timings,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
