@@ -12,7 +12,9 @@ LoRA tensor has a gradient, as after warmup) and a batch of ``--seq-len`` token 
 the loss on the last ``--loss-tokens``, it measures in the same process:
 
 - ``plain``: one batched forward + backward of Σ_b L_b to the LoRA parameters (what training
-  costs; the ceiling for any per-example method);
+  costs; the ceiling for any per-example method), with logits only at loss positions as
+  featurization computes them (``gradients.response_losses``); ``plain_full_logits`` is the
+  same step with logits at every position, as a default HF forward computes;
 - ``sift``: ``features.featurize`` (kind "adam", the pool's path: per-example gradients from
   hooks, Adam features, SRHT projection to d) over the same examples;
 - ``fidelity``: Spearman and max error of projected vs exact cosine for a sample of examples
@@ -42,7 +44,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from workers.engine import features, influence, lora, nice, projection, rewards
 from workers.engine.data import Example, TokenizedExample, collate, tokenize_examples
-from workers.engine.gradients import hooked_per_example_gradients, response_nll
+from workers.engine.gradients import (
+    hooked_per_example_gradients,
+    response_losses,
+    response_nll,
+)
 from workers.engine.models import TINY_LLAMA, load_model_and_tokenizer
 from workers.engine.synthetic import planted_tasks
 from workers.engine.warmup import Checkpoint
@@ -209,6 +215,12 @@ def _run_batch_size(
     batch = {k: v.to(device) for k, v in collate(examples[:batch_size], 0).items()}
 
     def plain() -> None:
+        """A training step's forward + backward, with the loss computed as featurization does."""
+        with torch.enable_grad():
+            torch.autograd.grad(response_losses(model, batch).sum(), params)
+
+    def plain_full_logits() -> None:
+        """The same with logits at every position (what a default HF forward computes)."""
         with torch.enable_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             loss = response_nll(logits.logits.float(), batch["labels"]).sum()
@@ -230,23 +242,26 @@ def _run_batch_size(
             pad_token_id=0,
         )
 
+    def measure(fn: Callable[[], None], repeats: int) -> tuple[float, float | None]:
+        """(seconds per call, peak accelerator GiB during the calls)."""
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        return timed(fn, device, repeats), _peak_gib(device)
+
     try:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        plain_s = timed(plain, device, args.batches)
-        plain_mem = _peak_gib(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sift_s = timed(sift, device, 1)  # one call = args.batches batches
-        sift_mem = _peak_gib(device)
+        plain_s, plain_mem = measure(plain, args.batches)
+        full_s, full_mem = measure(plain_full_logits, args.batches)
+        sift_s, sift_mem = measure(sift, 1)  # one call = args.batches batches
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {"batch_size": batch_size, "oom": True}
     run = {
         "batch_size": batch_size,
         "plain_examples_per_s": batch_size / plain_s,
+        "plain_full_logits_examples_per_s": batch_size / full_s,
         "sift_examples_per_s": batch_size * args.batches / sift_s,
         "plain_peak_gib": plain_mem,
+        "plain_full_logits_peak_gib": full_mem,
         "sift_peak_gib": sift_mem,
     }
     run["sift_over_plain"] = run["sift_examples_per_s"] / run["plain_examples_per_s"]

@@ -13,6 +13,7 @@ from workers.engine.gradients import (
     hooked_per_example_gradients,
     loop_per_example_gradients,
     lora_linear_modules,
+    response_losses,
     response_nll,
 )
 from workers.engine.lora import LoraSettings, attach_lora, load_adapter_state
@@ -101,6 +102,45 @@ def test_adam_features_reject_bad_shapes() -> None:
 def test_response_nll_rejects_examples_without_targets() -> None:
     with pytest.raises(InvalidInput):
         response_nll(torch.zeros(1, 3, 5), torch.full((1, 3), -100))
+
+
+class _FullLogitsOnly(torch.nn.Module):
+    """A causal LM whose forward has no ``logits_to_keep`` (older or custom models)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> object:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+@pytest.mark.parametrize("token_loss", ["mean", "sum"])
+def test_response_losses_equal_the_loss_over_full_logits(warmed: Warmed, token_loss: str) -> None:
+    """Logits only where a loss is taken: the same losses as the full-logit ``response_nll``,
+    with fewer positions through the output layer, and the same on a model without
+    ``logits_to_keep``."""
+    model = warmed.model
+    load_adapter_state(model, warmed.checkpoints[-1].adapter_state)
+    model.eval()
+    batch = collate(warmed.pool[:6], pad_token_id=0)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        expected = response_nll(logits.logits, batch["labels"], token_loss)
+        rows_seen: list[int] = []
+        lm_head = model.get_base_model().get_output_embeddings()
+        hook = lm_head.register_forward_hook(lambda m, a, o: rows_seen.append(a[0].shape[1]))
+        try:
+            got = response_losses(model, batch, token_loss)
+        finally:
+            hook.remove()
+        fallback = response_losses(_FullLogitsOnly(model), batch, token_loss)
+    n_loss_positions = int((batch["labels"][:, 1:] != -100).any(dim=0).sum())
+    assert n_loss_positions < batch["input_ids"].shape[1] - 1  # prompt positions to skip
+    assert rows_seen == [n_loss_positions]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fallback, expected, rtol=1e-5, atol=1e-6)
 
 
 # --- batched per-example gradients from hooks (one backward for the whole batch) ----------

@@ -10,6 +10,7 @@ examples use plain SGD gradients (``sgd_features``).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -39,17 +40,50 @@ def response_nll(logits: Tensor, labels: Tensor, token_loss: TokenLoss = "mean")
     ``logits`` [B, T, V] at position t predict token t+1, so they are scored against
     ``labels[:, 1:]``; positions labelled ``-100`` (prompt, padding) are not counted.
     """
-    shifted_logits = logits[:, :-1, :]
-    targets = labels[:, 1:]
+    return _target_nll(logits[:, :-1, :], labels[:, 1:], token_loss)
+
+
+def response_losses(
+    model: nn.Module, batch: dict[str, Tensor], token_loss: TokenLoss = "mean"
+) -> Tensor:
+    """``response_nll`` of the model on a collated batch, [B], in at least float32.
+
+    Logits are computed only at positions where some row of the batch takes a loss (the
+    model's ``logits_to_keep``): the prompt's share of the vocabulary projection, of its
+    float32 upcast and of the softmax is skipped, in the forward and the backward. The
+    numbers equal ``response_nll`` over full logits (tests hold them equal); a model whose
+    forward lacks ``logits_to_keep`` computes full logits and gets the same result.
+    """
+    targets = batch["labels"][:, 1:]
+    positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if _accepts_logits_to_keep(model) and positions.numel() > 0:
+        logits = model(**inputs, logits_to_keep=positions).logits
+    else:
+        logits = model(**inputs).logits
+    if logits.shape[1] == batch["input_ids"].shape[1]:  # the model kept every position
+        logits = logits[:, positions]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return _target_nll(logits, targets[:, positions], token_loss)
+
+
+def _target_nll(logits: Tensor, targets: Tensor, token_loss: TokenLoss) -> Tensor:
+    """Σ (or mean) over each row's counted positions of -log softmax(logits)[target]: [B]."""
     is_target = targets != IGNORE_INDEX
     n_targets = is_target.sum(dim=1)
     if bool((n_targets == 0).any()):
         raise InvalidInput("an example has no response token to take the loss on")
     token_nll = torch.nn.functional.cross_entropy(
-        shifted_logits.transpose(1, 2), targets.masked_fill(~is_target, 0), reduction="none"
-    )  # [B, T-1]
+        logits.transpose(1, 2), targets.masked_fill(~is_target, 0), reduction="none"
+    )  # [B, K]
     total = (token_nll * is_target).sum(dim=1)
     return total if token_loss == "sum" else total / n_targets
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the underlying causal LM's forward takes ``logits_to_keep`` (transformers' LMs)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def loop_per_example_gradients(
@@ -74,9 +108,12 @@ def loop_per_example_gradients(
             length = int(attention_mask[b].sum())
             if not bool(attention_mask[b, :length].all()):
                 raise InvalidInput("batch must be right-padded (attention_mask = 1...1 0...0)")
-            ids = input_ids[b : b + 1, :length]
-            logits = model(input_ids=ids, attention_mask=attention_mask[b : b + 1, :length]).logits
-            loss = response_nll(logits, labels[b : b + 1, :length], token_loss)[0]
+            row = {
+                "input_ids": input_ids[b : b + 1, :length],
+                "attention_mask": attention_mask[b : b + 1, :length],
+                "labels": labels[b : b + 1, :length],
+            }
+            loss = response_losses(model, row, token_loss)[0]
             grads = torch.autograd.grad(loss, params)
             flat = torch.cat([g.reshape(-1) for g in grads])
             rows.append(flat.to(torch.promote_types(flat.dtype, torch.float32)))
@@ -190,9 +227,7 @@ def backward_with_per_example_gradients(
         consume(index, grad)
 
     with torch.enable_grad(), _per_example_gradient_hooks(modules, consume_once):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        loss = response_nll(logits, batch["labels"], token_loss).sum()
+        loss = response_losses(model, batch, token_loss).sum()
         torch.autograd.grad(loss, params)
     if len(seen) != len(modules):
         raise InvalidInput(f"only {len(seen)} of {len(modules)} LoRA layers got a gradient")

@@ -24,7 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from workers.engine.data import IGNORE_INDEX, TokenizedExample, collate
 from workers.engine.errors import Cancelled, InvalidInput
-from workers.engine.gradients import response_nll
+from workers.engine.gradients import response_losses
 from workers.engine.lora import lora_parameters
 from workers.engine.safetensors_meta import read_metadata
 
@@ -151,10 +151,7 @@ def warmup(
                         [train[i] for i in order[start : start + settings.batch_size]], pad_token_id
                     )
                     batch = {k: v.to(device) for k, v in batch.items()}
-                    logits = model(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                    ).logits
-                    loss = _batch_response_nll(logits, batch["labels"])
+                    loss = _batch_response_nll(model, batch)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     lrs.append(float(scheduler.get_last_lr()[0]))
@@ -177,10 +174,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def _batch_response_nll(logits: Tensor, labels: Tensor) -> Tensor:
+def _batch_response_nll(model: PeftModel, batch: dict[str, Tensor]) -> Tensor:
     """Mean NLL over all response tokens of the batch (token-weighted, as HF Trainer)."""
-    n_targets = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
-    return (response_nll(logits, labels) * n_targets).sum() / n_targets.sum()
+    n_targets = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    return response_losses(model, batch, token_loss="sum").sum() / n_targets
 
 
 def _snapshot(
