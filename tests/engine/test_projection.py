@@ -73,8 +73,8 @@ def _explicit_block_hadamard(projector: BlockHadamardProjector) -> torch.Tensor:
     """Π [P, d] written out from the definition with scipy's Hadamard matrices (float64)."""
     pi = torch.zeros(projector.input_dim, projector.dim, dtype=torch.float64)
     offset = 0
-    for size, blocks in zip(projector.segments, projector._plan(torch.device("cpu")), strict=True):
-        for block in blocks:
+    for size, plan in zip(projector.segments, projector._plan(torch.device("cpu")), strict=True):
+        for block in plan.blocks:
             h = torch.tensor(hadamard(block.size), dtype=torch.float64)
             rows = h[: block.length] * block.signs[: block.length, None].double()  # D H (H sym.)
             start = offset + block.offset
@@ -181,3 +181,15 @@ def test_exact_layerwise_projector_is_the_identity_with_layer_widths() -> None:
         layer_widths("srht-blocks:v1")
     with pytest.raises(InvalidInput, match="do not match"):
         split_layers(torch.zeros(2, 14), proj.spec())
+
+
+def test_block_hadamard_plan_is_drawn_once_per_process() -> None:
+    """A worker builds a projector per shard; the same (segments, d, seed) reuses the plan
+    (and so Π), a different seed draws its own."""
+    cpu = torch.device("cpu")
+    segments = (300, 70, 5, 128)
+    first = BlockHadamardProjector(segments, 64, seed=3)._plan(cpu)
+    assert BlockHadamardProjector(segments, 64, seed=3)._plan(cpu) is first
+    other = BlockHadamardProjector(segments, 64, seed=4)._plan(cpu)
+    assert other is not first
+    assert not torch.equal(other[0].blocks[0].signs, first[0].blocks[0].signs)
