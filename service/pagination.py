@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.interfaces import ORMOption
 
 from service.config import Settings, get_settings
 from service.errors import InvalidInput
@@ -44,3 +48,25 @@ def get_pagination(
 
 
 PaginationDep = Annotated[Pagination, Depends(get_pagination)]
+
+
+R = TypeVar("R")
+
+
+def newest_first(
+    session: Session, table: type[R], page: Pagination, *options: ORMOption
+) -> tuple[Sequence[R], int]:
+    """One page of a table's rows, newest first, and the table's row count.
+
+    ``id`` breaks ties in ``created_at`` so consecutive pages never overlap or skip a row.
+    """
+    mapped: Any = table
+    total = session.scalar(select(func.count()).select_from(mapped)) or 0
+    rows = session.scalars(
+        select(mapped)
+        .options(*options)
+        .order_by(mapped.created_at.desc(), mapped.id)
+        .limit(page.limit)
+        .offset(page.offset)
+    ).all()
+    return rows, total

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import jobs
@@ -18,7 +18,7 @@ from service.datasets import repository as datasets
 from service.db.models import Curation, JobStatus, ScoreSet
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository as models
-from service.pagination import Page, Pagination
+from service.pagination import Page, Pagination, newest_first
 from workers.contracts import EMBEDDING_PICKS
 
 JOB_KIND = "curation"
@@ -146,11 +146,5 @@ def to_read(curation: Curation) -> CurationRead:
 
 
 def list_curations(session: Session, page: Pagination) -> Page[CurationRead]:
-    total = session.scalar(select(func.count()).select_from(Curation)) or 0
-    rows = session.scalars(
-        select(Curation)
-        .order_by(Curation.created_at.desc(), Curation.id)
-        .limit(page.limit)
-        .offset(page.offset)
-    ).all()
+    rows, total = newest_first(session, Curation, page)
     return Page(items=[to_read(c) for c in rows], total=total, limit=page.limit, offset=page.offset)

@@ -28,14 +28,6 @@ def exists(session: Session, dataset_id: str) -> bool:
     return session.scalar(select(Dataset.id).where(Dataset.id == dataset_id)) is not None
 
 
-def list_page(session: Session, limit: int, offset: int) -> tuple[Sequence[Dataset], int]:
-    total = session.scalar(select(func.count()).select_from(Dataset)) or 0
-    rows = session.scalars(
-        select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
-    ).all()
-    return rows, total
-
-
 def insert_records(session: Session, rows: list[dict[str, Any]], batch: int = 5000) -> None:
     for start in range(0, len(rows), batch):
         session.execute(insert(Record), rows[start : start + batch])

@@ -11,7 +11,7 @@ from service.datasets.parsing import ParsedDataset
 from service.datasets.schemas import DatasetRead, DuplicateRead, RecordRead
 from service.db.models import Dataset, Record
 from service.errors import Conflict, NotFound
-from service.pagination import Page, Pagination
+from service.pagination import Page, Pagination, newest_first
 
 
 def create_dataset(session: Session, name: str, parsed: ParsedDataset) -> Dataset:
@@ -72,7 +72,7 @@ def read_many(session: Session, datasets: Sequence[Dataset]) -> list[DatasetRead
 
 
 def list_datasets(session: Session, page: Pagination) -> Page[DatasetRead]:
-    rows, total = repository.list_page(session, page.limit, page.offset)
+    rows, total = newest_first(session, Dataset, page)
     return Page(items=read_many(session, rows), total=total, limit=page.limit, offset=page.offset)
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db.models import Model
@@ -20,11 +18,3 @@ def get_by_name(session: Session, name: str) -> Model | None:
 
 def exists(session: Session, model_id: str) -> bool:
     return session.scalar(select(Model.id).where(Model.id == model_id)) is not None
-
-
-def list_page(session: Session, limit: int, offset: int) -> tuple[Sequence[Model], int]:
-    total = session.scalar(select(func.count()).select_from(Model)) or 0
-    rows = session.scalars(
-        select(Model).order_by(Model.created_at.desc(), Model.id).limit(limit).offset(offset)
-    ).all()
-    return rows, total

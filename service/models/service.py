@@ -14,7 +14,7 @@ from service.db.models import Model
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository
 from service.models.schemas import ModelCreate, ModelRead
-from service.pagination import Page, Pagination
+from service.pagination import Page, Pagination, newest_first
 from workers.contracts import BUILTIN_MODELS
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -66,7 +66,7 @@ def get_model(session: Session, model_id: str) -> Model:
 
 
 def list_models(session: Session, page: Pagination) -> Page[ModelRead]:
-    rows, total = repository.list_page(session, page.limit, page.offset)
+    rows, total = newest_first(session, Model, page)
     return Page(
         items=[ModelRead.model_validate(m) for m in rows],
         total=total,

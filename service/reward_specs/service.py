@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.db.models import RewardSpec
 from service.errors import Conflict, InvalidInput, NotFound
-from service.pagination import Page, Pagination
+from service.pagination import Page, Pagination, newest_first
 from service.reward_specs.schemas import RewardSpecCreate, RewardSpecRead
 from workers.contracts import REWARD_NEEDS_LABEL
 
@@ -53,11 +53,5 @@ def get(session: Session, spec_id: str) -> RewardSpecRead:
 
 
 def list_page(session: Session, page: Pagination) -> Page[RewardSpecRead]:
-    total = session.scalar(select(func.count()).select_from(RewardSpec)) or 0
-    rows = session.scalars(
-        select(RewardSpec)
-        .order_by(RewardSpec.created_at.desc(), RewardSpec.id)
-        .limit(page.limit)
-        .offset(page.offset)
-    ).all()
+    rows, total = newest_first(session, RewardSpec, page)
     return Page(items=[_read(r) for r in rows], total=total, limit=page.limit, offset=page.offset)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import jobs
@@ -30,7 +30,7 @@ from service.datasets import repository as datasets
 from service.db.models import JobStatus, Record, RewardSpec, ScoreSet
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository as models
-from service.pagination import Page, Pagination
+from service.pagination import Page, Pagination, newest_first
 from service.score_sets.schemas import (
     CompareRead,
     DistributionRead,
@@ -275,13 +275,7 @@ def to_read(score_set: ScoreSet) -> ScoreSetRead:
 
 
 def list_score_sets(session: Session, page: Pagination) -> Page[ScoreSetRead]:
-    total = session.scalar(select(func.count()).select_from(ScoreSet)) or 0
-    rows = session.scalars(
-        select(ScoreSet)
-        .order_by(ScoreSet.created_at.desc(), ScoreSet.id)
-        .limit(page.limit)
-        .offset(page.offset)
-    ).all()
+    rows, total = newest_first(session, ScoreSet, page)
     return Page(items=[to_read(s) for s in rows], total=total, limit=page.limit, offset=page.offset)
 
 

@@ -24,7 +24,7 @@ from service.db.models import (
     WarmupRun,
 )
 from service.errors import Conflict, InvalidInput, NotFound
-from service.pagination import Page, Pagination
+from service.pagination import Page, Pagination, newest_first
 from service.studies.schemas import StudyCreate, StudyRead
 
 JOB_KIND = "study"
@@ -202,11 +202,5 @@ def to_read(study: Study) -> StudyRead:
 
 
 def list_studies(session: Session, page: Pagination) -> Page[StudyRead]:
-    total = session.scalar(select(func.count()).select_from(Study)) or 0
-    rows = session.scalars(
-        select(Study)
-        .order_by(Study.created_at.desc(), Study.id)
-        .limit(page.limit)
-        .offset(page.offset)
-    ).all()
+    rows, total = newest_first(session, Study, page)
     return Page(items=[to_read(s) for s in rows], total=total, limit=page.limit, offset=page.offset)

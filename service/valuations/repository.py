@@ -19,17 +19,6 @@ def get(session: Session, valuation_id: str, *, for_update: bool = False) -> Val
     return valuation
 
 
-def list_page(session: Session, limit: int, offset: int) -> tuple[Sequence[Valuation], int]:
-    total = session.scalar(select(func.count()).select_from(Valuation)) or 0
-    rows = session.scalars(
-        select(Valuation)
-        .order_by(Valuation.created_at.desc(), Valuation.id)
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    return rows, total
-
-
 def scores_page(
     session: Session, valuation_id: str, limit: int, offset: int
 ) -> tuple[Sequence[Score], int]:

@@ -21,7 +21,7 @@ from service.db.models import (
 )
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository as models
-from service.pagination import Page, Pagination
+from service.pagination import Page, Pagination, newest_first
 from service.valuations import repository
 from service.valuations.schemas import SampleRead, ScoreRead, ValuationCreate, ValuationRead
 from workers.contracts import POLICY_METHODS, REWARD_NEEDS_LABEL
@@ -166,7 +166,7 @@ def to_read(valuation: Valuation) -> ValuationRead:
 
 
 def list_valuations(session: Session, page: Pagination) -> Page[ValuationRead]:
-    rows, total = repository.list_page(session, page.limit, page.offset)
+    rows, total = newest_first(session, Valuation, page)
     return Page(items=[to_read(v) for v in rows], total=total, limit=page.limit, offset=page.offset)
 
 

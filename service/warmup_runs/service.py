@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from service.blobs import BlobStore
 from service.db.base import new_id
 from service.db.models import Checkpoint, WarmupRun
 from service.errors import InvalidInput, NotFound
 from service.models import repository as models
-from service.pagination import Page, Pagination
+from service.pagination import Page, Pagination, newest_first
 from service.warmup_runs import repository
 from service.warmup_runs.adapters import (
     AdapterFile,
@@ -261,5 +261,5 @@ def to_read(run: WarmupRun) -> WarmupRunRead:
 
 
 def list_runs(session: Session, page: Pagination) -> Page[WarmupRunRead]:
-    rows, total = repository.list_page(session, page.limit, page.offset)
+    rows, total = newest_first(session, WarmupRun, page, selectinload(WarmupRun.checkpoints))
     return Page(items=[to_read(r) for r in rows], total=total, limit=page.limit, offset=page.offset)
