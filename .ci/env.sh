@@ -16,6 +16,8 @@ export SIFT_EMBEDDED_WORKER=false
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-sift-access}
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-sift-secret-for-tests}
 export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
+# Seals client secrets (judge headers, tenant secrets); a test key, never a production one.
+export SIFT_SECRET_KEY=${SIFT_SECRET_KEY:-4Dk0d5qCqBH3o3pHqW2d3a1yRzGZbq8q3v9o9r2Yb0Y=}
 
 # Tests reuse these servers instead of starting their own.
 export SIFT_TEST_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:${SIFT_CI_PG_PORT}/sift_test"

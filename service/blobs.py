@@ -294,6 +294,45 @@ def blob_store_from_settings(settings: Settings) -> BlobStore:
     return blob_store_from_url(settings.blob_url, settings.s3_endpoint_url)
 
 
+def tenant_prefix(tenant_id: str) -> str:
+    """Where a tenant's blobs live: ``tenants/<id>/``; the rows that predate tenancy (tenant
+    ``default``) keep their keys at the root."""
+    from service.tenancy import DEFAULT_TENANT_ID
+
+    return "" if tenant_id == DEFAULT_TENANT_ID else f"tenants/{validate_key(tenant_id)}/"
+
+
+class TenantBlobStore:
+    """One tenant's view of a store: every key is under :func:`tenant_prefix`, so a key held
+    by one tenant's row can never name another tenant's object."""
+
+    def __init__(self, store: BlobStore, tenant_id: str) -> None:
+        self.store, self.tenant_id = store, tenant_id
+        self.prefix = tenant_prefix(tenant_id)
+
+    def __repr__(self) -> str:
+        return f"TenantBlobStore({self.store!r}, {self.tenant_id!r})"
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.store.put_bytes(self.prefix + validate_key(key), data)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.store.get_bytes(self.prefix + validate_key(key))
+
+    def exists(self, key: str) -> bool:
+        return self.store.exists(self.prefix + validate_key(key))
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        n = len(self.prefix)
+        return [k[n:] for k in self.store.list_keys(self.prefix + validate_prefix(prefix))]
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self.store.delete_prefix(self.prefix + validate_prefix(prefix, allow_empty=False))
+
+    def ping(self) -> None:
+        self.store.ping()
+
+
 @lru_cache
 def _store_for(url: str, s3_endpoint_url: str | None) -> BlobStore:
     return blob_store_from_url(url, s3_endpoint_url)
@@ -305,4 +344,6 @@ def get_blob_store() -> BlobStore:
     return _store_for(settings.blob_url, settings.s3_endpoint_url)
 
 
-BlobStoreDep = Annotated[BlobStore, Depends(get_blob_store)]
+RawBlobStoreDep = Annotated[BlobStore, Depends(get_blob_store)]
+"""The whole store: for health checks only; ``/v1`` endpoints take the tenant's part,
+``service.auth.dependencies.BlobStoreDep``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import socket
 import sys
 import threading
@@ -36,6 +37,33 @@ def _prepare_local_storage() -> None:
     from service.db.migrate import upgrade_head
 
     upgrade_head()
+
+
+def local_api_key() -> str:
+    """The embedded default's admin key of tenant ``local``, from ``settings.api_key_file``;
+    created (and printed) on first start, or when the file no longer holds a live key.
+
+    Production never comes here: its keys are made with ``sift keys create``.
+    """
+    from service.auth import keys
+    from service.db.session import session_scope
+
+    settings = get_settings()
+    path = Path(settings.api_key_file)
+    with session_scope() as session:
+        if path.exists():
+            key = path.read_text().strip()
+            if keys.authenticate(session, key) is not None:
+                return key
+        tenant = keys.get_or_create_tenant(session, "local")
+        _, key = keys.create_key(session, tenant.id, name="local admin", role="admin")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    print(f"created an admin API key for tenant 'local' in {path} (shown once):\n  {key}")
+    return key
 
 
 @contextlib.contextmanager
@@ -97,6 +125,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = get_settings()
     _prepare_local_storage()
+    if settings.env == "development":
+        key = local_api_key()
+        print(f"API key: `export SIFT_API_KEY=$(cat {settings.api_key_file})` ({key[:12]}...)")
     worker = embedded_worker() if settings.embedded_worker else contextlib.nullcontext()
     with worker:
         uvicorn.run("service.main:app", host=args.host, port=args.port)
@@ -121,6 +152,69 @@ def cmd_worker(args: argparse.Namespace) -> None:
             args.hostname,
         ]
     )
+
+
+def cmd_keys(args: argparse.Namespace) -> None:
+    """Operator key management, straight on the database (no API key needed)."""
+    from service.auth import keys
+    from service.db.models import Tenant
+    from service.db.session import session_scope
+    from service.errors import SiftError
+
+    _prepare_local_storage()
+    try:
+        with session_scope() as session:
+            if args.action == "create":
+                tenant = keys.get_or_create_tenant(session, args.tenant)
+                row, key = keys.create_key(session, tenant.id, name=args.name, role=args.role)
+                out: Any = {"id": row.id, "tenant": tenant.name, "tenant_id": tenant.id}
+                out |= {"role": row.role, "name": row.name, "key": key}
+            elif args.action == "list":
+                names = {t.id: t.name for t in session.query(Tenant)}
+                tenant_id = None
+                if args.tenant:
+                    tenant_id = next((i for i, n in names.items() if n == args.tenant), "-")
+                out = [
+                    {
+                        "id": k.id,
+                        "tenant": names.get(k.tenant_id, k.tenant_id),
+                        "name": k.name,
+                        "role": k.role,
+                        "prefix": k.prefix,
+                        "created_at": k.created_at.isoformat(),
+                        "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+                    }
+                    for k in keys.list_keys(session, tenant_id)
+                ]
+            else:
+                row = keys.revoke_key(session, args.key_id)
+                out = {"id": row.id, "revoked_at": row.revoked_at and row.revoked_at.isoformat()}
+    except SiftError as e:
+        raise SystemExit(f"sift keys {args.action}: {e.message}") from None
+    print(json.dumps(out, indent=2))
+
+
+def cmd_secrets(args: argparse.Namespace) -> None:
+    """Operator: let a tenant use one worker environment variable, by a secret name."""
+    from service.auth import keys
+    from service.db.session import session_scope
+    from service.errors import SiftError
+    from service.tenant_secrets import service as tenant_secrets
+
+    _prepare_local_storage()
+    try:
+        with session_scope() as session:
+            tenant = keys.get_or_create_tenant(session, args.tenant)
+            tenant_secrets.grant_env(session, tenant.id, args.name, args.env)
+    except SiftError as e:
+        raise SystemExit(f"sift secrets grant: {e.message}") from None
+    print(f"tenant {args.tenant!r} may now name secret {args.name!r} (worker variable {args.env})")
+
+
+def cmd_secret_key(_: argparse.Namespace) -> None:
+    from service.secrets import new_key
+
+    print(new_key())
 
 
 def cmd_migrate(_: argparse.Namespace) -> None:
@@ -160,13 +254,14 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_demo(base_url: str, top: int = 40) -> float:
+def run_demo(base_url: str, api_key: str, top: int = 40) -> float:
     """Upload the bundled pool and probes, value the pool, print the top records; return the
     fraction of the top records that come from the probes' task."""
     import httpx
 
     pool_path, probes_path = DEMO_DATA / "pool.jsonl", DEMO_DATA / "probes.jsonl"
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+    auth = {"authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=base_url, timeout=60, headers=auth) as http:
         uploads = {}
         for name, path in (("demo-pool", pool_path), ("demo-probes", probes_path)):
             with path.open("rb") as f:
@@ -244,9 +339,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(
         f"embedded default: {settings.database_url}, blobs {settings.blob_url}, in-process worker"
     )
+    api_key = local_api_key()
     started = time.monotonic()
     with embedded_worker(), _api_in_thread(_free_port()) as base_url:
-        run_demo(base_url, top=args.top)
+        run_demo(base_url, api_key, top=args.top)
     print(f"done in {time.monotonic() - started:.0f}s")
 
 
@@ -266,6 +362,34 @@ def main(argv: list[str] | None = None) -> None:
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="upgrade the database to the latest migration").set_defaults(
         func=cmd_migrate
+    )
+    keys = sub.add_parser(
+        "keys",
+        help="create, list or revoke API keys (operator; works on the database directly)",
+        description="Examples: sift keys create --tenant team-a --role member --name ci; "
+        "sift keys list --tenant team-a; sift keys revoke KEY_ID",
+    )
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="a new key (printed once) of a tenant")
+    create.add_argument("--tenant", required=True, help="tenant name (created if new)")
+    create.add_argument("--role", default="admin", choices=["admin", "member", "read_only"])
+    create.add_argument("--name", default="cli")
+    listing = keys_sub.add_parser("list", help="keys (never the keys themselves)")
+    listing.add_argument("--tenant", default=None)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=cmd_keys)
+    grant = sub.add_parser(
+        "secrets", help="operator: grant a tenant a worker environment variable as a secret"
+    )
+    grant_sub = grant.add_subparsers(dest="action", required=True)
+    g = grant_sub.add_parser("grant", help="e.g. --tenant team-a --name openai --env OPENAI_KEY")
+    g.add_argument("--tenant", required=True)
+    g.add_argument("--name", required=True, help="the secret name requests use")
+    g.add_argument("--env", required=True, help="the worker's environment variable")
+    grant.set_defaults(func=cmd_secrets)
+    sub.add_parser("secret-key", help="print a new SIFT_SECRET_KEY (Fernet key)").set_defaults(
+        func=cmd_secret_key
     )
     demo = sub.add_parser("demo", help="value the bundled synthetic pool on the builtin tiny model")
     demo.add_argument("--top", type=int, default=40)

@@ -9,8 +9,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.outbound import OutboundPolicy
 
 
 class Settings(BaseSettings):
@@ -37,6 +39,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Redis: an unacknowledged task (its worker died) is redelivered after this",
     )
+    max_task_deliveries: int = Field(
+        default=3,
+        ge=1,
+        description="a task delivered more often than this, its worker dying during each "
+        "delivery (e.g. a record whose program kills it), fails its job instead of coming back",
+    )
     embedded_worker: bool = Field(
         default=True, description="`sift serve` also runs a worker in-process (development)"
     )
@@ -50,6 +58,38 @@ class Settings(BaseSettings):
     check_model_paths: bool = Field(
         default=True, description="a model given as a local path must exist and hold config.json"
     )
+    outbound_allow: str = Field(
+        default="",
+        description="comma-separated CIDRs and exact host names that URLs called on a client's "
+        "behalf (http judges, assist endpoints) may reach, also over plain http, e.g. "
+        "10.0.0.0/8,judge.corp.example; empty: public https destinations only (workers.outbound)",
+    )
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _outbound_allow_entries(cls, value: str) -> str:
+        OutboundPolicy.from_entries(value.split(","))  # raises ValueError naming the bad entry
+        return value
+
+    def outbound_policy(self) -> OutboundPolicy:
+        """What workers.outbound enforces for this deployment (API and workers alike)."""
+        return OutboundPolicy.from_entries(self.outbound_allow.split(","))
+
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key (urlsafe base64 of 32 bytes) sealing client-supplied secrets "
+        "(judge headers, tenant secrets); API and workers need the same. Required in "
+        "production; in development it is created once in secret_key_file",
+    )
+    secret_key_file: str = Field(
+        default=".sift/secret.key",
+        description="development only: where the generated secret_key is kept (mode 0600)",
+    )
+    api_key_file: str = Field(
+        default=".sift/api-key",
+        description="development only: where the first local admin API key is written "
+        "(mode 0600) when the database has no key yet",
+    )
 
     @model_validator(mode="after")
     def _production_needs_real_services(self) -> Settings:
@@ -58,6 +98,15 @@ class Settings(BaseSettings):
                 "SIFT_BROKER_URL=memory:// only reaches a worker inside the same process; "
                 "set a real broker (e.g. redis://...) when SIFT_ENV=production"
             )
+        if self.env == "production" and self.secret_key is None:
+            raise ValueError(
+                "SIFT_SECRET_KEY is required when SIFT_ENV=production (it seals client "
+                "secrets); generate one with `sift secret-key`"
+            )
+        if self.secret_key is not None:
+            from service.secrets import check_key
+
+            check_key(self.secret_key.get_secret_value())
         return self
 
 

@@ -31,6 +31,8 @@ class SiftError(Exception):
     code: ClassVar[str] = "internal_error"
     description: ClassVar[str] = "Internal error"
 
+    headers: ClassVar[dict[str, str] | None] = None
+
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -38,6 +40,19 @@ class SiftError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class Unauthorized(SiftError):
+    status_code = 401
+    code = "unauthorized"
+    description = "Missing, malformed, unknown or revoked API key (`Authorization: Bearer <key>`)"
+    headers = {"WWW-Authenticate": 'Bearer realm="sift"'}
+
+
+class Forbidden(SiftError):
+    status_code = 403
+    code = "forbidden"
+    description = "The key's role may not do this (read_only keys only read; keys are admin's)"
 
 
 class NotFound(SiftError):
@@ -94,7 +109,7 @@ def _loc_to_field(loc: Sequence[Any]) -> str:
 
 async def _sift_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SiftError)  # registered for SiftError only
-    return JSONResponse(exc.body(), status_code=exc.status_code)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 async def _validation_error_handler(_: Request, exc: Exception) -> JSONResponse:

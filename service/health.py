@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from service.blobs import BlobStoreDep
-from service.db.session import SessionDep
+from service.blobs import RawBlobStoreDep
+from service.db.session import RawSessionDep
 from service.queue import QueueDep
 
 router = APIRouter(tags=["health"])
@@ -39,7 +39,7 @@ def healthz() -> Any:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "a check failed (see `failing`)"}},
 )
-def readyz(session: SessionDep, queue: QueueDep, blobs: BlobStoreDep) -> JSONResponse:
+def readyz(session: RawSessionDep, queue: QueueDep, blobs: RawBlobStoreDep) -> JSONResponse:
     """Database (``SELECT 1``), broker connection and blob store; 503 names what failed."""
     checks: dict[str, str] = {}
 

@@ -6,17 +6,20 @@ first use. It never imports torch (``tests/service/test_no_torch.py`` holds it t
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from service import health
+from service.auth.dependencies import get_principal
+from service.auth.endpoints import router as keys_router
 from service.curations.endpoints import router as curations_router
 from service.datasets.endpoints import router as datasets_router
-from service.errors import install_error_handlers
+from service.errors import Forbidden, Unauthorized, error_responses, install_error_handlers
 from service.models.endpoints import router as models_router
 from service.reward_specs.endpoints import router as reward_specs_router
 from service.score_sets.endpoints import router as score_sets_router
 from service.selections.endpoints import router as selections_router
 from service.studies.endpoints import router as studies_router
+from service.tenant_secrets.endpoints import router as secrets_router
 from service.valuations.endpoints import router as valuations_router
 from service.warmup_runs.endpoints import router as warmup_runs_router
 
@@ -33,6 +36,10 @@ sets (`/v1/score-sets`) hold per-record scores of the seed 003 toolbox (model qu
 text statistics, knn distance, random / BM25 / DSIR / RDS importance against probes), with
 distributions and rank comparisons between them.
 
+Every `/v1` route needs an API key, `Authorization: Bearer sift_...`: a missing or revoked
+key is a 401, a role that may not act a 403 (read_only keys only read; only admin keys manage
+keys). Every resource belongs to the key's tenant: another tenant's resource is a 404.
+
 Errors have one shape: `{"error": {"code", "message", "field"}}`.
 """
 
@@ -40,8 +47,14 @@ Errors have one shape: `{"error": {"code", "message", "field"}}`.
 def create_app() -> FastAPI:
     app = FastAPI(title="Sift", version="0.1.0", description=DESCRIPTION)
     install_error_handlers(app)
-    v1 = APIRouter(prefix=API_PREFIX)
+    v1 = APIRouter(
+        prefix=API_PREFIX,
+        dependencies=[Depends(get_principal)],
+        responses=error_responses(Unauthorized, Forbidden),
+    )
     for router in (
+        keys_router,
+        secrets_router,
         datasets_router,
         models_router,
         reward_specs_router,

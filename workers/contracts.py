@@ -130,7 +130,10 @@ class AssistEndpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_url: str = Field(
-        pattern=r"^https?://", max_length=2000, description="e.g. http://host:8000/v1"
+        pattern=r"^https?://",
+        max_length=2000,
+        description="e.g. https://host/v1; a public https URL unless the operator allowlists "
+        "the host (SIFT_OUTBOUND_ALLOW; rules in workers.outbound)",
     )
     model: str = Field(min_length=1, max_length=200, description="the endpoint's model name")
     n: int = Field(4, ge=1, le=64, description="responses per probe")
@@ -138,12 +141,12 @@ class AssistEndpoint(BaseModel):
     max_tokens: int = Field(512, ge=1, le=8192)
     timeout_s: float = Field(60.0, gt=0.0, le=600.0)
     retries: int = Field(2, ge=0, le=10)
-    api_key_env: str | None = Field(
+    api_key_secret: str | None = Field(
         None,
-        pattern=r"^[A-Z_][A-Z0-9_]*$",
-        max_length=100,
-        description="name of a worker environment variable holding the API key (the key "
-        "itself is never sent to or stored by the API)",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        description="name of one of the tenant's secrets (POST /v1/secrets, or a worker "
+        "variable an operator granted with `sift secrets grant`) holding the API key; sent as "
+        "a bearer token, never returned or logged",
     )
 
 
@@ -384,7 +387,12 @@ class HttpJudgeReward(_RewardBase):
     expecting ``{"reward": <number>}``; bounded timeout and retries. Needs no label."""
 
     kind: Literal["http_judge"] = "http_judge"
-    url: str = Field(pattern=r"^https?://", max_length=2000)
+    url: str = Field(
+        pattern=r"^https?://",
+        max_length=2000,
+        description="a public https URL unless the operator allowlists the host "
+        "(SIFT_OUTBOUND_ALLOW; rules in workers.outbound)",
+    )
     timeout_s: float = Field(30.0, gt=0.0, le=600.0)
     retries: int = Field(2, ge=0, le=10)
     headers: dict[str, str] = Field(default_factory=dict)

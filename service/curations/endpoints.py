@@ -6,9 +6,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from service import jobs
+from service.auth.dependencies import SessionDep
 from service.curations import service
 from service.curations.schemas import CurationCreate, CurationRead
-from service.db.session import SessionDep
 from service.errors import Conflict, NotFound, ServiceUnavailable, error_responses
 from service.pagination import Page, PaginationDep
 from service.queue import QueueDep

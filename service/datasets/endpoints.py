@@ -9,11 +9,11 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.types import Message
 
+from service.auth.dependencies import SessionDep
 from service.config import Settings, get_settings
 from service.datasets import service
 from service.datasets.parsing import ParsedDataset, loads_strict, parse_jsonl, parse_records
 from service.datasets.schemas import EXAMPLE_RECORDS, DatasetCreate, DatasetRead, RecordRead
-from service.db.session import SessionDep
 from service.errors import (
     Conflict,
     InvalidInput,

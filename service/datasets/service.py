@@ -30,6 +30,7 @@ def create_dataset(session: Session, name: str, parsed: ParsedDataset) -> Datase
         session,
         [
             {
+                "tenant_id": dataset.tenant_id,
                 "dataset_id": dataset.id,
                 "record_id": r.record_id,
                 "position": position,

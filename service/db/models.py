@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from service.db.base import Base, UTCDateTime, new_id, utcnow
+from service.tenancy import TenantOwned
 
 # Plain JSON (not JSONB) on Postgres: the text is kept as written, so key order of ``raw``
 # records survives and an export gives records back verbatim.
@@ -45,7 +46,67 @@ def _in(column: str, values: Any) -> str:
     return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
-class Dataset(Base):
+# --- identity: tenants, their API keys and their secrets ---------------------------------------
+
+ROLES = ("admin", "member", "read_only")
+"""admin: everything, keys included; member: every resource, no keys; read_only: GET only."""
+
+
+class Tenant(Base):
+    """A team sharing one Sift: every resource row carries its ``tenant_id``."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only its sha256 is stored; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(32))
+    """The key's first characters, to tell keys apart in lists; not enough to use it."""
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+SECRET_SOURCES = ("stored", "worker_env")
+
+
+class TenantSecret(TenantOwned, Base):
+    """A named secret a tenant's outbound calls may use (e.g. an assist endpoint's key):
+    a value the tenant stored (encrypted with ``SIFT_SECRET_KEY``), or a worker environment
+    variable an operator granted to this tenant. Never returned by the API."""
+
+    __tablename__ = "tenant_secrets"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name"),
+        CheckConstraint(_in("source", SECRET_SOURCES), name="source"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(16))
+    ciphertext: Mapped[str | None] = mapped_column(Text)
+    """source "stored": the Fernet token of the value."""
+    env_var: Mapped[str | None] = mapped_column(String(100))
+    """source "worker_env": the worker variable the operator granted."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# --- resources ---------------------------------------------------------------------------------
+
+
+class Dataset(TenantOwned, Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -68,7 +129,7 @@ class Dataset(Base):
     )
 
 
-class Record(Base):
+class Record(TenantOwned, Base):
     __tablename__ = "records"
     __table_args__ = (
         UniqueConstraint("dataset_id", "record_id"),
@@ -91,33 +152,37 @@ class Record(Base):
     dataset: Mapped[Dataset] = relationship(back_populates="records")
 
 
-class Model(Base):
+class Model(TenantOwned, Base):
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(1024))
     """``builtin:<name>``, an absolute local directory, or a hub id ``org/name``."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class RewardSpec(Base):
+class RewardSpec(TenantOwned, Base):
     """A named reward definition for NICE valuations (``workers.contracts.RewardSpec``)."""
 
     __tablename__ = "reward_specs"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    """The validated spec, defaults filled in: what workers execute."""
+    """The validated spec, defaults filled in: what workers execute, less its secrets."""
+    secret_headers: Mapped[str | None] = mapped_column(Text)
+    """http_judge only: the Fernet token of the request headers' JSON (write-only)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 METHODS = ("less", "tracin", "nice", "datainf", "nice_if")
 
 
-class Sample(Base):
+class Sample(TenantOwned, Base):
     """One Monte-Carlo response to a NICE probe at one checkpoint, with its reward (audit)."""
 
     __tablename__ = "samples"
@@ -135,7 +200,7 @@ class Sample(Base):
     reward: Mapped[float] = mapped_column(Float)
 
 
-class Job(Base):
+class Job(TenantOwned, Base):
     __tablename__ = "jobs"
     __table_args__ = (CheckConstraint(_in("status", JobStatus), name="status"),)
 
@@ -154,7 +219,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class Valuation(Base):
+class Valuation(TenantOwned, Base):
     __tablename__ = "valuations"
     __table_args__ = (CheckConstraint(_in("method", METHODS), name="method"),)
 
@@ -183,7 +248,7 @@ class Valuation(Base):
 WARMUP_ORIGINS = ("warmup", "upload")
 
 
-class WarmupRun(Base):
+class WarmupRun(TenantOwned, Base):
     """A run of LoRA checkpoints: trained by Sift on a pool (``origin`` "warmup") or uploaded
     as adapters with their steps and learning rates ("upload": no pool, no Adam moments)."""
 
@@ -191,10 +256,11 @@ class WarmupRun(Base):
     __table_args__ = (
         CheckConstraint(_in("status", ("running", "complete")), name="status"),
         CheckConstraint(_in("origin", WARMUP_ORIGINS), name="origin"),
+        UniqueConstraint("tenant_id", "content_key"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    content_key: Mapped[str] = mapped_column(String(128), unique=True)
+    content_key: Mapped[str] = mapped_column(String(128))
     origin: Mapped[str] = mapped_column(String(16), default="warmup", server_default="warmup")
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
     pool_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
@@ -212,7 +278,7 @@ class WarmupRun(Base):
     )
 
 
-class Checkpoint(Base):
+class Checkpoint(TenantOwned, Base):
     __tablename__ = "checkpoints"
     __table_args__ = (UniqueConstraint("warmup_run_id", "epoch"),)
 
@@ -233,15 +299,16 @@ FEATURE_KINDS = ("sgd", "adam", "policy", "sgd_sum")
 """As ``workers.engine.features.FEATURE_KINDS`` (a test holds the two equal)."""
 
 
-class FeatureSet(Base):
+class FeatureSet(TenantOwned, Base):
     __tablename__ = "feature_sets"
     __table_args__ = (
         CheckConstraint(_in("kind", FEATURE_KINDS), name="kind"),
         CheckConstraint(_in("status", ("building", "complete")), name="status"),
+        UniqueConstraint("tenant_id", "content_key"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    content_key: Mapped[str] = mapped_column(String(128), unique=True)
+    content_key: Mapped[str] = mapped_column(String(128))
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id"))
     kind: Mapped[str] = mapped_column(String(8))
@@ -256,7 +323,7 @@ class FeatureSet(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class Score(Base):
+class Score(TenantOwned, Base):
     __tablename__ = "scores"
     __table_args__ = (
         UniqueConstraint("valuation_id", "rank"),
@@ -272,7 +339,7 @@ class Score(Base):
     per_subtask: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
 
 
-class Selection(Base):
+class Selection(TenantOwned, Base):
     __tablename__ = "selections"
     __table_args__ = (
         CheckConstraint(_in("rule", ("top_k", "top_fraction", "threshold")), name="rule"),
@@ -290,7 +357,7 @@ class Selection(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class Study(Base):
+class Study(TenantOwned, Base):
     """A strategy study (seed 001): RelInf of named probe sets on an evaluation set, paired by
     ``metadata[pair_key]``, over the checkpoints of a warmup run."""
 
@@ -320,7 +387,7 @@ SCORERS = ("quality", "text", "knn", "random", "bm25", "dsir", "rds", "reward")
 """As ``workers.contracts.SCORERS`` (a test holds the two equal)."""
 
 
-class ScoreSet(Base):
+class ScoreSet(TenantOwned, Base):
     """Per-record scores of one scorer (seed 003 toolbox) over a dataset: one or more named
     columns (e.g. a "quality" set holds nll, perplexity, el2n, ...) that selections can use."""
 
@@ -351,7 +418,7 @@ class ScoreSet(Base):
     job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
 
 
-class Curation(Base):
+class Curation(TenantOwned, Base):
     """A selection composed from score sets (seed 003): filters, then a rank or diversity pick,
     under quotas. The request is kept as ``recipe``; the result is the picked record ids."""
 
@@ -373,3 +440,20 @@ class Curation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
+
+
+class TaskDelivery(Base):
+    """A Celery task in flight (by its id, which a redelivered message keeps) and how often it
+    was delivered since none ended: every delivery but the latest died with its worker. This
+    bounds how often a task whose execution kills its worker comes back (``run_tracked`` in
+    ``workers.tasks.jobs``). The row goes when a delivery ends; it stays, as the evidence, when
+    its job was failed for too many deliveries."""
+
+    __tablename__ = "task_deliveries"
+
+    task_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    task_name: Mapped[str] = mapped_column(String(255))
+    deliveries: Mapped[int] = mapped_column(Integer)
+    first_delivered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_delivered_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -110,4 +110,6 @@ def get_db() -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
+RawSessionDep = Annotated[Session, Depends(get_db)]
+"""A session that acts for no tenant: only for what sits outside ``/v1`` (health checks).
+``/v1`` endpoints take ``service.auth.dependencies.SessionDep``, scoped to the key's tenant."""

@@ -4,8 +4,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
+from service.auth.dependencies import SessionDep
 from service.config import Settings, get_settings
-from service.db.session import SessionDep
 from service.errors import Conflict, NotFound, error_responses
 from service.models import service
 from service.models.schemas import ModelCreate, ModelRead

@@ -21,7 +21,7 @@ class RewardSpecCreate(BaseModel):
                 },
                 {
                     "name": "judge",
-                    "spec": {"kind": "http_judge", "url": "http://judge.internal/score"},
+                    "spec": {"kind": "http_judge", "url": "https://judge.example.com/score"},
                 },
             ]
         },

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from service.db.session import SessionDep
+from service.auth.dependencies import SessionDep
 from service.errors import Conflict, NotFound, error_responses
 from service.selections import service
 from service.selections.schemas import SelectionCreate, SelectionRead

@@ -5,8 +5,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 
 from service import jobs
-from service.blobs import BlobStoreDep
-from service.db.session import SessionDep
+from service.auth.dependencies import BlobStoreDep, SessionDep
 from service.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable, error_responses
 from service.pagination import Page, PaginationDep
 from service.queue import QueueDep

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from service import jobs
-from service.db.session import SessionDep
+from service.auth.dependencies import SessionDep
+from service.config import Settings, get_settings
 from service.errors import Conflict, NotFound, ServiceUnavailable, error_responses
 from service.pagination import Page, PaginationDep
 from service.queue import QueueDep
@@ -22,13 +23,18 @@ router = APIRouter(prefix="/valuations", tags=["valuations"])
     response_model=ValuationRead,
     responses=error_responses(ServiceUnavailable),
 )
-def create_valuation(body: ValuationCreate, session: SessionDep, queue: QueueDep) -> Any:
+def create_valuation(
+    body: ValuationCreate,
+    session: SessionDep,
+    queue: QueueDep,
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> Any:
     """Create a valuation job and queue its first stage (featurization).
 
     The job and valuation are committed *before* the task is sent, so the worker always finds
     them. If the broker refuses the task the job is marked failed and the reply is 503.
     """
-    valuation = service.create_valuation(session, body)
+    valuation = service.create_valuation(session, body, settings)
     session.commit()
     jobs.enqueue_committed(
         session,

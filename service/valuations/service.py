@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import jobs
+from service.config import Settings
 from service.datasets import repository as datasets
 from service.db.models import (
     JobStatus,
@@ -22,9 +23,11 @@ from service.db.models import (
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository as models
 from service.pagination import Page, Pagination, newest_first
+from service.tenant_secrets import service as tenant_secrets
 from service.valuations import repository
 from service.valuations.schemas import SampleRead, ScoreRead, ValuationCreate, ValuationRead
 from workers.contracts import POLICY_METHODS, REWARD_NEEDS_LABEL
+from workers.outbound import OutboundRefused, check_url
 
 JOB_KIND = "valuation"
 
@@ -52,6 +55,12 @@ def _reward_spec(session: Session, body: ValuationCreate) -> RewardSpec | None:
             "settings.nice.assist_endpoint, not both",
             field="body.settings.nice.assist_endpoint",
         )
+    if endpoint is not None and endpoint.api_key_secret is not None:
+        tenant_secrets.require(
+            session,
+            endpoint.api_key_secret,
+            field="body.settings.nice.assist_endpoint.api_key_secret",
+        )
     if body.assist_dataset_id is not None:
         assist = datasets.get(session, body.assist_dataset_id)
         if assist is None:
@@ -76,10 +85,19 @@ def _reward_spec(session: Session, body: ValuationCreate) -> RewardSpec | None:
     return spec
 
 
-def create_valuation(session: Session, body: ValuationCreate) -> Valuation:
+def create_valuation(session: Session, body: ValuationCreate, settings: Settings) -> Valuation:
     if not models.exists(session, body.model_id):
         raise InvalidInput(f"model {body.model_id} does not exist", field="body.model_id")
     reward = _reward_spec(session, body)
+    endpoint = body.settings.nice.assist_endpoint
+    if endpoint is not None:  # the worker calls it: same rules as workers.outbound
+        try:
+            check_url(endpoint.base_url, settings.outbound_policy())
+        except OutboundRefused as exc:
+            raise InvalidInput(
+                f"assist endpoint refused: {exc}",
+                field="body.settings.nice.assist_endpoint.base_url",
+            ) from exc
     for field in ("pool_dataset_id", "probe_dataset_id"):
         dataset_id = getattr(body, field)
         dataset = datasets.get(session, dataset_id)

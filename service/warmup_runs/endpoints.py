@@ -8,9 +8,8 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.types import Message, Receive
 
-from service.blobs import BlobStoreDep
+from service.auth.dependencies import BlobStoreDep, SessionDep
 from service.config import Settings, get_settings
-from service.db.session import SessionDep
 from service.errors import (
     InvalidInput,
     NotFound,

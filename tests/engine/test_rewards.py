@@ -32,6 +32,9 @@ from workers.engine.rewards import (
     reward_from_dict,
     reward_model_text,
 )
+from workers.outbound import OutboundPolicy
+
+LOOPBACK = OutboundPolicy.from_entries(["127.0.0.1/32"])  # the test judges listen there
 
 
 def items(*pairs: tuple[str, str | None], prompt: str = "Q?") -> list[RewardItem]:
@@ -398,6 +401,12 @@ class Judge:
                     self.reply(200, {"reward": 1})
                 elif route == "/forbidden":
                     self.reply(403, {"error": "bad key"})
+                elif route == "/secret500":
+                    self.reply(500, b"SECRET-INTERNAL-TOKEN root:x:0:0")
+                elif route == "/secret400":
+                    self.reply(400, b"SECRET-INTERNAL-TOKEN root:x:0:0")
+                elif route == "/secret200":
+                    self.reply(200, b"SECRET-INTERNAL-TOKEN root:x:0:0")
                 elif route == "/garbage":
                     self.reply(200, b"<html>not json</html>")
                 elif route == "/nokey":
@@ -442,7 +451,7 @@ JUDGE_ITEMS = [
 
 def test_http_judge_success_and_payload(judge: Judge) -> None:
     spec = HttpJudge(url=judge.base + "/ok", headers={"Authorization": "Bearer t0ken"})
-    assert compute_rewards(spec, JUDGE_ITEMS) == [0.5, 1.2, 0.0]
+    assert compute_rewards(spec, JUDGE_ITEMS, outbound=LOOPBACK) == [0.5, 1.2, 0.0]
     bodies = sorted((body for _, body, _ in judge.requests), key=lambda b: str(b["probe_id"]))
     assert bodies[0] == {"probe_id": "p0", "prompt": "Q0", "response": "short", "label": "gold"}
     assert bodies[1]["label"] is None
@@ -451,14 +460,14 @@ def test_http_judge_success_and_payload(judge: Judge) -> None:
 
 def test_http_judge_retries_server_errors(judge: Judge) -> None:
     spec = HttpJudge(url=judge.base + "/flaky", retries=2)
-    assert compute_rewards(spec, JUDGE_ITEMS[:1]) == [0.5]
+    assert compute_rewards(spec, JUDGE_ITEMS[:1], outbound=LOOPBACK) == [0.5]
     assert judge.count("/flaky") == 3
 
 
 def test_http_judge_gives_up_after_retries(judge: Judge) -> None:
     spec = HttpJudge(url=judge.base + "/down?token=s3cr3t", retries=2)
     with pytest.raises(EngineError, match=r"/down.*'p0'.*3 attempt.*503") as info:
-        compute_rewards(spec, JUDGE_ITEMS[:1])
+        compute_rewards(spec, JUDGE_ITEMS[:1], outbound=LOOPBACK)
     assert "s3cr3t" not in str(info.value)  # query strings may hold credentials
     assert judge.count("/down") == 3
 
@@ -467,22 +476,40 @@ def test_http_judge_timeout(judge: Judge) -> None:
     spec = HttpJudge(url=judge.base + "/slow", timeout_s=0.2, retries=1)
     start = time.monotonic()
     with pytest.raises(EngineError, match="Timeout"):
-        compute_rewards(spec, JUDGE_ITEMS[:1])
+        compute_rewards(spec, JUDGE_ITEMS[:1], outbound=LOOPBACK)
     assert time.monotonic() - start < 2.0
     assert judge.count("/slow") == 2
 
 
 def test_http_judge_client_errors_are_not_retried(judge: Judge) -> None:
     spec = HttpJudge(url=judge.base + "/forbidden", retries=3)
-    with pytest.raises(EngineError, match="status 403.*bad key"):
-        compute_rewards(spec, JUDGE_ITEMS[:1])
+    with pytest.raises(EngineError, match="status 403") as info:
+        compute_rewards(spec, JUDGE_ITEMS[:1], outbound=LOOPBACK)
+    assert "bad key" not in str(info.value)  # the judge's body is never quoted
     assert judge.count("/forbidden") == 1
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [("/secret500", "status 500"), ("/secret400", "status 400"), ("/secret200", "not valid JSON")],
+)
+def test_http_judge_bodies_never_reach_the_error(judge: Judge, route: str, expected: str) -> None:
+    spec = HttpJudge(url=judge.base + route, retries=1)
+    with pytest.raises(EngineError, match=expected) as info:
+        compute_rewards(spec, JUDGE_ITEMS[:1], outbound=LOOPBACK)
+    assert "SECRET" not in str(info.value) and "root:" not in str(info.value)
+
+
+def test_http_judge_on_loopback_needs_the_operator_allowlist(judge: Judge) -> None:
+    with pytest.raises(InvalidInput, match="http judge .*/ok.*refused: .*loopback"):
+        compute_rewards(HttpJudge(url=judge.base + "/ok"), JUDGE_ITEMS[:1])
+    assert judge.requests == []
 
 
 @pytest.mark.parametrize("route", ["/garbage", "/nokey", "/nan"])
 def test_http_judge_malformed_bodies(judge: Judge, route: str) -> None:
     with pytest.raises(EngineError, match=route):
-        compute_rewards(HttpJudge(url=judge.base + route), JUDGE_ITEMS[:1])
+        compute_rewards(HttpJudge(url=judge.base + route), JUDGE_ITEMS[:1], outbound=LOOPBACK)
     assert judge.count(route) == 1
 
 
@@ -494,4 +521,4 @@ def test_http_judge_connection_refused() -> None:
         port = s.getsockname()[1]
     spec = HttpJudge(url=f"http://127.0.0.1:{port}/score", retries=1, timeout_s=1.0)
     with pytest.raises(EngineError, match="ConnectError"):
-        compute_rewards(spec, JUDGE_ITEMS[:1])
+        compute_rewards(spec, JUDGE_ITEMS[:1], outbound=LOOPBACK)

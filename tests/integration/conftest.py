@@ -4,6 +4,7 @@ on Postgres, Redis and S3 — real servers, no mocks."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -65,6 +66,25 @@ class Stack:
     env: dict[str, str]
     logs: Path
     worker: WorkerProcess
+    api_key: str
+    """An admin key of tenant ``integration``, made with ``sift keys create``."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"}
+
+
+def create_key(env: dict[str, str], tenant: str, role: str = "admin") -> str:
+    """A new API key of ``tenant``, made as an operator would: ``sift keys create``."""
+    made = subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "create", "--tenant", tenant, "--role", role],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return str(json.loads(made.stdout)["key"])
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +114,10 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "SIFT_BLOB_URL": f"s3://{bucket}",
         "SIFT_S3_ENDPOINT_URL": servers.s3_endpoint_url,
         "SIFT_EMBEDDED_WORKER": "false",
+        "SIFT_OUTBOUND_ALLOW": "127.0.0.1/32",  # the tests' judges and endpoints
+        "SIFT_SECRET_KEY": os.environ.get(
+            "SIFT_SECRET_KEY", "4Dk0d5qCqBH3o3pHqW2d3a1yRzGZbq8q3v9o9r2Yb0Y="
+        ),
         "PYTHONUNBUFFERED": "1",
         # A killed worker's unacknowledged task comes back after this (production: an hour).
         "SIFT_BROKER_VISIBILITY_TIMEOUT_S": "5",
@@ -105,6 +129,7 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         check=True,
         capture_output=True,
     )
+    api_key = create_key(env, "integration")
     import redis
 
     redis.Redis.from_url(broker_url).flushdb()
@@ -126,7 +151,9 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         with contextlib.closing(worker), _process(api_cmd, logs / "api.log", env=env):
             api = f"http://127.0.0.1:{port}"
             wait_for(lambda: httpx.get(f"{api}/readyz").raise_for_status(), "the API", timeout=60)
-            yield Stack(api, database_url, bucket, servers.s3_endpoint_url, env, logs, worker)
+            yield Stack(
+                api, database_url, bucket, servers.s3_endpoint_url, env, logs, worker, api_key
+            )
     finally:
         for path in sorted(logs.glob("*.log")):
             sys.stderr.write(f"\n--- {path.name} (tail) ---\n{path.read_text()[-3000:]}\n")
@@ -145,5 +172,5 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture()
 def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api, timeout=60) as client:
+    with httpx.Client(base_url=stack.api, timeout=60, headers=stack.headers) as client:
         yield client

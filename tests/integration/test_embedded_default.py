@@ -30,7 +30,16 @@ def test_sift_serve_embedded_values_a_pool(tmp_path: Path) -> None:
         except RuntimeError:
             raise AssertionError((tmp_path / "serve.log").read_text()[-3000:]) from None
         assert proc.poll() is None
-        with httpx.Client(base_url=base, timeout=60) as api:
+        # The first start made an admin key of tenant "local", printed it and kept it 0600.
+        key_file = tmp_path / ".sift" / "api-key"
+        key = key_file.read_text().strip()
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert key in (tmp_path / "serve.log").read_text()
+        assert httpx.get(f"{base}/v1/datasets").status_code == 401
+        with httpx.Client(
+            base_url=base, timeout=60, headers={"authorization": f"Bearer {key}"}
+        ) as api:
+            assert api.get("/v1/me").json()["tenant_name"] == "local"
             pool = api.post(
                 "/v1/datasets",
                 files={"file": ("p.jsonl", _jsonl(_records("pool.jsonl", per_task=8)))},
@@ -69,4 +78,5 @@ def test_sift_serve_embedded_values_a_pool(tmp_path: Path) -> None:
             assert scores["total"] == pool["n_records"]
     # State lives where the README says: in ./.sift of the working directory.
     assert (tmp_path / ".sift" / "sift.db").exists()
-    assert any((tmp_path / ".sift" / "blobs" / "features").iterdir())
+    (tenant_blobs,) = (tmp_path / ".sift" / "blobs" / "tenants").iterdir()
+    assert any((tenant_blobs / "features").iterdir())

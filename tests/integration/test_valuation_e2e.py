@@ -80,7 +80,7 @@ def _wait(
 
 @pytest.fixture(scope="module")
 def pool(stack: Stack) -> dict[str, Any]:
-    with httpx.Client(base_url=stack.api, timeout=60) as api:
+    with httpx.Client(base_url=stack.api, timeout=60, headers=stack.headers) as api:
         return _upload(api, "it-pool", _records("pool.jsonl", per_task=24))
 
 
@@ -168,11 +168,12 @@ def test_less_valuation_end_to_end(api: httpx.Client, stack: Stack, pool: dict[s
     engine.dispose()
     assert n_checkpoints == SETTINGS["warmup"]["epochs"]
     assert len(prefixes) == 4
+    tenant = f"tenants/{api.get('/v1/me').json()['tenant_id']}/"  # the tenant's part of S3
     keys = [
-        o["Key"]
+        o["Key"].removeprefix(tenant)
         for page in s3_client(stack.s3_endpoint_url)
         .get_paginator("list_objects_v2")
-        .paginate(Bucket=stack.bucket)
+        .paginate(Bucket=stack.bucket, Prefix=tenant)
         for o in page.get("Contents", [])
     ]
     assert any(k.startswith("warmup/") and k.endswith("adapter.safetensors") for k in keys)
@@ -233,11 +234,12 @@ def test_worker_killed_mid_job_resumes_without_recomputing(
     settings = {**SETTINGS, "shard_size": 8, "projection": {"dim": 256, "seed": 11}}
     queued = _value(api, pool["id"], probes["id"], settings)
     s3 = s3_client(stack.s3_endpoint_url)
+    prefix = f"tenants/{api.get('/v1/me').json()['tenant_id']}/features/"
 
     def shards() -> dict[str, Any]:
         found = {}
         for page in s3.get_paginator("list_objects_v2").paginate(
-            Bucket=stack.bucket, Prefix="features/"
+            Bucket=stack.bucket, Prefix=prefix
         ):
             for obj in page.get("Contents", []):
                 found[obj["Key"]] = obj["LastModified"]

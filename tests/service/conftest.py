@@ -10,6 +10,7 @@ The queue is the only mock: :class:`RecordingQueue` records the tasks the API se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -25,7 +26,8 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from service.blobs import FilesystemBlobStore, get_blob_store
+from service.auth import keys
+from service.blobs import BlobStore, FilesystemBlobStore, TenantBlobStore, get_blob_store
 from service.config import Settings, get_settings
 from service.db.base import utcnow
 from service.db.migrate import upgrade_head
@@ -33,6 +35,7 @@ from service.db.models import Job, JobStatus, Score, Valuation
 from service.db.session import get_db, make_engine, normalize_database_url
 from service.main import create_app
 from service.queue import get_queue
+from tests.conftest import TEST_SECRET_KEY
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +123,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         max_upload_bytes=256 * 1024,
         page_size_max=50,
         check_model_paths=True,
+        outbound_allow="127.0.0.1/32",  # the tests' judges and endpoints listen on loopback
+        secret_key=TEST_SECRET_KEY,
     )
 
 
@@ -148,8 +153,43 @@ def app(
     return app
 
 
+def api_key(db: Session, tenant: str = "team-a", role: str = "admin") -> str:
+    """A new key of ``tenant`` (created if new), committed to the test's transaction."""
+    row = keys.get_or_create_tenant(db, tenant)
+    _, key = keys.create_key(db, row.id, name=f"test {role}", role=role)
+    db.commit()
+    return key
+
+
 @pytest.fixture()
-def client(app: FastAPI) -> Iterator[TestClient]:
+def make_client(app: FastAPI, db: Session) -> Iterator[Callable[..., TestClient]]:
+    """``make_client(tenant="team-a", role="admin")``: a client carrying a new key."""
+    with contextlib.ExitStack() as stack:
+
+        def make(tenant: str = "team-a", role: str = "admin") -> TestClient:
+            client = stack.enter_context(TestClient(app, raise_server_exceptions=True))
+            client.headers["authorization"] = f"Bearer {api_key(db, tenant, role)}"
+            return client
+
+        yield make
+
+
+@pytest.fixture()
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    """An admin of tenant ``team-a``."""
+    return make_client()
+
+
+@pytest.fixture()
+def tenant_blobs(client: TestClient, blob_store: FilesystemBlobStore, db: Session) -> BlobStore:
+    """The blob store as tenant ``team-a`` (the ``client`` fixture's) sees it."""
+    tenant = keys.get_or_create_tenant(db, "team-a")
+    return TenantBlobStore(blob_store, tenant.id)
+
+
+@pytest.fixture()
+def anonymous(app: FastAPI) -> Iterator[TestClient]:
+    """A client with no API key."""
     with TestClient(app, raise_server_exceptions=True) as client:
         yield client
 

@@ -15,10 +15,25 @@ def test_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.page_size_max == 7 and settings.check_model_paths is False
 
 
+KEY = "4Dk0d5qCqBH3o3pHqW2d3a1yRzGZbq8q3v9o9r2Yb0Y="
+
+
 def test_production_refuses_the_in_process_broker() -> None:
     with pytest.raises(ValidationError, match="memory://"):
-        Settings(env="production", broker_url="memory://")
-    Settings(env="production", broker_url="redis://localhost:6379/0")
+        Settings(env="production", broker_url="memory://", secret_key=KEY)
+    Settings(env="production", broker_url="redis://localhost:6379/0", secret_key=KEY)
+
+
+def test_production_refuses_to_start_without_a_real_secret_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SIFT_SECRET_KEY", raising=False)
+    with pytest.raises(ValidationError, match="SIFT_SECRET_KEY is required"):
+        Settings(env="production", broker_url="redis://localhost:6379/0")
+    for placeholder in ("change-me", "", "x" * 44):
+        with pytest.raises(ValidationError, match="must be a Fernet key"):
+            Settings(env="production", broker_url="redis://x:1/0", secret_key=placeholder)
+    Settings(env="development")  # development makes its own key when it needs one
 
 
 def test_postgres_urls_use_psycopg3() -> None:

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.blobs import FilesystemBlobStore
+from service.blobs import BlobStore
 from service.datasets.parsing import content_hash
 from service.db.models import Dataset, Record
 from tests.service.conftest import records
@@ -223,14 +223,14 @@ def test_oversized_upload(client: TestClient, db: Session) -> None:
 
 
 def test_rejected_upload_leaves_no_row_and_no_blob(
-    client: TestClient, db: Session, blob_store: FilesystemBlobStore
+    client: TestClient, db: Session, tenant_blobs: BlobStore
 ) -> None:
     good = records(50)
     bad = [*good, {"id": "late", "prompt": "p", "response": ""}]  # the last record is invalid
     assert _error(_upload(client, _jsonl(bad)), 422)["field"] == "line 51.response"
     assert _error(client.post("/v1/datasets", json={"name": "x", "records": bad}), 422)
     assert _counts(db) == (0, 0)
-    assert blob_store.list_keys() == []
+    assert tenant_blobs.list_keys() == []
 
 
 # --- read, list, records, delete ----------------------------------------------------------------

@@ -52,3 +52,46 @@ def test_expected_tables(engine: Engine) -> None:
         "feature_sets", "scores", "selections", "reward_specs", "studies", "score_sets",
         "curations",
     } <= tables  # fmt: skip
+
+
+def test_rows_from_before_tenancy_belong_to_the_default_tenant(tmp_path: Path) -> None:
+    """Migration 0008 gives existing rows tenant ``default``; a key of it sees them, and names
+    that were globally unique become unique per tenant."""
+    from sqlalchemy import text
+
+    from service.auth import keys
+    from service.db.session import make_engine
+    from service.tenancy import DEFAULT_TENANT_ID
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = alembic_config(database_url=url)
+    command.upgrade(config, "0007")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO models (id, name, source, created_at) "
+                "VALUES ('m1', 'tiny', 'builtin:tiny-llama', CURRENT_TIMESTAMP)"
+            )
+        )
+    command.upgrade(config, "head")
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT tenant_id FROM models")).scalar() == DEFAULT_TENANT_ID
+        conn.execute(
+            text(
+                "INSERT INTO tenants (id, name, created_at) VALUES ('t2', 'two', CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(  # the same name in another tenant is fine now
+            text(
+                "INSERT INTO models (id, tenant_id, name, source, created_at) "
+                "VALUES ('m2', 't2', 'tiny', 'builtin:tiny-llama', CURRENT_TIMESTAMP)"
+            )
+        )
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as session:
+        _, key = keys.create_key(session, DEFAULT_TENANT_ID, name="old", role="admin")
+        principal = keys.authenticate(session, key)
+        assert principal is not None and principal.tenant_id == DEFAULT_TENANT_ID
+    engine.dispose()

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from service.auth import keys
 from service.config import get_settings
 from service.db.base import utcnow
 from service.db.migrate import upgrade_head
@@ -34,7 +35,10 @@ def real_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tes
         upgrade_head()
         app = create_app()
         app.dependency_overrides[get_queue] = lambda: RecordingQueue()
-        with TestClient(app) as client:
+        with session_scope() as session:
+            tenant = keys.get_or_create_tenant(session, "t")
+            _, key = keys.create_key(session, tenant.id, name="test", role="member")
+        with TestClient(app, headers={"authorization": f"Bearer {key}"}) as client:
             yield client
     finally:
         get_settings.cache_clear()
@@ -64,7 +68,15 @@ def test_end_to_end_on_real_sessions(real_client: TestClient) -> None:
         assert job is not None
         job.status, job.finished_at = "succeeded", utcnow()
         for rank, i in enumerate([4, 1, 5, 0, 2, 3]):
-            session.add(Score(valuation_id=row.id, record_id=f"p{i}", rank=rank, score=-rank))
+            session.add(
+                Score(
+                    tenant_id=row.tenant_id,
+                    valuation_id=row.id,
+                    record_id=f"p{i}",
+                    rank=rank,
+                    score=-rank,
+                )
+            )
         row.n_scored = 6
     with SessionLocal() as session:  # the bare factory, as the lead's JobTracker uses it
         assert len(session.scalars(select(Score)).all()) == 6

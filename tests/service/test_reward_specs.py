@@ -87,3 +87,24 @@ def test_duplicate_name_conflicts_and_unknown_id_is_404(client: TestClient) -> N
     assert dup.status_code == 409 and dup.json()["error"]["field"] == "name"
     missing = client.get("/v1/reward-specs/" + "0" * 32)
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://169.254.169.254/latest/meta-data",
+        "https://localhost/score",
+        "https://0x7f000001/score",
+        "https://[::ffff:10.0.0.1]/score",
+        "https://redis:6379/",
+        "http://judge.example.com/score",  # plain http to a host not allowlisted
+        "http://10.0.0.5/score",
+    ],
+)
+def test_judge_urls_the_worker_may_not_call_are_refused(client: TestClient, url: str) -> None:
+    response = _post(client, "ssrf", {"kind": "http_judge", "url": url})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "spec.url"
+    assert client.get("/v1/reward-specs").json()["total"] == 0
+    ok = _post(client, "public", {"kind": "http_judge", "url": "https://judge.example.com/s"})
+    assert ok.status_code == 201, ok.text

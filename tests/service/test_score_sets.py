@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 import service.db.models
 import workers.contracts
-from service.blobs import FilesystemBlobStore
+from service.blobs import BlobStore
 from service.db.base import utcnow
 from service.db.models import Job, JobStatus, ScoreSet
 from service.score_sets.service import average_ranks, spearman
@@ -284,7 +284,7 @@ def _summary(column: list[float | None], plot_key: str) -> dict[str, Any]:
 
 def _finish(
     db: Session,
-    blob_store: FilesystemBlobStore,
+    tenant_blobs: BlobStore,
     score_set_id: str,
     columns: dict[str, list[float | None]],
     record_ids: list[str],
@@ -293,11 +293,11 @@ def _finish(
     row = db.get(ScoreSet, score_set_id)
     assert row is not None
     key = f"score_sets/{score_set_id}/values.json"
-    blob_store.put_bytes(key, json.dumps({"record_ids": record_ids, "columns": columns}).encode())
+    tenant_blobs.put_bytes(key, json.dumps({"record_ids": record_ids, "columns": columns}).encode())
     summary = {}
     for name, column in columns.items():
         plot_key = f"score_sets/{score_set_id}/hist-{name.replace(':', '_')}.png"
-        blob_store.put_bytes(plot_key, b"\x89PNG " + name.encode())
+        tenant_blobs.put_bytes(plot_key, b"\x89PNG " + name.encode())
         summary[name] = _summary(column, plot_key)
     row.values_blob_key, row.summary, row.n_records = key, summary, len(record_ids)
     job = db.get(Job, row.job_id)
@@ -312,7 +312,7 @@ def _finish(
 def finished(
     client: TestClient,
     db: Session,
-    blob_store: FilesystemBlobStore,
+    tenant_blobs: BlobStore,
     pool: dict[str, Any],
     probes: dict[str, Any],
 ) -> tuple[str, str]:
@@ -320,8 +320,8 @@ def finished(
     text = _create(client, scorer="text", dataset_id=pool["id"])["id"]
     bm25 = _create(client, scorer="bm25", dataset_id=pool["id"], probe_dataset_id=probes["id"])
     ids = [f"d{i}" for i in range(6)]
-    _finish(db, blob_store, text, TEXT_VALUES, ids)
-    _finish(db, blob_store, bm25["id"], BM25_VALUES, ids)
+    _finish(db, tenant_blobs, text, TEXT_VALUES, ids)
+    _finish(db, tenant_blobs, bm25["id"], BM25_VALUES, ids)
     return text, bm25["id"]
 
 
@@ -461,13 +461,13 @@ def test_compare_edge_cases(client: TestClient, finished: tuple[str, str]) -> No
 def test_compare_without_common_records(
     client: TestClient,
     db: Session,
-    blob_store: FilesystemBlobStore,
+    tenant_blobs: BlobStore,
     make_dataset: MakeDataset,
     finished: tuple[str, str],
 ) -> None:
     other = make_dataset(2, name="o")
     text = _create(client, scorer="text", dataset_id=other["id"])["id"]
-    _finish(db, blob_store, text, {"ttr": [0.5, 0.25]}, ["o0", "o1"])
+    _finish(db, tenant_blobs, text, {"ttr": [0.5, 0.25]}, ["o0", "o1"])
     body = _compare(client, a=text, a_column="ttr", b=finished[0], b_column="ttr", k=5)
     assert body["n_common"] == 0 and body["spearman"] is None
     assert body["top_k"] == {"k": 0, "overlap": 0, "jaccard": None}
@@ -657,7 +657,7 @@ def test_knn_clusters_default_to_at_most_the_records(
 
 
 def test_a_succeeded_knn_set_shows_its_report(
-    client: TestClient, db: Session, blob_store: FilesystemBlobStore, pool: dict[str, Any]
+    client: TestClient, db: Session, tenant_blobs: BlobStore, pool: dict[str, Any]
 ) -> None:
     knn = _create(client, scorer="knn", dataset_id=pool["id"], settings={"k": 2})["id"]
     report = {
@@ -674,7 +674,7 @@ def test_a_succeeded_knn_set_shows_its_report(
     row.report = report  # the worker writes it with the values
     db.commit()
     assert client.get(f"/v1/score-sets/{knn}").json()["report"] is None  # until succeeded
-    _finish(db, blob_store, knn, {"knn_distance": [0.25] * 6}, [f"d{i}" for i in range(6)])
+    _finish(db, tenant_blobs, knn, {"knn_distance": [0.25] * 6}, [f"d{i}" for i in range(6)])
     body = client.get(f"/v1/score-sets/{knn}").json()
     assert body["report"] == report and body["columns"] == ["knn_distance"]
     listed = client.get("/v1/score-sets").json()["items"]

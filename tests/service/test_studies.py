@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.blobs import FilesystemBlobStore
+from service.blobs import BlobStore
 from service.db.base import utcnow
 from service.db.models import Checkpoint, Job, JobStatus, Study, WarmupRun
 from tests.service.conftest import RecordingQueue
@@ -191,7 +191,7 @@ def test_schema_errors(client: TestClient, study_inputs: dict[str, Any]) -> None
 
 
 def test_plots_conflict_until_succeeded_then_are_served(
-    client: TestClient, db: Session, blob_store: FilesystemBlobStore, study_inputs: dict[str, Any]
+    client: TestClient, db: Session, tenant_blobs: BlobStore, study_inputs: dict[str, Any]
 ) -> None:
     study_id = client.post("/v1/studies", json=study_inputs).json()["id"]
     for fmt in ("png", "svg"):
@@ -200,8 +200,8 @@ def test_plots_conflict_until_succeeded_then_are_served(
     assert client.get(f"/v1/studies/{study_id}/plot.pdf").status_code == 422
     study = db.get(Study, study_id)
     assert study is not None
-    blob_store.put_bytes("studies/x/plot.png", b"\x89PNG fake")
-    blob_store.put_bytes("studies/x/plot.svg", b"<svg/>")
+    tenant_blobs.put_bytes("studies/x/plot.png", b"\x89PNG fake")
+    tenant_blobs.put_bytes("studies/x/plot.svg", b"<svg/>")
     study.plot_png_key, study.plot_svg_key = "studies/x/plot.png", "studies/x/plot.svg"
     study.result = {"steps": [10, 20]}
     job = db.get(Job, study.job_id)

@@ -287,10 +287,24 @@ def test_nice_needs_a_reward_and_labels_only_when_the_reward_does(
                 **base,
                 "probe_dataset_id": prompts,
                 "reward_spec_id": judge,
-                "settings": {"nice": {"assist_endpoint": {**endpoint, "api_key_env": "sk-123"}}},
+                "settings": {
+                    "nice": {
+                        "assist_endpoint": {**endpoint, "api_key_env": "AWS_SECRET_ACCESS_KEY"}
+                    }
+                },
             },
             "body.settings.nice.assist_endpoint.api_key_env",
-            "",
+            "Extra inputs are not permitted",
+        ),
+        (
+            {
+                **base,
+                "probe_dataset_id": prompts,
+                "reward_spec_id": judge,
+                "settings": {"nice": {"assist_endpoint": {**endpoint, "api_key_secret": "nope"}}},
+            },
+            "body.settings.nice.assist_endpoint.api_key_secret",
+            "no secret named 'nope'",
         ),
         (
             {
@@ -372,3 +386,26 @@ def test_samples_endpoint_pages_and_refuses_loss_methods(
     response = client.get(f"/v1/valuations/{loss['id']}/samples")
     assert response.status_code == 409
     assert client.get("/v1/valuations/" + "0" * 32 + "/samples").status_code == 404
+
+
+def test_an_assist_endpoint_the_worker_may_not_call_is_refused(
+    client: TestClient, queue: RecordingQueue, model: dict[str, Any]
+) -> None:
+    pool = _dataset(client, "pool", [{"prompt": "a", "response": "b"}])
+    prompts = _dataset(client, "prompts", [{"prompt": "2+2?"}])
+    judge = _reward(client, "judge", {"kind": "http_judge", "url": "https://judge.example.com/"})
+    body = {
+        "model_id": model["id"],
+        "pool_dataset_id": pool,
+        "probe_dataset_id": prompts,
+        "method": "nice",
+        "reward_spec_id": judge,
+    }
+    for base_url in ("https://169.254.169.254/v1", "https://[::1]/v1", "http://example.com/v1"):
+        endpoint = {"base_url": base_url, "model": "big"}
+        response = client.post(
+            "/v1/valuations", json={**body, "settings": {"nice": {"assist_endpoint": endpoint}}}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == "body.settings.nice.assist_endpoint.base_url"
+    assert queue.sent == []

@@ -16,7 +16,7 @@ from safetensors.numpy import save as save_safetensors
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.blobs import FilesystemBlobStore
+from service.blobs import BlobStore
 from service.config import Settings, get_settings
 from service.db.models import Checkpoint, WarmupRun
 from service.warmup_runs import repository
@@ -87,17 +87,17 @@ def error(response: Any, status: int = 422) -> dict[str, Any]:
     return body
 
 
-def assert_nothing_written(db: Session, blob_store: FilesystemBlobStore) -> None:
+def assert_nothing_written(db: Session, tenant_blobs: BlobStore) -> None:
     assert (db.scalar(select(func.count()).select_from(WarmupRun)) or 0) == 0
     assert (db.scalar(select(func.count()).select_from(Checkpoint)) or 0) == 0
-    assert blob_store.list_keys("uploads/") == []
+    assert tenant_blobs.list_keys("uploads/") == []
 
 
 # --- create -----------------------------------------------------------------------------------
 
 
 def test_upload_two_checkpoints(
-    client: TestClient, db: Session, blob_store: FilesystemBlobStore, model: dict[str, Any]
+    client: TestClient, db: Session, tenant_blobs: BlobStore, model: dict[str, Any]
 ) -> None:
     files = [adapter(seed=0), adapter(seed=1)]
     response = upload(client, model["id"], files, steps=[0, 250], learning_rates=[2e-4, 1e-4])
@@ -125,8 +125,8 @@ def test_upload_two_checkpoints(
     assert [c.adapter_blob_key for c in row.checkpoints] == keys
     assert all(c.optimizer_blob_key is None for c in row.checkpoints)
     assert [len(c.content_hash) for c in row.checkpoints] == [64, 64]
-    assert blob_store.list_keys("uploads/") == keys
-    assert [blob_store.get_bytes(k) for k in keys] == files  # stored byte for byte
+    assert tenant_blobs.list_keys("uploads/") == keys
+    assert [tenant_blobs.get_bytes(k) for k in keys] == files  # stored byte for byte
 
     assert client.get(f"{URL}/{run['id']}").json() == run
     listed = client.get(URL).json()
@@ -134,7 +134,7 @@ def test_upload_two_checkpoints(
 
 
 def test_identical_upload_returns_the_existing_run(
-    client: TestClient, db: Session, blob_store: FilesystemBlobStore, model: dict[str, Any]
+    client: TestClient, db: Session, tenant_blobs: BlobStore, model: dict[str, Any]
 ) -> None:
     files = [adapter(seed=0), adapter(seed=1)]
     first = upload(client, model["id"], files)
@@ -143,7 +143,7 @@ def test_identical_upload_returns_the_existing_run(
     assert again.status_code == 200, again.text
     assert again.json() == first.json()
     assert (db.scalar(select(func.count()).select_from(WarmupRun)) or 0) == 1
-    assert len(blob_store.list_keys("uploads/")) == 2
+    assert len(tenant_blobs.list_keys("uploads/")) == 2
 
     other_lr = upload(client, model["id"], files, learning_rates=[1e-4, 5e-5])
     assert other_lr.status_code == 201 and other_lr.json()["id"] != first.json()["id"]
@@ -152,7 +152,7 @@ def test_identical_upload_returns_the_existing_run(
 def test_concurrent_identical_upload_gets_the_winner(
     client: TestClient,
     db: Session,
-    blob_store: FilesystemBlobStore,
+    tenant_blobs: BlobStore,
     model: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -170,7 +170,7 @@ def test_concurrent_identical_upload_gets_the_winner(
     again = upload(client, model["id"], files)
     assert again.status_code == 200, again.text
     assert again.json()["id"] == first["id"] and len(calls) == 2
-    assert blob_store.list_keys("uploads/") == [
+    assert tenant_blobs.list_keys("uploads/") == [
         f"uploads/{first['id']}/step-0000000010.safetensors"
     ]
 
@@ -313,7 +313,7 @@ CASES: list[tuple[str, list[bytes], dict[str, Any], str, tuple[str, ...]]] = [
 def test_rejected_upload_writes_nothing(
     client: TestClient,
     db: Session,
-    blob_store: FilesystemBlobStore,
+    tenant_blobs: BlobStore,
     model: dict[str, Any],
     files: list[bytes],
     overrides: dict[str, Any],
@@ -326,7 +326,7 @@ def test_rejected_upload_writes_nothing(
     assert body["field"] == field, body
     for word in words:
         assert word in body["message"], body
-    assert_nothing_written(db, blob_store)
+    assert_nothing_written(db, tenant_blobs)
 
 
 def test_form_must_be_multipart_with_known_fields(
@@ -349,7 +349,7 @@ def test_form_must_be_multipart_with_known_fields(
 
 
 def test_no_checkpoint(
-    client: TestClient, db: Session, blob_store: FilesystemBlobStore, model: dict[str, Any]
+    client: TestClient, db: Session, tenant_blobs: BlobStore, model: dict[str, Any]
 ) -> None:
     parts = [("model_id", model["id"]), ("lora_alpha", "16")]
     body = "".join(
@@ -363,14 +363,14 @@ def test_no_checkpoint(
     )
     err = error(response)
     assert err["field"] == "adapters" and "at least one checkpoint" in err["message"]
-    assert_nothing_written(db, blob_store)
+    assert_nothing_written(db, tenant_blobs)
 
 
 def test_upload_over_the_limit_is_413(
     app: FastAPI,
     client: TestClient,
     db: Session,
-    blob_store: FilesystemBlobStore,
+    tenant_blobs: BlobStore,
     settings: Settings,
     model: dict[str, Any],
 ) -> None:
@@ -378,7 +378,7 @@ def test_upload_over_the_limit_is_413(
     app.dependency_overrides[get_settings] = lambda: small
     body = error(upload(client, model["id"], [GOOD, GOOD]), 413)
     assert body["code"] == "payload_too_large"
-    assert_nothing_written(db, blob_store)
+    assert_nothing_written(db, tenant_blobs)
 
     # Without a declared length (chunked), the limit holds while the body streams in.
     request = client.build_request(
@@ -393,7 +393,7 @@ def test_upload_over_the_limit_is_413(
         URL, content=chunks, headers={"content-type": request.headers["content-type"]}
     )
     assert error(streamed, 413)["code"] == "payload_too_large"
-    assert_nothing_written(db, blob_store)
+    assert_nothing_written(db, tenant_blobs)
 
 
 # --- read -------------------------------------------------------------------------------------

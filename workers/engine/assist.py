@@ -22,6 +22,7 @@ import httpx
 from workers.engine import http
 from workers.engine.errors import EngineError, InvalidInput
 from workers.engine.nice import ProbePrompt
+from workers.outbound import OutboundPolicy, guarded_client
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,17 @@ def prompt_messages(probe: ProbePrompt) -> list[dict[str, str]]:
     return history
 
 
-def fetch_responses(endpoint: ChatEndpoint, probes: Sequence[ProbePrompt]) -> dict[str, list[str]]:
-    """``endpoint.n`` responses per probe, by probe record id, in the order received."""
+def fetch_responses(
+    endpoint: ChatEndpoint,
+    probes: Sequence[ProbePrompt],
+    *,
+    outbound: OutboundPolicy | None = None,
+) -> dict[str, list[str]]:
+    """``endpoint.n`` responses per probe, by probe record id, in the order received.
+
+    ``outbound`` is the operator's policy for client-supplied URLs (default: public https
+    only; see ``workers.outbound``); a forbidden base_url raises InvalidInput.
+    """
     headers = {"authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
     where = http.redacted(endpoint.url)
 
@@ -85,7 +95,8 @@ def fetch_responses(endpoint: ChatEndpoint, probes: Sequence[ProbePrompt]) -> di
             f"{probe.record_id!r} in {endpoint.n} requests"
         )
 
-    with httpx.Client(timeout=endpoint.timeout_s, headers=headers) as client:
+    policy = outbound or OutboundPolicy()
+    with guarded_client(policy, timeout=endpoint.timeout_s, headers=headers) as client:
         fetched = http.map_parallel(lambda probe: answers(client, probe), probes)
     return {probe.record_id: texts for probe, texts in zip(probes, fetched, strict=True)}
 
@@ -96,9 +107,7 @@ def _choices(body: str, what: str) -> list[str]:
         choices = data["choices"]
         texts = [choice["message"]["content"] for choice in choices]
     except (ValueError, KeyError, TypeError) as exc:
-        raise EngineError(
-            f"{what} sent no chat completion (choices[].message.content): {http.snippet(body)}"
-        ) from exc
+        raise EngineError(f"{what} sent no chat completion (choices[].message.content)") from exc
     if not texts or not all(isinstance(t, str) for t in texts):
-        raise EngineError(f"{what} sent no text choices: {http.snippet(body)}")
+        raise EngineError(f"{what} sent no text choices")
     return texts

@@ -2,11 +2,15 @@
 
 A remote service that blips (connection refused, timeout, 5xx) is retried with capped
 exponential backoff; a 4xx is the caller's mistake and fails at once. Messages name the URL
-without credentials or query string (those may hold tokens).
+without credentials or query string (those may hold tokens) and never quote what the server
+sent: the URL is the client's, and a job's error text must not become a way to read an
+internal service's answers (``workers.outbound`` keeps such services out of reach as well).
+The client must come from ``workers.outbound.guarded_client``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +19,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from workers.engine.errors import EngineError
+from workers.engine.errors import EngineError, InvalidInput
+from workers.outbound import OutboundRefused
+
+log = logging.getLogger(__name__)
 
 BACKOFF_S = 0.2
 BACKOFF_CAP_S = 5.0
@@ -33,11 +40,6 @@ def redacted(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def snippet(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def post_json(
     client: httpx.Client, url: str, payload: dict[str, Any], *, retries: int, what: str
 ) -> str:
@@ -49,16 +51,26 @@ def post_json(
             time.sleep(min(BACKOFF_S * 2 ** (attempt - 1), BACKOFF_CAP_S))
         try:
             reply = client.post(url, json=payload)
+        except OutboundRefused as exc:  # the URL is the client's: its mistake, never retried
+            raise InvalidInput(f"{what} refused: {exc}") from exc
+        except httpx.ProtocolError as exc:  # its message may quote the server's bytes
+            problem = f"{type(exc).__name__} (the reply is not valid HTTP)"
+            continue
         except httpx.TransportError as exc:  # connect/read errors and timeouts: retry
             problem = f"{type(exc).__name__}: {exc}"
             continue
         except httpx.HTTPError as exc:
-            raise EngineError(f"{what} failed: {exc}") from exc
-        if reply.status_code >= 500:
-            problem = f"status {reply.status_code}: {snippet(reply.text)}"
+            raise EngineError(f"{what} failed: {type(exc).__name__}") from exc
+        status = reply.status_code
+        if not 200 <= status < 300:
+            log.info("%s answered status %d (%d-byte body)", what, status, len(reply.content))
+        if status >= 500:
+            problem = f"status {status}"
             continue
-        if not 200 <= reply.status_code < 300:
-            raise EngineError(f"{what} answered status {reply.status_code}: {snippet(reply.text)}")
+        if 300 <= status < 400:
+            raise EngineError(f"{what} answered status {status}: redirects are not followed")
+        if not 200 <= status < 300:
+            raise EngineError(f"{what} answered status {status}")
         return reply.text
     raise EngineError(f"{what} failed after {retries + 1} attempt(s): {problem}")
 

@@ -31,6 +31,7 @@ import regex
 from workers.engine import http
 from workers.engine.errors import EngineError, InvalidInput
 from workers.engine.sandbox import run_python
+from workers.outbound import OutboundPolicy, guarded_client
 
 
 @dataclass(frozen=True)
@@ -263,12 +264,16 @@ def reward_from_dict(d: Mapping[str, Any]) -> RewardSpec:
 # --- scoring -----------------------------------------------------------------------------------
 
 
-def compute_rewards(spec: RewardSpec, items: Sequence[RewardItem]) -> list[float]:
-    """One finite reward per item, in order.
+def compute_rewards(
+    spec: RewardSpec, items: Sequence[RewardItem], *, outbound: OutboundPolicy | None = None
+) -> list[float]:
+    """One finite reward per item, in order. ``outbound`` is the operator's policy for the
+    URLs an ``http_judge`` calls (default: public https only; see ``workers.outbound``).
 
     Raises InvalidInput for a label kind and an item without label (or a non-numeric label for
     ``numeric``), or missing ``test``/``entry_point`` metadata for ``python_tests``, naming the
-    probe; EngineError when a reward model or judge fails.
+    probe, or naming the judge URL the policy forbids (nothing is sent to it); EngineError
+    when a reward model or judge fails.
     """
     if not isinstance(spec, _Spec):
         raise InvalidInput(f"not a reward spec: {type(spec).__name__}")
@@ -296,7 +301,7 @@ def compute_rewards(spec: RewardSpec, items: Sequence[RewardItem]) -> list[float
     elif isinstance(spec, RewardModel):
         rewards = _reward_model(spec, items)
     elif isinstance(spec, HttpJudge):
-        rewards = _http_judge(spec, items)
+        rewards = _http_judge(spec, items, outbound or OutboundPolicy())
     else:  # pragma: no cover - every _Spec subclass is handled above
         raise InvalidInput(f"unsupported reward kind {spec.KIND!r}")
     for item, r in zip(items, rewards, strict=True):
@@ -513,7 +518,7 @@ def _max_length(model: Any, tokenizer: Any) -> int:
 # --- http_judge --------------------------------------------------------------------------------
 
 
-def _http_judge(spec: HttpJudge, items: list[RewardItem]) -> list[float]:
+def _http_judge(spec: HttpJudge, items: list[RewardItem], outbound: OutboundPolicy) -> list[float]:
     import httpx
 
     where = http.redacted(spec.url)
@@ -529,15 +534,22 @@ def _http_judge(spec: HttpJudge, items: list[RewardItem]) -> list[float]:
         body = http.post_json(client, spec.url, payload, retries=spec.retries, what=what)
         return _judge_reward(body, where, item.probe_id)
 
-    with httpx.Client(timeout=spec.timeout_s, headers=spec.headers) as client:
+    if not items:
+        return []
+    with guarded_client(outbound, timeout=spec.timeout_s, headers=spec.headers) as client:
         return http.map_parallel(lambda item: judge(client, item), items)
 
 
 def _judge_reward(body: str, where: str, probe_id: str) -> float:
+    """The reward in a judge's reply; errors describe the reply, never quote it (the URL is
+    the client's: its body must not be readable through the job's error)."""
     try:
         data = json.loads(body)
     except ValueError:
-        data = None
+        raise EngineError(
+            f"http judge {where} answered with a body that is not valid JSON for probe "
+            f'{probe_id!r} (expected {{"reward": number}})'
+        ) from None
     reward = data.get("reward") if isinstance(data, dict) else None
     try:
         value = float(reward) if isinstance(reward, int | float) else math.nan
@@ -545,7 +557,6 @@ def _judge_reward(body: str, where: str, probe_id: str) -> float:
         value = math.nan
     if isinstance(reward, bool) or not math.isfinite(value):
         raise EngineError(
-            f'http judge {where} sent no finite {{"reward": number}} for probe {probe_id!r}: '
-            f"{http.snippet(body)}"
+            f'http judge {where} sent no finite {{"reward": number}} for probe {probe_id!r}'
         )
     return value

@@ -17,9 +17,13 @@ import torch
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 
+from service.blobs import BlobStore, TenantBlobStore, blob_store_from_settings
+from service.config import get_settings
 from service.db.models import Dataset, Model, Record
 from service.db.models import FeatureSet as FeatureSetRow
+from service.db.models import RewardSpec as RewardSpecRow
 from service.db.session import SessionLocal
+from service.secrets import unseal
 from workers.contracts import SentenceTransformerEmbedding
 from workers.engine import data, embeddings, lora, models
 from workers.engine.errors import EngineError
@@ -29,6 +33,20 @@ def content_key(**parts: Any) -> str:
     """sha256 of the canonical JSON of everything that determines an artifact."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def tenant_blobs(tenant_id: str) -> BlobStore:
+    """The blob store as the job's tenant sees it (``service.blobs.TenantBlobStore``)."""
+    return TenantBlobStore(blob_store_from_settings(get_settings()), tenant_id)
+
+
+def reward_spec_to_run(row: RewardSpecRow) -> dict[str, Any]:
+    """The reward spec a worker executes: the stored spec plus its sealed headers, opened
+    here and nowhere else (they never reach a log, a note or the API)."""
+    spec = dict(row.spec)
+    if row.secret_headers:
+        spec["headers"] = json.loads(unseal(row.secret_headers))
+    return spec
 
 
 def compute_device() -> torch.device:

@@ -15,11 +15,11 @@ import math
 from fractions import Fraction
 from typing import Any
 
+from celery import Task
 from pydantic import TypeAdapter
 from sqlalchemy import select
 
-from service.blobs import BlobStore, blob_store_from_settings
-from service.config import get_settings
+from service.blobs import BlobStore
 from service.db.models import Curation, Record, ScoreSet
 from service.db.session import SessionLocal
 from service.queue import celery_app
@@ -35,7 +35,12 @@ from workers.contracts import (
 )
 from workers.engine import curation, data
 from workers.engine.errors import EngineError
-from workers.tasks.common import embed_examples, example_of, load_registered_model
+from workers.tasks.common import (
+    embed_examples,
+    example_of,
+    load_registered_model,
+    tenant_blobs,
+)
 from workers.tasks.jobs import JobTracker, run_tracked
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,7 @@ class CurationContext:
             self.model_id: str | None = row.model_id
             recipe = dict(row.recipe)
             self.job = JobTracker(row.job_id)
+            self.tenant_id: str = row.tenant_id
         self.filters = [ScoreFilter.model_validate(f) for f in recipe.get("filters", [])]
         self.pick: Any = TypeAdapter(Pick).validate_python(recipe["pick"])
         self.budget: int | None = recipe.get("budget")
@@ -59,7 +65,7 @@ class CurationContext:
         quota = recipe.get("quota")
         self.quota = Quota.model_validate(quota) if quota else None
         self.settings = CurationSettings.model_validate(recipe.get("settings", {}))
-        self.blobs: BlobStore = blob_store_from_settings(get_settings())
+        self.blobs: BlobStore = tenant_blobs(self.tenant_id)
         self._values: dict[str, dict[str, Any]] = {}
 
     def model_and_tokenizer(self) -> tuple[Any, Any]:
@@ -182,15 +188,15 @@ def run(ctx: CurationContext) -> None:
     ctx.job.succeed()
 
 
-@celery_app.task(name=CURATION_RUN, acks_late=True, reject_on_worker_lost=True)
-def run_task(curation_id: str) -> None:
+@celery_app.task(name=CURATION_RUN, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_task(self: Task, curation_id: str) -> None:
     """A whole curation; re-delivered after a crash, it computes the same selection again."""
     try:
         ctx = CurationContext(CurationTask(curation_id=curation_id).curation_id)
     except LookupError:
         log.warning("curation %s does not exist; dropping task", curation_id)
         return
-    run_tracked(ctx.job, lambda: run(ctx))
+    run_tracked(ctx.job, lambda: run(ctx), task=self)
 
 
 __all__ = ["run_task"]

@@ -7,12 +7,20 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import case, update
+from sqlalchemy import case, delete, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
-from service.db.models import Job
+from service.config import get_settings
+from service.db.models import FINISHED_STATUSES, Job, TaskDelivery
 from service.db.session import SessionLocal
+from service.tenancy import tenant_scope
 from workers.engine.errors import Cancelled, EngineError
+
+if TYPE_CHECKING:
+    from celery import Task
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +143,127 @@ class JobTracker:
         self._stage = None
 
 
+# --- deliveries: a task whose execution kills its worker comes back a bounded number of times
+
+
+_UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+class Delivery:
+    """One delivery of a Celery task, counted in ``task_deliveries`` under the task's id.
+
+    With ``acks_late`` a task whose worker died is delivered again (Redis: after the visibility
+    timeout) under the same id, so a record that kills its worker would take each restarted
+    worker down, for ever. Each delivery adds one to the count, committed before any work so it
+    survives the worker dying at once; a delivery that ends (any outcome, or an exception that
+    unwinds the task) deletes the row. The count is thus the deliveries since the last one that
+    ended: all but the current one died with their worker. (A Redis message is also redelivered
+    when its task outlives the visibility timeout; that timeout must exceed the longest task.)
+    """
+
+    def __init__(self, task_id: str, task_name: str) -> None:
+        self.task_id, self.task_name = task_id, task_name
+
+    def arrive(self, job_id: str) -> int:
+        """Count this delivery in a transaction of its own; returns the count, this one included."""
+        now = _now()
+        table = TaskDelivery.__table__
+        with SessionLocal() as session:
+            dialect = session.get_bind().dialect.name
+            if dialect not in _UPSERTS:
+                raise RuntimeError(
+                    f"task deliveries are counted on {sorted(_UPSERTS)}, not {dialect}"
+                )
+            insert = _UPSERTS[dialect](table).values(
+                task_id=self.task_id,
+                job_id=job_id,
+                task_name=self.task_name,
+                deliveries=1,
+                first_delivered_at=now,
+                last_delivered_at=now,
+            )
+            count = session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[table.c.task_id],
+                    set_={
+                        "deliveries": table.c.deliveries + 1,
+                        "last_delivered_at": insert.excluded.last_delivered_at,
+                    },
+                ).returning(table.c.deliveries)
+            ).scalar_one()
+            session.commit()
+        return int(count)
+
+    def admit(self, job: JobTracker) -> bool:
+        """Count this delivery; False when it is one too many: the job is failed (unless it is
+        over already) and the task returns, so its message is acknowledged."""
+        count = self.arrive(job.job_id)
+        limit = get_settings().max_task_deliveries
+        if count > 1:
+            log.warning(
+                "task %s[%s] of job %s: delivery %d (at most %d); its worker died during the last",
+                self.task_name, self.task_id, job.job_id, count, limit,
+            )  # fmt: skip
+        if count <= limit:
+            return True
+        state = job.read()
+        if state.status in FINISHED_STATUSES:
+            log.info("job %s already %s; dropping task %s", job.job_id, state.status, self.task_id)
+            return False  # nothing to run; a count that failed the job stays as its evidence
+        if state.cancel_requested:
+            return True  # the envelope cancels the job
+        message = (
+            f"task {self.task_name} was delivered {count} times and its worker died during each "
+            f"of the first {count - 1} (e.g. a record whose program kills the worker); the job "
+            f"is failed so the worker pool stays up (limit: SIFT_MAX_TASK_DELIVERIES={limit})"
+        )
+        log.error("job %s: %s", job.job_id, message)
+        job.fail(message)
+        return False  # the row stays, as the evidence; the message is acknowledged
+
+    def end(self) -> None:
+        """The delivery ended with its worker alive: it no longer counts against the task."""
+        try:
+            with SessionLocal() as session:
+                session.execute(delete(TaskDelivery).where(TaskDelivery.task_id == self.task_id))
+                session.commit()
+        except SQLAlchemyError:  # the outcome is recorded already; a stale count is harmless
+            log.warning(
+                "could not clear the delivery count of task %s", self.task_id, exc_info=True
+            )
+
+
 def run_tracked(
-    job: JobTracker, body: Callable[[], None], *, already_running: bool = False
+    job: JobTracker,
+    body: Callable[[], None],
+    *,
+    already_running: bool = False,
+    task: Task | None = None,
 ) -> None:
     """The envelope of every task: skip finished jobs, honour cancellation, turn errors into
     job status (an ``EngineError`` is the user's problem and says so; anything else is ours).
 
     ``already_running``: a task inside a running job (a shard) does not start the job, and
     does nothing for a job that is not running (failed, cancelled or finished meanwhile).
+
+    ``task``: the Celery task being delivered (``bind=True``'s ``self``): its deliveries are
+    counted (:class:`Delivery`), and the one after ``max_task_deliveries`` deliveries that each
+    died with their worker fails the job without running ``body``.
     """
+    task_id = task.request.id if task is not None else None
+    if task is None or task_id is None:  # not delivered by a broker (called directly)
+        _envelope(job, body, already_running)
+        return
+    delivery = Delivery(task_id, task.name)
+    if not delivery.admit(job):
+        return
+    try:
+        _envelope(job, body, already_running)
+    finally:
+        delivery.end()
+
+
+def _envelope(job: JobTracker, body: Callable[[], None], already_running: bool) -> None:
     state = job.read()
     if state.status in ("succeeded", "failed", "cancelled"):
         log.info("job %s already %s; nothing to do", job.job_id, state.status)
@@ -159,7 +279,8 @@ def run_tracked(
         log.info("job %s was cancelled before it started", job.job_id)
         return
     try:
-        body()
+        with tenant_scope(state.tenant_id):  # every session the task opens acts for its tenant
+            body()
     except Cancelled:
         job.cancel()
     except EngineError as exc:

@@ -21,9 +21,10 @@ from dataclasses import fields
 from typing import Any
 
 import torch
+from celery import Task
 from sqlalchemy import select
 
-from service.blobs import BlobStore, blob_store_from_settings
+from service.blobs import BlobStore
 from service.config import get_settings
 from service.db.models import Record, ScoreSet
 from service.db.models import RewardSpec as RewardSpecRow
@@ -48,7 +49,13 @@ from workers.engine import (
     text_stats,
 )
 from workers.engine.errors import EngineError
-from workers.tasks.common import embed_examples, example_of, load_registered_model
+from workers.tasks.common import (
+    embed_examples,
+    example_of,
+    load_registered_model,
+    reward_spec_to_run,
+    tenant_blobs,
+)
 from workers.tasks.jobs import JobTracker, run_tracked
 
 log = logging.getLogger(__name__)
@@ -71,9 +78,10 @@ class ScoreSetContext:
             self.settings = ScoreSetSettings.model_validate(row.settings)
             self.job = JobTracker(row.job_id)
             self.reward_spec_id: str | None = row.reward_spec_id
+            self.tenant_id: str = row.tenant_id
         self.report: dict[str, Any] | None = None
         """knn: the dataset-level diversity report, set by ``compute_columns``."""
-        self.blobs: BlobStore = blob_store_from_settings(get_settings())
+        self.blobs: BlobStore = tenant_blobs(self.tenant_id)
         self._model: tuple[Any, Any] | None = None
 
     def model(self) -> tuple[Any, Any]:
@@ -254,7 +262,8 @@ def reward_column(
                 f"{len(lacking)} records have no non-empty string metadata.label, which a "
                 f"{reward.KIND!r} reward compares each response with: {lacking[:10]}"
             )
-    return [float(r) for r in rewards.compute_rewards(reward, items)]
+    outbound = get_settings().outbound_policy()  # SIFT_OUTBOUND_ALLOW, for an http_judge
+    return [float(r) for r in rewards.compute_rewards(reward, items, outbound=outbound)]
 
 
 def _reward(ctx: ScoreSetContext, examples: list[data.Example]) -> Columns:
@@ -262,7 +271,7 @@ def _reward(ctx: ScoreSetContext, examples: list[data.Example]) -> Columns:
         row = session.get(RewardSpecRow, ctx.reward_spec_id) if ctx.reward_spec_id else None
         if row is None:  # the API requires one for this scorer
             raise EngineError(f"reward spec {ctx.reward_spec_id} no longer exists")
-        spec = dict(row.spec)
+        spec = reward_spec_to_run(row)
         rows = session.execute(
             select(Record.record_id, Record.messages, Record.metadata_)
             .where(Record.dataset_id == ctx.dataset_id)
@@ -323,15 +332,15 @@ def run(ctx: ScoreSetContext) -> None:
     ctx.job.succeed()
 
 
-@celery_app.task(name=SCORE_SET_RUN, acks_late=True, reject_on_worker_lost=True)
-def run_task(score_set_id: str) -> None:
+@celery_app.task(name=SCORE_SET_RUN, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_task(self: Task, score_set_id: str) -> None:
     """A whole score set; re-delivered after a crash, it is computed again from the records."""
     try:
         ctx = ScoreSetContext(ScoreSetTask(score_set_id=score_set_id).score_set_id)
     except LookupError:
         log.warning("score set %s does not exist; dropping task", score_set_id)
         return
-    run_tracked(ctx.job, lambda: run(ctx))
+    run_tracked(ctx.job, lambda: run(ctx), task=self)
 
 
 __all__ = ["compute_columns", "reward_column", "reward_item", "run_task"]

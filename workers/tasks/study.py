@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from celery import Task
 from safetensors.torch import load as load_safetensors
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.blobs import BlobStore, blob_store_from_settings
-from service.config import get_settings
+from service.blobs import BlobStore
 from service.db.models import Checkpoint as CheckpointRow
 from service.db.models import FeatureSet as FeatureSetRow
 from service.db.models import Model, Record, Study, WarmupRun
@@ -36,6 +36,7 @@ from workers.tasks.common import (
     find_or_create_feature_set,
     load_dataset,
     shard_key,
+    tenant_blobs,
 )
 from workers.tasks.jobs import JobTracker, run_tracked
 
@@ -75,7 +76,8 @@ class StudyContext:
             self.pair_key: str = study.pair_key
             self.reference: str | None = study.reference
             self.warmup_run_id: str = study.warmup_run_id
-        self.blobs: BlobStore = blob_store_from_settings(get_settings())
+            self.tenant_id: str = study.tenant_id
+        self.blobs: BlobStore = tenant_blobs(self.tenant_id)
 
     def load_run(self) -> None:
         """The checkpoints, their model and LoRA layout (inside the job envelope: a run or
@@ -302,15 +304,15 @@ def run(ctx: StudyContext) -> None:
     ctx.job.succeed()
 
 
-@celery_app.task(name=STUDY_RUN, acks_late=True, reject_on_worker_lost=True)
-def run_task(study_id: str) -> None:
+@celery_app.task(name=STUDY_RUN, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_task(self: Task, study_id: str) -> None:
     """A whole study; re-delivered after a crash, it reuses every feature set it stored."""
     try:
         ctx = StudyContext(StudyTask(study_id=study_id).study_id)
     except LookupError:
         log.warning("study %s does not exist; dropping task", study_id)
         return
-    run_tracked(ctx.job, lambda: run(ctx))
+    run_tracked(ctx.job, lambda: run(ctx), task=self)
 
 
 __all__ = ["run_task"]

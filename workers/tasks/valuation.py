@@ -16,17 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any, TypeVar
 
 import torch
+from celery import Task
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from service.blobs import BlobStore, blob_store_from_settings
+from service.blobs import BlobStore
 from service.config import get_settings
 from service.db.models import Checkpoint as CheckpointRow
 from service.db.models import Dataset, Model, Score, Valuation, WarmupRun
@@ -35,6 +35,7 @@ from service.db.models import RewardSpec as RewardSpecRow
 from service.db.models import Sample as SampleRow
 from service.db.session import SessionLocal
 from service.queue import celery_app, enqueue
+from service.tenant_secrets import service as tenant_secrets
 from workers.contracts import (
     GPU_QUEUE,
     LAYERWISE_METHODS,
@@ -73,7 +74,9 @@ from workers.tasks.common import (
     find_or_create_feature_set,
     load_dataset,
     records_in_order,
+    reward_spec_to_run,
     shard_key,
+    tenant_blobs,
 )
 from workers.tasks.jobs import JobTracker, run_tracked
 
@@ -122,6 +125,7 @@ class Context:
             valuation.settings = self.settings.model_dump()
             session.commit()
             self.valuation_id = valuation_id
+            self.tenant_id: str = valuation.tenant_id
             self.job = JobTracker(valuation.job_id)
             self.method: str = valuation.method
             self.model_source: str = model.source
@@ -134,8 +138,8 @@ class Context:
                 spec = session.get(RewardSpecRow, valuation.reward_spec_id)
                 if spec is None:
                     raise EngineError(f"reward spec {valuation.reward_spec_id} no longer exists")
-                self.reward_spec = dict(spec.spec)
-        self.blobs: BlobStore = blob_store_from_settings(get_settings())
+                self.reward_spec = reward_spec_to_run(spec)
+        self.blobs: BlobStore = tenant_blobs(self.tenant_id)
 
     @cached_property
     def pool(self) -> LoadedDataset:
@@ -193,12 +197,16 @@ def _load_context(valuation_id: str) -> Context | None:
 
 
 def _run_job(
-    valuation_id: str, body: Callable[[Context], None], *, already_running: bool = False
+    task: Task,
+    valuation_id: str,
+    body: Callable[[Context], None],
+    *,
+    already_running: bool = False,
 ) -> None:
     """Run ``body`` for a valuation inside the job envelope (``jobs.run_tracked``)."""
     ctx = _load_context(valuation_id)
     if ctx is not None:
-        run_tracked(ctx.job, lambda: body(ctx), already_running=already_running)
+        run_tracked(ctx.job, lambda: body(ctx), already_running=already_running, task=task)
 
 
 # --- stage 1: warmup and features (GPU queue) -------------------------------------------------
@@ -666,6 +674,7 @@ def _policy_feature_set(
                 )
                 for sample in samples
             ],
+            outbound=get_settings().outbound_policy(),
         )
         result = nice.policy_gradient_features(
             model,
@@ -711,23 +720,24 @@ def _endpoint_responses(ctx: Context, endpoint: AssistEndpoint) -> tuple[str, di
     the blob store under the endpoint's content settings and the probes, so resumed jobs,
     later checkpoints and repeated valuations score the same texts."""
     probe_hash, probes = ctx.probe_prompts
-    content = endpoint.model_dump(exclude={"timeout_s", "retries", "api_key_env"})
+    content = endpoint.model_dump(exclude={"timeout_s", "retries", "api_key_secret"})
     key = f"assist/{content_key(endpoint=content, probes=probe_hash)}.json"
     if not ctx.blobs.exists(key):
         api_key = None
-        if endpoint.api_key_env:
-            api_key = os.environ.get(endpoint.api_key_env)
-            if not api_key:
-                raise EngineError(
-                    f"the worker's environment has no {endpoint.api_key_env} (the assist "
-                    "endpoint's API key)"
-                )
-        chat = assist.ChatEndpoint(**endpoint.model_dump(exclude={"api_key_env"}), api_key=api_key)
+        if endpoint.api_key_secret:
+            with SessionLocal() as session:
+                try:
+                    api_key = tenant_secrets.reveal(session, endpoint.api_key_secret)
+                except tenant_secrets.SecretMissing as e:
+                    raise EngineError(f"the assist endpoint's API key: {e}") from None
+        chat = assist.ChatEndpoint(
+            **endpoint.model_dump(exclude={"api_key_secret"}), api_key=api_key
+        )
         ctx.job.note(
             f"fetching {chat.n} responses per probe for {len(probes)} probes from "
             f"{http.redacted(chat.url)}"
         )
-        responses = assist.fetch_responses(chat, probes)
+        responses = assist.fetch_responses(chat, probes, outbound=get_settings().outbound_policy())
         ctx.blobs.put_bytes(key, json.dumps(responses, sort_keys=True).encode())
     blob = ctx.blobs.get_bytes(key)
     return hashlib.sha256(blob).hexdigest()[:32], json.loads(blob)
@@ -761,7 +771,12 @@ def _prompt_text(probe: nice.ProbePrompt) -> str:
 def _store_samples(ctx: Context, epoch: int, blob: bytes) -> None:
     """This valuation's sample rows for one checkpoint, replaced (never appended) on re-runs."""
     rows = [
-        {"valuation_id": ctx.valuation_id, "epoch": epoch, **json.loads(line)}
+        {
+            "tenant_id": ctx.tenant_id,
+            "valuation_id": ctx.valuation_id,
+            "epoch": epoch,
+            **json.loads(line),
+        }
         for line in blob.decode().splitlines()
         if line.strip()
     ]
@@ -1097,6 +1112,7 @@ def score_valuation(ctx: Context) -> None:
         breakdown = {name: values[i] for name, values in per_subtask.items()}
         rows.append(
             {
+                "tenant_id": ctx.tenant_id,
                 "valuation_id": ctx.valuation_id,
                 "record_id": record_ids[i],
                 "rank": rank_,
@@ -1130,23 +1146,25 @@ def score_valuation(ctx: Context) -> None:
 # --- Celery entry points ----------------------------------------------------------------------
 
 
-@celery_app.task(name=VALUATION_FEATURIZE, acks_late=True, reject_on_worker_lost=True)
-def featurize_task(valuation_id: str) -> None:
+@celery_app.task(name=VALUATION_FEATURIZE, bind=True, acks_late=True, reject_on_worker_lost=True)
+def featurize_task(self: Task, valuation_id: str) -> None:
     """Warmup checkpoints, pool Adam features and probe SGD features; then enqueue scoring."""
-    _run_job(ValuationTask(valuation_id=valuation_id).valuation_id, featurize_valuation)
+    _run_job(self, ValuationTask(valuation_id=valuation_id).valuation_id, featurize_valuation)
 
 
-@celery_app.task(name=VALUATION_FEATURIZE_SHARD, acks_late=True, reject_on_worker_lost=True)
-def featurize_shard_task(**payload: Any) -> None:
+@celery_app.task(
+    name=VALUATION_FEATURIZE_SHARD, bind=True, acks_late=True, reject_on_worker_lost=True
+)
+def featurize_shard_task(self: Task, **payload: Any) -> None:
     """One feature shard; the last shard of a valuation enqueues its scoring."""
     task = FeatureShardTask.model_validate(payload)
-    _run_job(task.valuation_id, lambda ctx: featurize_shard(ctx, task), already_running=True)
+    _run_job(self, task.valuation_id, lambda ctx: featurize_shard(ctx, task), already_running=True)
 
 
-@celery_app.task(name=VALUATION_SCORE, acks_late=True, reject_on_worker_lost=True)
-def score_task(valuation_id: str) -> None:
+@celery_app.task(name=VALUATION_SCORE, bind=True, acks_late=True, reject_on_worker_lost=True)
+def score_task(self: Task, valuation_id: str) -> None:
     """LESS / TracIn scores streamed over the stored pool shards."""
-    _run_job(ValuationTask(valuation_id=valuation_id).valuation_id, score_valuation)
+    _run_job(self, ValuationTask(valuation_id=valuation_id).valuation_id, score_valuation)
 
 
 __all__ = [

@@ -1,0 +1,80 @@
+"""Who may call: ``Authorization: Bearer <key>`` on every ``/v1`` route.
+
+:func:`get_principal` runs once per request (a router dependency of ``/v1``): a missing,
+unknown or revoked key is a 401, a read_only key that tries to write is a 403. Endpoints then
+take :data:`SessionDep` (the request session, scoped to the key's tenant by
+``service.tenancy``) and :data:`BlobStoreDep` (the tenant's part of the blob store), so a
+route cannot reach another tenant's rows or blobs, and another tenant's resource is a 404.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.auth.keys import Principal, authenticate
+from service.blobs import BlobStore, TenantBlobStore, get_blob_store
+from service.db.session import get_db
+from service.errors import Forbidden, Unauthorized
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key: `Authorization: Bearer sift_...` (`sift keys create`, or "
+    "`POST /v1/keys` with an admin key).",
+)
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def get_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    session: Annotated[Session, Depends(get_db)],
+) -> Principal:
+    if credentials is None:
+        raise Unauthorized("an API key is required: send `Authorization: Bearer <key>`")
+    principal = authenticate(session, credentials.credentials)
+    if principal is None:
+        raise Unauthorized("the API key is unknown or revoked")
+    if principal.role == "read_only" and request.method not in READ_METHODS:
+        raise Forbidden("this API key is read_only: it may only read")
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    if principal.role != "admin":
+        raise Forbidden(f"managing API keys needs an admin key; this key is {principal.role}")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
+def get_tenant_session(
+    principal: PrincipalDep, session: Annotated[Session, Depends(get_db)]
+) -> Session:
+    """The request session, acting for the key's tenant."""
+    if session.info.get("tenant_id") not in (None, principal.tenant_id):
+        session.expunge_all()  # a session reused across tenants (tests) holds no foreign rows
+    session.info["tenant_id"] = principal.tenant_id
+    return session
+
+
+SessionDep = Annotated[Session, Depends(get_tenant_session)]
+
+
+def get_tenant_blobs(
+    principal: PrincipalDep, store: Annotated[BlobStore, Depends(get_blob_store)]
+) -> BlobStore:
+    return TenantBlobStore(store, principal.tenant_id)
+
+
+BlobStoreDep = Annotated[BlobStore, Depends(get_tenant_blobs)]
