@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.fake_openai import FakeOpenAI, serve
+from tests.integration.conftest import Stack
 from tests.integration.test_valuation_e2e import SETTINGS, _model, _upload, _wait
 from workers.engine.synthetic import CAPITALS, planted_tasks
 
@@ -28,9 +29,18 @@ N_GROUP = 20
 REFUSAL = "I do not know."
 
 
+JUDGE_TOKEN = "judge-token-5f3a9c"
+ENDPOINT_KEY = "sk-endpoint-77d1e0"
+
+
 class _Judge(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if self.headers.get("authorization") != f"Bearer {JUDGE_TOKEN}":
+            self.send_response(401)  # the sealed header must reach the judge
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         reward = 1.0 if "capital of" in body["response"] else 0.0
         payload = json.dumps({"reward": reward}).encode()
         self.send_response(200)
@@ -59,7 +69,7 @@ def _answer(country: str, capital: str, right: bool) -> str:
 
 
 def test_nice_follows_the_judge_where_less_follows_wrong_labels(
-    api: httpx.Client, judge_url: str
+    api: httpx.Client, stack: Stack, judge_url: str
 ) -> None:
     countries = list(CAPITALS)
     random.Random(0).shuffle(countries)
@@ -116,10 +126,15 @@ def test_nice_follows_the_judge_where_less_follows_wrong_labels(
             for right in (True, False)
         ],
     )
-    reward = api.post(
-        "/v1/reward-specs", json={"name": "judge", "spec": {"kind": "http_judge", "url": judge_url}}
-    )
+    judge = {
+        "kind": "http_judge",
+        "url": judge_url,
+        "headers": {"Authorization": f"Bearer {JUDGE_TOKEN}"},
+    }
+    reward = api.post("/v1/reward-specs", json={"name": "judge", "spec": judge})
     assert reward.status_code == 201, reward.text
+    secret = api.post("/v1/secrets", json={"name": "stronger-key", "value": ENDPOINT_KEY})
+    assert secret.status_code == 201, secret.text
     settings = {**SETTINGS, "projection": {"dim": 1024, "seed": 0}}
 
     def value(**body: Any) -> dict[str, Any]:
@@ -169,8 +184,13 @@ def test_nice_follows_the_judge_where_less_follows_wrong_labels(
         country = messages[-1]["content"].removeprefix("What is the capital of ").rstrip("?")
         return _answer(country, capitals[country], right=i == 0)
 
-    with serve(FakeOpenAI(stronger)) as fake:
-        endpoint = {"base_url": fake.base_url, "model": "stronger", "n": 2}
+    with serve(FakeOpenAI(stronger, api_key=ENDPOINT_KEY)) as fake:
+        endpoint = {
+            "base_url": fake.base_url,
+            "model": "stronger",
+            "n": 2,
+            "api_key_secret": "stronger-key",
+        }
         nice_api = value(
             method="nice",
             probe_dataset_id=prompts["id"],
@@ -196,6 +216,13 @@ def test_nice_follows_the_judge_where_less_follows_wrong_labels(
         f"NICE-IF {nice_if_top}, NICE-AMC via endpoint {nice_api_top}"
     )
     assert nice_api_top == nice_top  # the same texts as the assist dataset's: the same scores
+    # The secrets reached the judge and the endpoint, and nothing else: no response, note, error
+    # or log line of the API or the worker holds them.
+    assert all(r["headers"]["authorization"] == f"Bearer {ENDPOINT_KEY}" for r in fake.requests)
+    shown = [api.get("/v1/reward-specs").text, api.get("/v1/secrets").text]
+    shown += [api.get(f"/v1/valuations/{v['id']}").text for v in (nice, nice_if, nice_api)]
+    shown += [path.read_text() for path in stack.logs.glob("*.log")]
+    assert not [text for text in shown if JUDGE_TOKEN in text or ENDPOINT_KEY in text]
     assert less_top["refuse"] >= 0.6 * N_GROUP > less_top["right"]
     assert nice_top["right"] >= 0.6 * N_GROUP > nice_top["refuse"]
     assert datainf_top["refuse"] >= 0.6 * N_GROUP > datainf_top["right"]

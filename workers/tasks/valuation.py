@@ -134,11 +134,15 @@ class Context:
             self.probe_dataset_id: str = valuation.probe_dataset_id
             self.assist_dataset_id: str | None = valuation.assist_dataset_id
             self.reward_spec: dict[str, Any] | None = None
+            """As stored (sealed headers shown as names): what content keys hash."""
+            self.reward_to_run: dict[str, Any] | None = None
+            """With its sealed headers opened: what the reward is computed with."""
             if valuation.reward_spec_id is not None:
                 spec = session.get(RewardSpecRow, valuation.reward_spec_id)
                 if spec is None:
                     raise EngineError(f"reward spec {valuation.reward_spec_id} no longer exists")
-                self.reward_spec = reward_spec_to_run(spec)
+                self.reward_spec = dict(spec.spec)
+                self.reward_to_run = reward_spec_to_run(spec)
         self.blobs: BlobStore = tenant_blobs(self.tenant_id)
 
     @cached_property
@@ -663,7 +667,7 @@ def _policy_feature_set(
             )
         by_id = {p.record_id: p for p in probes}
         reward_values = rewards.compute_rewards(
-            rewards.reward_from_dict(ctx.reward_spec),
+            rewards.reward_from_dict(ctx.reward_to_run or {}),
             [
                 rewards.RewardItem(
                     probe_id=sample.probe_id,
