@@ -407,6 +407,8 @@ class Judge:
                     self.reply(400, b"SECRET-INTERNAL-TOKEN root:x:0:0")
                 elif route == "/secret200":
                     self.reply(200, b"SECRET-INTERNAL-TOKEN root:x:0:0")
+                elif route == "/huge":
+                    self.reply(200, b'{"reward": 1, "pad": "' + b"x" * 300_000 + b'"}')
                 elif route == "/garbage":
                     self.reply(200, b"<html>not json</html>")
                 elif route == "/nokey":
@@ -521,4 +523,15 @@ def test_http_judge_connection_refused() -> None:
         port = s.getsockname()[1]
     spec = HttpJudge(url=f"http://127.0.0.1:{port}/score", retries=1, timeout_s=1.0)
     with pytest.raises(EngineError, match="ConnectError"):
+        compute_rewards(spec, JUDGE_ITEMS[:1], outbound=LOOPBACK)
+
+
+def test_http_judge_reply_size_is_bounded(judge: Judge, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A huge (or endless) answer fails the call instead of filling the worker's memory."""
+    from workers.engine import http
+
+    spec = HttpJudge(url=judge.base + "/huge", retries=0)
+    assert compute_rewards(spec, JUDGE_ITEMS[:1], outbound=LOOPBACK) == [1.0]
+    monkeypatch.setattr(http, "MAX_REPLY_BYTES", 100_000)
+    with pytest.raises(EngineError, match="reply over 100000 bytes"):
         compute_rewards(spec, JUDGE_ITEMS[:1], outbound=LOOPBACK)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 BACKOFF_S = 0.2
 BACKOFF_CAP_S = 5.0
 PARALLEL_REQUESTS = 4
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+"""A judge's or endpoint's answer larger than this fails the call (16 MiB: 64 long choices)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,7 +52,9 @@ def post_json(
         if attempt:
             time.sleep(min(BACKOFF_S * 2 ** (attempt - 1), BACKOFF_CAP_S))
         try:
-            reply = client.post(url, json=payload)
+            with client.stream("POST", url, json=payload) as reply:
+                status = reply.status_code
+                body = _read_capped(reply, what) if 200 <= status < 300 else b""
         except OutboundRefused as exc:  # the URL is the client's: its mistake, never retried
             raise InvalidInput(f"{what} refused: {exc}") from exc
         except httpx.ProtocolError as exc:  # its message may quote the server's bytes
@@ -61,9 +65,8 @@ def post_json(
             continue
         except httpx.HTTPError as exc:
             raise EngineError(f"{what} failed: {type(exc).__name__}") from exc
-        status = reply.status_code
         if not 200 <= status < 300:
-            log.info("%s answered status %d (%d-byte body)", what, status, len(reply.content))
+            log.info("%s answered status %d (body not read)", what, status)
         if status >= 500:
             problem = f"status {status}"
             continue
@@ -71,8 +74,20 @@ def post_json(
             raise EngineError(f"{what} answered status {status}: redirects are not followed")
         if not 200 <= status < 300:
             raise EngineError(f"{what} answered status {status}")
-        return reply.text
+        return body.decode(reply.encoding or "utf-8", errors="replace")
     raise EngineError(f"{what} failed after {retries + 1} attempt(s): {problem}")
+
+
+def _read_capped(reply: httpx.Response, what: str) -> bytes:
+    """The reply's body, refused past ``MAX_REPLY_BYTES`` (a hostile server's endless or huge
+    answer must not exhaust the worker's memory)."""
+    chunks, size = [], 0
+    for chunk in reply.iter_bytes():
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise EngineError(f"{what} sent a reply over {MAX_REPLY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def map_parallel(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
