@@ -80,7 +80,13 @@ def embedded_worker() -> Iterator[None]:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
     from workers.celery_app import QUEUES, celery_app
+    from workers.tasks.recovery import resume_after_restart, start_sweeper
 
+    if get_settings().broker_url.startswith("memory://"):
+        repairs = resume_after_restart()  # the last process took its in-memory queue with it
+        if repairs:
+            print(f"resumed unfinished jobs after a restart: {repairs}")
+    start_sweeper()
     with start_worker(
         celery_app,
         pool="solo",

@@ -39,6 +39,25 @@ class Settings(BaseSettings):
         ge=1,
         description="Redis: an unacknowledged task (its worker died) is redelivered after this",
     )
+    heartbeat_interval_s: float = Field(
+        default=10.0, gt=0, description="how often a running task beats its row and its job"
+    )
+    heartbeat_stale_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a running task silent this long lost its worker: the recovery sweep sends "
+        "it again (so a killed worker's task is re-delivered within about this plus "
+        "sweep_interval_s); a cancelled job with no live task is ended",
+    )
+    task_lost_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="a task sent but never started this long was lost by the broker (e.g. "
+        "Redis restarted without persistence): it is sent again",
+    )
+    sweep_interval_s: float = Field(
+        default=15.0, gt=0, description="how often each worker runs the recovery sweep"
+    )
     max_task_deliveries: int = Field(
         default=3,
         ge=1,

@@ -5,14 +5,16 @@ the read view. Each resource keeps only what is its own."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.config import get_settings
 from service.db.base import utcnow
-from service.db.models import FINISHED_STATUSES, Job, JobStatus
+from service.db.models import FINISHED_STATUSES, Job, JobStatus, TaskDelivery
 from service.errors import Conflict, ServiceUnavailable
 from service.queue import TaskQueue
 
@@ -48,7 +50,7 @@ def enqueue_committed(
     """Send the task of a resource already committed (so the worker always finds it). If the
     broker refuses, the job is marked failed and committed, and the reply is 503."""
     try:
-        queue.enqueue(task_name, payload)
+        queue.enqueue(task_name, payload, job_id=job.id)
     except Exception as e:
         log.exception("enqueue failed for %s %s", noun, resource_id)
         job.status = JobStatus.failed.value
@@ -77,10 +79,28 @@ def cancel(session: Session, job: Job, *, what: str) -> None:
     if job.status in FINISHED_STATUSES:
         raise Conflict(f"{what} has already finished (status {job.status!r})")
     job.cancel_requested = True
-    if job.status == JobStatus.queued:
+    if job.status == JobStatus.queued or not _runs(session, job):
         job.status = JobStatus.cancelled.value
         job.finished_at = utcnow()
     session.flush()
+
+
+def _runs(session: Session, job: Job) -> bool:
+    """Whether a live delivery (heartbeat within ``heartbeat_stale_s``) runs ``job``: a job
+    whose worker died is cancelled at once rather than waiting for a worker that never comes."""
+    fresh = utcnow() - timedelta(seconds=get_settings().heartbeat_stale_s)
+    return (
+        session.scalar(
+            select(TaskDelivery.task_id)
+            .where(
+                TaskDelivery.job_id == job.id,
+                TaskDelivery.deliveries > 0,
+                TaskDelivery.heartbeat_at > fresh,
+            )
+            .limit(1)
+        )
+        is not None
+    )
 
 
 def job_state(job: Job) -> dict[str, Any]:

@@ -10,7 +10,8 @@ recorder -- the only mock in the service tests.
 
 from __future__ import annotations
 
-from typing import Annotated, Protocol
+import uuid
+from typing import Annotated, Any, Protocol
 
 from celery import Celery
 from fastapi import Depends
@@ -41,14 +42,46 @@ def _make_celery_app(broker_url: str, visibility_timeout_s: int = 3600) -> Celer
 celery_app = _make_celery_app(get_settings().broker_url, get_settings().broker_visibility_timeout_s)
 
 
-def enqueue(task_name: str, payload: BaseModel) -> None:
-    """Send ``task_name`` with ``payload`` as keyword arguments to the task's queue."""
+def enqueue(task_name: str, payload: BaseModel, *, job_id: str) -> str:
+    """Send ``task_name`` with ``payload`` as keyword arguments to the task's queue; its id.
+
+    The task is written to ``task_deliveries`` (committed) before the message goes out, so a
+    message the broker or a worker loses is sent again by the recovery sweep
+    (``workers.tasks.recovery``) instead of leaving its job waiting for ever.
+    """
     if task_name not in contracts.TASK_QUEUES:
         raise ValueError(f"unknown task {task_name!r}; known: {sorted(contracts.TASK_QUEUES)}")
+    kwargs = payload.model_dump(mode="json")
+    task_id = uuid.uuid4().hex
+    track_task(task_id, job_id, task_name, kwargs)
+    send(task_id, task_name, kwargs)
+    return task_id
+
+
+def track_task(task_id: str, job_id: str, task_name: str, kwargs: dict[str, Any]) -> None:
+    from service.db.base import utcnow
+    from service.db.models import TaskDelivery
+    from service.db.session import session_scope
+
+    with session_scope() as session:
+        session.add(
+            TaskDelivery(
+                task_id=task_id,
+                job_id=job_id,
+                task_name=task_name,
+                payload=kwargs,
+                deliveries=0,
+                enqueued_at=utcnow(),
+                heartbeat_at=utcnow(),
+                resent=0,
+            )
+        )
+
+
+def send(task_id: str, task_name: str, kwargs: dict[str, Any]) -> None:
+    """Publish one message (a first send, or the recovery sweep's resend under the same id)."""
     celery_app.send_task(
-        task_name,
-        kwargs=payload.model_dump(mode="json"),
-        queue=contracts.TASK_QUEUES[task_name],
+        task_name, kwargs=kwargs, task_id=task_id, queue=contracts.TASK_QUEUES[task_name]
     )
 
 
@@ -59,7 +92,7 @@ def ping_broker(app: Celery | None = None, timeout_s: float = 3.0) -> None:
 
 
 class TaskQueue(Protocol):
-    def enqueue(self, task_name: str, payload: BaseModel) -> None: ...
+    def enqueue(self, task_name: str, payload: BaseModel, *, job_id: str) -> None: ...
 
     def ping(self) -> None: ...
 
@@ -67,8 +100,8 @@ class TaskQueue(Protocol):
 class CeleryQueue:
     """The real queue: Celery ``send_task`` by name."""
 
-    def enqueue(self, task_name: str, payload: BaseModel) -> None:
-        enqueue(task_name, payload)
+    def enqueue(self, task_name: str, payload: BaseModel, *, job_id: str) -> None:
+        enqueue(task_name, payload, job_id=job_id)
 
     def ping(self) -> None:
         ping_broker()

@@ -9,6 +9,8 @@ The embedded default (``sift serve``) runs the same app in a thread of the API p
 
 from __future__ import annotations
 
+from celery.signals import worker_ready
+
 from service.queue import celery_app
 from workers.contracts import CPU_QUEUE, GPU_QUEUE
 
@@ -21,6 +23,15 @@ celery_app.conf.update(
     ]
 )
 celery_app.loader.import_default_modules()
+
+
+@worker_ready.connect
+def _start_recovery_sweep(**_: object) -> None:
+    """Every worker process repairs what dead workers and lost messages left (its own thread)."""
+    from workers.tasks.recovery import start_sweeper
+
+    start_sweeper()
+
 
 QUEUES = (GPU_QUEUE, CPU_QUEUE)
 app = celery_app

@@ -1,5 +1,6 @@
-"""Task deliveries: how often the broker handed out each Celery task in flight, so a task whose
-execution kills its worker fails its job after a bounded number of deliveries.
+"""Tasks in flight: every Celery task from its send to the end of a delivery, with its payload,
+delivery count and heartbeat, so a lost task is sent again and a task whose execution kills its
+worker fails its job after a bounded number of deliveries; jobs get a heartbeat.
 
 Revision ID: 0007
 Revises: 0006
@@ -25,9 +26,13 @@ def upgrade() -> None:
         sa.Column("task_id", sa.String(length=255), nullable=False),
         sa.Column("job_id", sa.String(length=32), nullable=False),
         sa.Column("task_name", sa.String(length=255), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=True),
         sa.Column("deliveries", sa.Integer(), nullable=False),
-        sa.Column("first_delivered_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_delivered_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("first_delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("resent", sa.Integer(), server_default="0", nullable=False),
         sa.ForeignKeyConstraint(
             ["job_id"],
             ["jobs.id"],
@@ -37,8 +42,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("task_id", name=op.f("pk_task_deliveries")),
     )
     op.create_index(op.f("ix_task_deliveries_job_id"), "task_deliveries", ["job_id"])
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("heartbeat_at")
     op.drop_index(op.f("ix_task_deliveries_job_id"), table_name="task_deliveries")
     op.drop_table("task_deliveries")

@@ -215,6 +215,9 @@ class Job(TenantOwned, Base):
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """Last beat of any of its running tasks (or its last recovery): a stale one means nothing
+    runs it."""
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -443,17 +446,28 @@ class Curation(TenantOwned, Base):
 
 
 class TaskDelivery(Base):
-    """A Celery task in flight (by its id, which a redelivered message keeps) and how often it
-    was delivered since none ended: every delivery but the latest died with its worker. This
-    bounds how often a task whose execution kills its worker comes back (``run_tracked`` in
-    ``workers.tasks.jobs``). The row goes when a delivery ends; it stays, as the evidence, when
-    its job was failed for too many deliveries."""
+    """A Celery task in flight, from the moment it is sent until a delivery of it ends.
+
+    Written by ``service.queue.enqueue`` before the message goes out (``deliveries`` 0, the
+    payload kept), so a task lost with its broker or its worker can be sent again by the
+    recovery sweep (``workers.tasks.recovery``) under the same id. Each delivery adds one to
+    ``deliveries`` and beats ``heartbeat_at`` while it runs; every delivery but the latest died
+    with its worker, which bounds how often a task that kills its worker comes back
+    (``run_tracked`` in ``workers.tasks.jobs``). The row goes when a delivery ends; it stays, as
+    the evidence, when its job was failed for too many deliveries."""
 
     __tablename__ = "task_deliveries"
 
     task_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     task_name: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The task's keyword arguments, to send it again; None for a task sent by other means."""
     deliveries: Mapped[int] = mapped_column(Integer)
-    first_delivered_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    last_delivered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    first_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """Last sign of life: a beat of the running delivery, or the last (re)send."""
+    resent: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """How often the recovery sweep sent it again."""

@@ -119,8 +119,12 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "SIFT_SECRET_KEY", "4Dk0d5qCqBH3o3pHqW2d3a1yRzGZbq8q3v9o9r2Yb0Y="
         ),
         "PYTHONUNBUFFERED": "1",
-        # A killed worker's unacknowledged task comes back after this (production: an hour).
-        "SIFT_BROKER_VISIBILITY_TIMEOUT_S": "5",
+        # The broker redelivers a killed worker's task only after an hour (as in production);
+        # the recovery sweep resends it once its heartbeat is 5 s stale (production: 60 s).
+        "SIFT_BROKER_VISIBILITY_TIMEOUT_S": "3600",
+        "SIFT_HEARTBEAT_INTERVAL_S": "1",
+        "SIFT_HEARTBEAT_STALE_S": "5",
+        "SIFT_SWEEP_INTERVAL_S": "1",
     }
     subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"],

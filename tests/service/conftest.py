@@ -31,7 +31,7 @@ from service.blobs import BlobStore, FilesystemBlobStore, TenantBlobStore, get_b
 from service.config import Settings, get_settings
 from service.db.base import utcnow
 from service.db.migrate import upgrade_head
-from service.db.models import Job, JobStatus, Score, Valuation
+from service.db.models import Job, JobStatus, Score, TaskDelivery, Valuation
 from service.db.session import get_db, make_engine, normalize_database_url
 from service.main import create_app
 from service.queue import get_queue
@@ -97,7 +97,7 @@ class RecordingQueue:
     fail_with: Exception | None = None
     ping_error: Exception | None = None
 
-    def enqueue(self, task_name: str, payload: BaseModel) -> None:
+    def enqueue(self, task_name: str, payload: BaseModel, *, job_id: str) -> None:
         if self.fail_with is not None:
             raise self.fail_with
         self.sent.append((task_name, payload.model_dump(mode="json")))
@@ -280,3 +280,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_running(db: Session, job_id: str, *, beating: bool = True) -> None:
+    """What a worker does when it picks a job up: the job running, and (``beating``) a live
+    delivery of its task in ``task_deliveries`` with a fresh heartbeat."""
+    job = db.get(Job, job_id)
+    assert job is not None
+    job.status, job.started_at = JobStatus.running.value, utcnow()
+    if beating:
+        db.add(
+            TaskDelivery(
+                task_id=f"task-{job_id}",
+                job_id=job_id,
+                task_name="sift.test",
+                deliveries=1,
+                heartbeat_at=utcnow(),
+                resent=0,
+            )
+        )
+    db.commit()

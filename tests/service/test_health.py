@@ -61,14 +61,30 @@ def test_enqueue_sends_by_name_to_the_task_queue(monkeypatch: pytest.MonkeyPatch
 
     sent: list[tuple[str, dict[str, Any]]] = []
 
-    def send_task(name: str, kwargs: dict[str, Any], queue: str) -> None:
-        sent.append((name, {"kwargs": kwargs, "queue": queue}))
+    tracked: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    def send_task(name: str, kwargs: dict[str, Any], task_id: str, queue: str) -> None:
+        sent.append((name, {"kwargs": kwargs, "queue": queue, "task_id": task_id}))
 
     monkeypatch.setattr(queue_module.celery_app, "send_task", send_task)
-    queue_module.CeleryQueue().enqueue(VALUATION_FEATURIZE, ValuationTask(valuation_id="v1"))
-    assert sent == [(VALUATION_FEATURIZE, {"kwargs": {"valuation_id": "v1"}, "queue": GPU_QUEUE})]
+    monkeypatch.setattr(queue_module, "track_task", lambda *args: tracked.append(args))
+    queue_module.CeleryQueue().enqueue(
+        VALUATION_FEATURIZE, ValuationTask(valuation_id="v1"), job_id="j1"
+    )
+    (task_id, job_id, name, kwargs), *rest = tracked  # written before the message is sent
+    assert not rest and (job_id, name, kwargs) == (
+        "j1",
+        VALUATION_FEATURIZE,
+        {"valuation_id": "v1"},
+    )
+    assert sent == [
+        (
+            VALUATION_FEATURIZE,
+            {"kwargs": {"valuation_id": "v1"}, "queue": GPU_QUEUE, "task_id": task_id},
+        )
+    ]
     with pytest.raises(ValueError, match="unknown task"):
-        queue_module.enqueue("sift.nope", ValuationTask(valuation_id="v1"))
+        queue_module.enqueue("sift.nope", ValuationTask(valuation_id="v1"), job_id="j1")
     conf = queue_module.celery_app.conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1 and conf.task_ignore_result

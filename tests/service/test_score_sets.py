@@ -19,7 +19,7 @@ from service.blobs import BlobStore
 from service.db.base import utcnow
 from service.db.models import Job, JobStatus, ScoreSet
 from service.score_sets.service import average_ranks, spearman
-from tests.service.conftest import RecordingQueue
+from tests.service.conftest import RecordingQueue, start_running
 from workers.contracts import SCORE_SET_RUN, TASK_QUEUES, Scorer, ScoreSetSettings
 
 MakeDataset = Callable[..., dict[str, Any]]
@@ -229,8 +229,7 @@ def test_cancel_and_enqueue_failure(
     running_id = _create(client, scorer="text", dataset_id=pool["id"])["id"]
     row = db.get(ScoreSet, running_id)
     assert row is not None
-    row.job.status = JobStatus.running.value
-    db.commit()
+    start_running(db, row.job_id)
     asked = client.post(f"/v1/score-sets/{running_id}/cancel").json()
     assert asked["status"] == "running" and asked["cancel_requested"] is True
 

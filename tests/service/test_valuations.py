@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.db.models import Job, JobStatus, Valuation
-from tests.service.conftest import RecordingQueue, finish_valuation
+from tests.service.conftest import RecordingQueue, finish_valuation, start_running
 from workers.contracts import TASK_QUEUES, VALUATION_FEATURIZE, ValuationSettings
 
 
@@ -130,13 +130,23 @@ def test_cancel_running_only_requests(client: TestClient, db: Session, make_valu
     valuation = make_valuation()
     row = db.get(Valuation, valuation["id"])
     assert row is not None
-    row.job.status = JobStatus.running.value
-    db.commit()
+    start_running(db, row.job_id)  # a worker runs it and beats
     body = client.post(f"/v1/valuations/{valuation['id']}/cancel").json()
     assert body["status"] == "running" and body["cancel_requested"] is True
     assert body["finished_at"] is None
     db.refresh(row.job)
     assert row.job.cancel_requested is True
+
+
+def test_cancel_of_a_job_whose_worker_died_ends_it_at_once(
+    client: TestClient, db: Session, make_valuation: Any
+) -> None:
+    valuation = make_valuation()
+    row = db.get(Valuation, valuation["id"])
+    assert row is not None
+    start_running(db, row.job_id, beating=False)  # running, but no live delivery
+    body = client.post(f"/v1/valuations/{valuation['id']}/cancel").json()
+    assert body["status"] == "cancelled" and body["finished_at"] is not None
 
 
 def test_cancel_finished_conflicts(client: TestClient, db: Session, make_valuation: Any) -> None:

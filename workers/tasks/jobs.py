@@ -4,14 +4,19 @@ is visible to the API while the task runs and survives a worker that dies mid-jo
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import case, delete, update
+from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import case, delete, func, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service.config import get_settings
 from service.db.models import FINISHED_STATUSES, Job, TaskDelivery
@@ -161,8 +166,8 @@ class Delivery:
     when its task outlives the visibility timeout; that timeout must exceed the longest task.)
     """
 
-    def __init__(self, task_id: str, task_name: str) -> None:
-        self.task_id, self.task_name = task_id, task_name
+    def __init__(self, task_id: str, task_name: str, retries: int = 0) -> None:
+        self.task_id, self.task_name, self.retries = task_id, task_name, retries
 
     def arrive(self, job_id: str) -> int:
         """Count this delivery in a transaction of its own; returns the count, this one included."""
@@ -181,13 +186,19 @@ class Delivery:
                 deliveries=1,
                 first_delivered_at=now,
                 last_delivered_at=now,
+                heartbeat_at=now,
+                resent=0,
             )
             count = session.execute(
                 insert.on_conflict_do_update(
                     index_elements=[table.c.task_id],
                     set_={
                         "deliveries": table.c.deliveries + 1,
+                        "first_delivered_at": func.coalesce(
+                            table.c.first_delivered_at, insert.excluded.first_delivered_at
+                        ),
                         "last_delivered_at": insert.excluded.last_delivered_at,
+                        "heartbeat_at": insert.excluded.heartbeat_at,
                     },
                 ).returning(table.c.deliveries)
             ).scalar_one()
@@ -196,8 +207,9 @@ class Delivery:
 
     def admit(self, job: JobTracker) -> bool:
         """Count this delivery; False when it is one too many: the job is failed (unless it is
-        over already) and the task returns, so its message is acknowledged."""
-        count = self.arrive(job.job_id)
+        over already) and the task returns, so its message is acknowledged. Celery's own
+        retries (after a database or broker outage) are deliveries too, but no deaths."""
+        count = self.arrive(job.job_id) - self.retries
         limit = get_settings().max_task_deliveries
         if count > 1:
             log.warning(
@@ -254,13 +266,20 @@ def run_tracked(
     if task is None or task_id is None:  # not delivered by a broker (called directly)
         _envelope(job, body, already_running)
         return
-    delivery = Delivery(task_id, task.name)
-    if not delivery.admit(job):
-        return
+    retries = int(task.request.retries or 0)
+    delivery = Delivery(task_id, task.name, retries)
     try:
-        _envelope(job, body, already_running)
-    finally:
-        delivery.end()
+        if not delivery.admit(job):
+            return
+        with Heartbeat(task_id, job.job_id):
+            _envelope(job, body, already_running)
+    except TRANSIENT as exc:  # the database, broker or blob store blinked: try again later
+        countdown = min(TRANSIENT_BACKOFF_S * 2**retries, TRANSIENT_BACKOFF_CAP_S)
+        log.warning(
+            "task %s[%s]: %s; retry %d in %.0f s", task.name, task_id, exc, retries + 1, countdown
+        )
+        raise task.retry(exc=exc, countdown=countdown, max_retries=TRANSIENT_RETRIES) from exc
+    delivery.end()
 
 
 def _envelope(job: JobTracker, body: Callable[[], None], already_running: bool) -> None:
@@ -285,6 +304,63 @@ def _envelope(job: JobTracker, body: Callable[[], None], already_running: bool) 
         job.cancel()
     except EngineError as exc:
         job.fail(str(exc))
+    except TRANSIENT:
+        raise  # not the job's fault: retried (run_tracked), never counted as done or failed
     except Exception as exc:
         job.fail(f"internal error: {type(exc).__name__}: {exc}")
         raise
+
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OperationalError,  # the database is down or restarting
+    InterfaceError,
+    PoolTimeout,
+    RedisConnectionError,  # the broker (enqueueing the next stage)
+    KombuOperationalError,
+    EndpointConnectionError,  # the blob store
+    ConnectionClosedError,
+)
+"""Infrastructure errors a task is retried for (with backoff), never failed for."""
+TRANSIENT_BACKOFF_S = 1.0
+TRANSIENT_BACKOFF_CAP_S = 30.0
+TRANSIENT_RETRIES = 40
+"""About 20 minutes of outage before the task gives up; the recovery sweep then resends it."""
+
+
+class Heartbeat:
+    """While a delivery runs, a thread beats its row and its job every
+    ``settings.heartbeat_interval_s``; a beat that stops (the worker died) lets the recovery
+    sweep (``workers.tasks.recovery``) send the task again after ``heartbeat_stale_s``."""
+
+    def __init__(self, task_id: str, job_id: str) -> None:
+        self.task_id, self.job_id = task_id, job_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{task_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        interval = get_settings().heartbeat_interval_s
+        while not self._stop.wait(interval):
+            self.beat()
+
+    def beat(self) -> None:
+        now = _now()
+        try:
+            with SessionLocal() as session:
+                session.execute(
+                    update(TaskDelivery)
+                    .where(TaskDelivery.task_id == self.task_id)
+                    .values(heartbeat_at=now)
+                )
+                session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=now))
+                session.commit()
+        except SQLAlchemyError as exc:  # a missed beat is retried at the next one
+            log.warning("heartbeat of task %s failed: %s", self.task_id, exc)

@@ -555,6 +555,7 @@ def featurize_valuation(ctx: Context) -> None:
                 shard_index=index,
                 feature_set_ids=feature_set_ids,
             ),
+            job_id=ctx.job.job_id,
         )
 
 
@@ -866,7 +867,7 @@ def _finish_featurize(ctx: Context, feature_set_ids: Sequence[str]) -> None:
             if row is not None:
                 row.status = "complete"
         session.commit()
-    enqueue(VALUATION_SCORE, ValuationTask(valuation_id=ctx.valuation_id))
+    enqueue(VALUATION_SCORE, ValuationTask(valuation_id=ctx.valuation_id), job_id=ctx.job.job_id)
 
 
 def _dataset_slice(dataset_id: str, start: int, size: int) -> list[data.Example]:
