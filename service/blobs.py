@@ -15,17 +15,20 @@ Keys are ``/``-separated relative paths: no empty, ``.`` or ``..`` segments, no 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Protocol, runtime_checkable
+from typing import Annotated, Any, BinaryIO, Protocol, runtime_checkable
 
 from fastapi import Depends
 
 from service.config import Settings, get_settings
 
 _TMP_PREFIX = ".sift-tmp-"
+_COPY_CHUNK = 1 << 20
 
 
 class BlobNotFound(LookupError):
@@ -36,6 +39,11 @@ class BlobNotFound(LookupError):
 class BlobStore(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` atomically (replacing any previous object)."""
+        ...
+
+    def put_file(self, key: str, f: BinaryIO) -> None:
+        """Store the rest of the readable file ``f`` (from its position to its end) under
+        ``key`` atomically, reading it in chunks: for objects too large to hold in memory."""
         ...
 
     def get_bytes(self, key: str) -> bytes:
@@ -92,14 +100,20 @@ class FilesystemBlobStore:
         return self.root.joinpath(*validate_key(key).split("/"))
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        self._put(key, lambda out: out.write(data))
+
+    def put_file(self, key: str, f: BinaryIO) -> None:
+        self._put(key, lambda out: shutil.copyfileobj(f, out, _COPY_CHUNK))
+
+    def _put(self, key: str, write: Callable[[BinaryIO], object]) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            with os.fdopen(fd, "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -170,6 +184,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 class S3BlobStore:
+    multipart_threshold = 64 * 1024 * 1024
+    multipart_chunksize = 16 * 1024 * 1024
+
     def __init__(
         self,
         bucket: str,
@@ -229,6 +246,19 @@ class S3BlobStore:
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def put_file(self, key: str, f: BinaryIO) -> None:
+        """A multipart upload above ``multipart_threshold`` (completed atomically, aborted on
+        failure); at most 4 parts of ``multipart_chunksize`` in flight, so memory stays bounded
+        whatever the size."""
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.multipart_chunksize,
+            max_concurrency=4,
+        )
+        self.client.upload_fileobj(f, self.bucket, self._key(key), Config=config)
 
     def get_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
@@ -294,12 +324,15 @@ def blob_store_from_settings(settings: Settings) -> BlobStore:
     return blob_store_from_url(settings.blob_url, settings.s3_endpoint_url)
 
 
+TENANTS_DIR = "tenants/"
+
+
 def tenant_prefix(tenant_id: str) -> str:
     """Where a tenant's blobs live: ``tenants/<id>/``; the rows that predate tenancy (tenant
     ``default``) keep their keys at the root."""
     from service.tenancy import DEFAULT_TENANT_ID
 
-    return "" if tenant_id == DEFAULT_TENANT_ID else f"tenants/{validate_key(tenant_id)}/"
+    return "" if tenant_id == DEFAULT_TENANT_ID else f"{TENANTS_DIR}{validate_key(tenant_id)}/"
 
 
 class TenantBlobStore:
@@ -313,21 +346,35 @@ class TenantBlobStore:
     def __repr__(self) -> str:
         return f"TenantBlobStore({self.store!r}, {self.tenant_id!r})"
 
+    def _key(self, key: str) -> str:
+        if not self.prefix and key.startswith(TENANTS_DIR):  # tenant "default" at the root
+            raise ValueError(f"blob key {key!r} is in another tenant's part of the store")
+        return self.prefix + validate_key(key)
+
+    def _prefix(self, prefix: str, *, allow_empty: bool = True) -> str:
+        if not self.prefix and prefix.startswith(TENANTS_DIR.rstrip("/")):
+            raise ValueError(f"blob prefix {prefix!r} is in another tenant's part of the store")
+        return self.prefix + validate_prefix(prefix, allow_empty=allow_empty)
+
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.store.put_bytes(self.prefix + validate_key(key), data)
+        self.store.put_bytes(self._key(key), data)
+
+    def put_file(self, key: str, f: BinaryIO) -> None:
+        self.store.put_file(self._key(key), f)
 
     def get_bytes(self, key: str) -> bytes:
-        return self.store.get_bytes(self.prefix + validate_key(key))
+        return self.store.get_bytes(self._key(key))
 
     def exists(self, key: str) -> bool:
-        return self.store.exists(self.prefix + validate_key(key))
+        return self.store.exists(self._key(key))
 
     def list_keys(self, prefix: str = "") -> list[str]:
         n = len(self.prefix)
-        return [k[n:] for k in self.store.list_keys(self.prefix + validate_prefix(prefix))]
+        keys = self.store.list_keys(self._prefix(prefix))
+        return [k[n:] for k in keys if self.prefix or not k.startswith(TENANTS_DIR)]
 
     def delete_prefix(self, prefix: str) -> int:
-        return self.store.delete_prefix(self.prefix + validate_prefix(prefix, allow_empty=False))
+        return self.store.delete_prefix(self._prefix(prefix, allow_empty=False))
 
     def ping(self) -> None:
         self.store.ping()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -211,10 +212,13 @@ def cmd_secrets(args: argparse.Namespace) -> None:
     try:
         with session_scope() as session:
             tenant = keys.get_or_create_tenant(session, args.tenant)
-            tenant_secrets.grant_env(session, tenant.id, args.name, args.env)
+            tenant_secrets.grant_env(session, tenant.id, args.name, args.env, args.host)
     except SiftError as e:
         raise SystemExit(f"sift secrets grant: {e.message}") from None
-    print(f"tenant {args.tenant!r} may now name secret {args.name!r} (worker variable {args.env})")
+    print(
+        f"tenant {args.tenant!r} may now name secret {args.name!r} (worker variable {args.env}) "
+        f"for {', '.join(args.host)}"
+    )
 
 
 def cmd_secret_key(_: argparse.Namespace) -> None:
@@ -348,6 +352,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     api_key = local_api_key()
     started = time.monotonic()
     with embedded_worker(), _api_in_thread(_free_port()) as base_url:
+        logging.getLogger().setLevel(logging.WARNING)  # the demo prints its own progress
         run_demo(base_url, api_key, top=args.top)
     print(f"done in {time.monotonic() - started:.0f}s")
 
@@ -389,10 +394,16 @@ def main(argv: list[str] | None = None) -> None:
         "secrets", help="operator: grant a tenant a worker environment variable as a secret"
     )
     grant_sub = grant.add_subparsers(dest="action", required=True)
-    g = grant_sub.add_parser("grant", help="e.g. --tenant team-a --name openai --env OPENAI_KEY")
+    g = grant_sub.add_parser(
+        "grant",
+        help="e.g. --tenant team-a --name openai --env OPENAI_API_KEY --host api.openai.com",
+    )
     g.add_argument("--tenant", required=True)
     g.add_argument("--name", required=True, help="the secret name requests use")
     g.add_argument("--env", required=True, help="the worker's environment variable")
+    g.add_argument(
+        "--host", required=True, action="append", help="a host it may be sent to (repeatable)"
+    )
     grant.set_defaults(func=cmd_secrets)
     sub.add_parser("secret-key", help="print a new SIFT_SECRET_KEY (Fernet key)").set_defaults(
         func=cmd_secret_key

@@ -68,7 +68,37 @@ class Settings(BaseSettings):
         default=True, description="`sift serve` also runs a worker in-process (development)"
     )
     page_size_max: int = Field(default=1000, ge=1)
-    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    # Load limits (service/limits.py sizes the request threads and the database pool from these)
+    max_concurrent_requests: int = Field(
+        default=16,
+        ge=1,
+        description="requests the API runs at once, per process (/healthz and /metrics aside); "
+        "the request threads and the database pool are sized from it",
+    )
+    request_queue_timeout_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="how long a request beyond max_concurrent_requests waits for a slot before "
+        "a 503 `overloaded` with Retry-After (0: at once)",
+    )
+    db_pool_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="how long a session waits for a pooled database connection before a 503 "
+        "with Retry-After (requests alone never exhaust the pool; this bounds the rest)",
+    )
+    max_upload_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1,
+        description="one dataset upload; a multipart JSONL file streams, so this bounds disk "
+        "and database, not the API's memory",
+    )
+    max_json_upload_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="a dataset sent as a JSON body (read into memory whole; also at most "
+        "max_upload_bytes)",
+    )
     max_checkpoint_upload_bytes: int = Field(
         default=4 * 1024**3,
         ge=1,
@@ -108,6 +138,30 @@ class Settings(BaseSettings):
         default=".sift/api-key",
         description="development only: where the first local admin API key is written "
         "(mode 0600) when the database has no key yet",
+    )
+    # Observability (service/observability.py, workers/observability.py)
+    log_format: Literal["plain", "json"] = Field(
+        default="plain",
+        description="plain: one readable line per record; json: one JSON object per line, with "
+        "request_id (API) or task_id/task_name/job_id (workers) as fields",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="the API's root log level (a worker takes --loglevel)"
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="when set, GET /metrics needs `Authorization: Bearer <token>`; either way "
+        "/metrics is for the scraper's network, not the internet",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="each worker process serves Prometheus metrics on this port (unset: off; "
+        "one port per worker process on a host)",
+    )
+    worker_metrics_host: str = Field(
+        default="0.0.0.0", description="the address the worker metrics server binds"
     )
 
     @model_validator(mode="after")

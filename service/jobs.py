@@ -1,16 +1,17 @@
 """The job life cycle every job-backed resource shares (valuations, studies, score sets,
-curations): create queued, enqueue after commit, lock for cancel, cancel, and the job's part of
-the read view. Each resource keeps only what is its own."""
+curations): create queued, enqueue after commit, lock for cancel, cancel, delete, and the job's
+part of the read view. Each resource keeps only what is its own."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.config import get_settings
 from service.db.base import utcnow
@@ -19,6 +20,10 @@ from service.errors import Conflict, ServiceUnavailable
 from service.queue import TaskQueue
 
 log = logging.getLogger(__name__)
+
+LIVE_STATUSES = frozenset({JobStatus.queued.value, JobStatus.running.value})
+"""A *live* job is queued or running: it still reads its inputs and writes its results. A
+finished one (succeeded, failed, cancelled) reads nothing any more."""
 
 
 def new_job(session: Session, kind: str) -> Job:
@@ -101,6 +106,39 @@ def _runs(session: Session, job: Job) -> bool:
         )
         is not None
     )
+
+
+def delete_resources(
+    session: Session,
+    table: Any,
+    ids: Sequence[str],
+    *,
+    parts: Sequence[InstrumentedAttribute[str]] = (),
+    blob_prefix: Callable[[str], str] | None = None,
+) -> list[str]:
+    """Delete job-backed resources of ``table`` with their jobs; the blob prefixes to delete
+    once that is committed.
+
+    A live job is cancelled by this: its tasks in flight go first (so nothing sends them
+    again), then the job rows are locked (a worker starting the job waits, then finds it gone),
+    then the resources' own rows (``parts``: columns naming the resource), the resources and
+    the jobs. A worker running the job finds its rows gone at its next update and drops its
+    work without writing more (``workers.tasks.jobs.ResourceDeleted``); nothing waits for it.
+    The locks are taken in the order a worker's heartbeat takes them (its task row, then its
+    job), so the two never deadlock.
+    """
+    if not ids:
+        return []
+    job_ids = list(session.scalars(select(table.job_id).where(table.id.in_(ids))))
+    fetch = {"synchronize_session": "fetch"}
+    session.execute(delete(TaskDelivery).where(TaskDelivery.job_id.in_(job_ids)))
+    session.execute(select(Job.id).where(Job.id.in_(job_ids)).with_for_update()).all()
+    session.execute(select(table.id).where(table.id.in_(ids)).with_for_update()).all()
+    for column in parts:
+        session.execute(delete(column.class_).where(column.in_(ids)).execution_options(**fetch))
+    session.execute(delete(table).where(table.id.in_(ids)).execution_options(**fetch))
+    session.execute(delete(Job).where(Job.id.in_(job_ids)).execution_options(**fetch))
+    return [blob_prefix(i) for i in ids] if blob_prefix else []
 
 
 def job_state(job: Job) -> dict[str, Any]:

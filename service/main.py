@@ -6,15 +6,29 @@ first use. It never imports torch (``tests/service/test_no_torch.py`` holds it t
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, FastAPI
 
 from service import health
 from service.auth.dependencies import get_principal
 from service.auth.endpoints import router as keys_router
+from service.config import get_settings
 from service.curations.endpoints import router as curations_router
 from service.datasets.endpoints import router as datasets_router
-from service.errors import Forbidden, Unauthorized, error_responses, install_error_handlers
+from service.errors import (
+    Forbidden,
+    ServiceUnavailable,
+    Unauthorized,
+    document_unsupported_media_type,
+    error_responses,
+    install_error_handlers,
+)
+from service.limits import install_limits
 from service.models.endpoints import router as models_router
+from service.observability import install_observability
+from service.pagination import document_page_size
+from service.request_text import check_request_text
 from service.reward_specs.endpoints import router as reward_specs_router
 from service.score_sets.endpoints import router as score_sets_router
 from service.selections.endpoints import router as selections_router
@@ -47,10 +61,12 @@ Errors have one shape: `{"error": {"code", "message", "field"}}`.
 def create_app() -> FastAPI:
     app = FastAPI(title="Sift", version="0.1.0", description=DESCRIPTION)
     install_error_handlers(app)
+    install_observability(app)  # /metrics, request ids, access log
+    install_limits(app)  # at most SIFT_MAX_CONCURRENT_REQUESTS at once, else a quick 503
     v1 = APIRouter(
         prefix=API_PREFIX,
-        dependencies=[Depends(get_principal)],
-        responses=error_responses(Unauthorized, Forbidden),
+        dependencies=[Depends(get_principal), Depends(check_request_text)],
+        responses=error_responses(Unauthorized, Forbidden, ServiceUnavailable),
     )
     for router in (
         keys_router,
@@ -68,6 +84,18 @@ def create_app() -> FastAPI:
         v1.include_router(router)
     app.include_router(v1)
     app.include_router(health.router)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus what no single route can declare: this deployment's page
+        size limit, and the 415 that every JSON body route answers."""
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            settings = app.dependency_overrides.get(get_settings, get_settings)()
+            document_page_size(document, settings.page_size_max)
+            document_unsupported_media_type(document)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -14,9 +14,11 @@ from sqlalchemy.orm.interfaces import ORMOption
 
 from service.config import Settings, get_settings
 from service.errors import InvalidInput
+from workers.contracts import JSON_INT_MAX
 
 T = TypeVar("T")
 DEFAULT_LIMIT = 100
+LIMIT_DESCRIPTION = f"page size; default {DEFAULT_LIMIT}, at most SIFT_PAGE_SIZE_MAX"
 
 
 class Page(BaseModel, Generic[T]):
@@ -34,11 +36,9 @@ class Pagination:
 
 def get_pagination(
     settings: Annotated[Settings, Depends(get_settings)],
-    limit: Annotated[
-        int | None,
-        Query(ge=1, description=f"page size; default {DEFAULT_LIMIT}, at most SIFT_PAGE_SIZE_MAX"),
-    ] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int | None, Query(ge=1, description=LIMIT_DESCRIPTION)] = None,
+    # A database's OFFSET is a 64-bit integer; beyond it the driver overflows (a 500).
+    offset: Annotated[int, Query(ge=0, le=JSON_INT_MAX)] = 0,
 ) -> Pagination:
     if limit is None:
         limit = min(DEFAULT_LIMIT, settings.page_size_max)
@@ -48,6 +48,20 @@ def get_pagination(
 
 
 PaginationDep = Annotated[Pagination, Depends(get_pagination)]
+
+
+def document_page_size(openapi: dict[str, Any], page_size_max: int) -> None:
+    """Write this deployment's SIFT_PAGE_SIZE_MAX into every ``limit`` parameter of the OpenAPI
+    document as its ``maximum`` (a setting, so no route can declare it)."""
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("description") != LIMIT_DESCRIPTION:
+                    continue
+                schema = parameter.get("schema", {})
+                for branch in schema.get("anyOf", [schema]):
+                    if branch.get("type") == "integer":
+                        branch["maximum"] = page_size_max
 
 
 R = TypeVar("R")

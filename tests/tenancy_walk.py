@@ -39,28 +39,34 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/models"): "own",
     ("GET", "/v1/models"): "page",
     ("GET", "/v1/models/{model_id}"): "404",
+    ("DELETE", "/v1/models/{model_id}"): "404",
     ("POST", "/v1/reward-specs"): "own",
     ("GET", "/v1/reward-specs"): "page",
     ("GET", "/v1/reward-specs/{spec_id}"): "404",
+    ("DELETE", "/v1/reward-specs/{spec_id}"): "404",
     ("POST", "/v1/valuations"): "refers",
     ("GET", "/v1/valuations"): "page",
     ("GET", "/v1/valuations/{valuation_id}"): "404",
+    ("DELETE", "/v1/valuations/{valuation_id}"): "404",
     ("POST", "/v1/valuations/{valuation_id}/cancel"): "404",
     ("GET", "/v1/valuations/{valuation_id}/scores"): "404",
     ("GET", "/v1/valuations/{valuation_id}/samples"): "404",
     ("POST", "/v1/valuations/{valuation_id}/selections"): "404",
     ("GET", "/v1/selections/{selection_id}"): "404",
+    ("DELETE", "/v1/selections/{selection_id}"): "404",
     ("GET", "/v1/selections/{selection_id}/export"): "404",
     ("POST", "/v1/studies"): "refers",
     ("GET", "/v1/studies"): "page",
     ("POST", "/v1/studies/probe-queries"): "public",
     ("GET", "/v1/studies/{study_id}"): "404",
+    ("DELETE", "/v1/studies/{study_id}"): "404",
     ("POST", "/v1/studies/{study_id}/cancel"): "404",
     ("GET", "/v1/studies/{study_id}/plot.{fmt}"): "404",
     ("POST", "/v1/score-sets"): "refers",
     ("GET", "/v1/score-sets"): "page",
     ("GET", "/v1/score-sets/compare"): "404",
     ("GET", "/v1/score-sets/{score_set_id}"): "404",
+    ("DELETE", "/v1/score-sets/{score_set_id}"): "404",
     ("POST", "/v1/score-sets/{score_set_id}/cancel"): "404",
     ("GET", "/v1/score-sets/{score_set_id}/values"): "404",
     ("GET", "/v1/score-sets/{score_set_id}/distribution"): "404",
@@ -68,11 +74,13 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/curations"): "refers",
     ("GET", "/v1/curations"): "page",
     ("GET", "/v1/curations/{curation_id}"): "404",
+    ("DELETE", "/v1/curations/{curation_id}"): "404",
     ("POST", "/v1/curations/{curation_id}/cancel"): "404",
     ("GET", "/v1/curations/{curation_id}/export"): "404",
     ("POST", "/v1/warmup-runs"): "refers",
     ("GET", "/v1/warmup-runs"): "page",
     ("GET", "/v1/warmup-runs/{warmup_run_id}"): "404",
+    ("DELETE", "/v1/warmup-runs/{warmup_run_id}"): "404",
 }
 
 PATH_IDS = {
@@ -123,7 +131,9 @@ def request_for(
     a = ids
     bodies: dict[tuple[str, str], dict[str, Any]] = {
         ("POST", "/v1/keys"): {"json": {"name": names["key"], "role": "member"}},
-        ("POST", "/v1/secrets"): {"json": {"name": names["secret"], "value": "b-secret"}},
+        ("POST", "/v1/secrets"): {
+            "json": {"name": names["secret"], "value": "b-secret", "hosts": ["b.example.com"]}
+        },
         ("POST", "/v1/datasets"): {
             "json": {"name": names["dataset"], "records": [{"prompt": "q", "response": "a"}]}
         },
@@ -199,7 +209,10 @@ def walk(
         if route not in ROUTES:
             problems.append(f"{route}: not classified in tests/tenancy_walk.py ROUTES")
     order = {"page": 0, "keys": 0, "secrets": 0, "404": 1, "refers": 2, "public": 3, "own": 4}
-    for method, path in sorted(routes, key=lambda r: order.get(ROUTES.get(r, ""), 9)):
+    # DELETEs last within their kind: one that wrongly succeeded must not hide a later check
+    for method, path in sorted(
+        routes, key=lambda r: (order.get(ROUTES.get(r, ""), 9), r[0] == "DELETE")
+    ):
         kind = ROUTES.get((method, path))
         if kind is None:
             continue

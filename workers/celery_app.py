@@ -12,6 +12,7 @@ from __future__ import annotations
 from celery.signals import worker_ready
 
 from service.queue import celery_app
+from workers import observability  # noqa: F401 - metrics and log context on Celery signals
 from workers.contracts import CPU_QUEUE, GPU_QUEUE
 
 celery_app.conf.update(

@@ -7,9 +7,17 @@ torch, transformers and Celery so the API process remains light: the API sends t
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+JSON_INT_MAX = 2**53 - 1
+"""The largest integer a request may carry (``le=JSON_INT_MAX`` on every unbounded one). Past
+int64 a value reaches the database driver or torch and fails there, as a server error or a
+failed job, instead of as a 422 naming its field; 2**53 - 1 is within int64 and, unlike
+2**63 - 1, exact as a double, which is how FastAPI writes bounds into the OpenAPI document
+and how JavaScript clients read numbers."""
 
 GPU_QUEUE = "sift.gpu"
 """Warmup training and gradient featurization: needs the model (and a GPU in production)."""
@@ -95,7 +103,7 @@ ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
 
 class LoraSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     r: int | None = Field(None, ge=1, le=1024, description="LoRA rank; default 128 (8 for builtin)")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 4*r as in LESS")
@@ -106,7 +114,7 @@ class LoraSpec(BaseModel):
 
 
 class WarmupSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     fraction: float = Field(0.05, gt=0.0, le=1.0, description="seeded random fraction of the pool")
     epochs: int = Field(4, ge=1, le=100)
@@ -114,20 +122,20 @@ class WarmupSpec(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     batch_size: int = Field(16, ge=1, le=4096)
     weight_decay: float = Field(0.0, ge=0.0)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=JSON_INT_MAX)
 
 
 class ProjectionSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     dim: int = Field(8192, ge=1, le=1 << 20, description="projected feature dimension d")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=JSON_INT_MAX)
 
 
 class AssistEndpoint(BaseModel):
     """NICE-AMC's stronger model behind an OpenAI-compatible ``/chat/completions`` endpoint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     base_url: str = Field(
         pattern=r"^https?://",
@@ -153,14 +161,14 @@ class AssistEndpoint(BaseModel):
 class NiceSpec(BaseModel):
     """NICE's Monte-Carlo policy gradient (seed 002 §3; defaults from app. C.1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     samples: int = Field(20, ge=1, le=1024, description="M responses per probe and checkpoint")
     temperature: float = Field(1.2, gt=0.0, le=10.0)
-    top_k: int = Field(50, ge=0)
+    top_k: int = Field(50, ge=0, le=JSON_INT_MAX)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(128, ge=1, le=8192)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=JSON_INT_MAX)
     weighting: Literal["reinforce", "baseline", "rejection"] = Field(
         "reinforce",
         description="sample weights: r/M, (r - mean r)/M (baseline), or r over the samples "
@@ -178,7 +186,7 @@ class DataInfSpec(BaseModel):
     """DataInf and NICE-IF (seed 002 app. E.3): the damped per-layer Fisher at the last
     checkpoint, inverted by Sherman–Morrison."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     damping: float = Field(0.1, gt=0.0, le=1e6, description="λ, or its scale (relative_damping)")
     relative_damping: bool = Field(
@@ -192,7 +200,7 @@ class DataInfSpec(BaseModel):
 
 
 class ValuationSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     warmup: WarmupSpec = Field(default_factory=lambda: WarmupSpec())
     lora: LoraSpec = Field(default_factory=lambda: LoraSpec())
@@ -216,7 +224,7 @@ class ValuationSettings(BaseModel):
 class StudySettings(BaseModel):
     """How a strategy study computes gradients and reports spread (seed 001 §3-4)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     projection: ProjectionSpec = Field(
         default_factory=lambda: ProjectionSpec(),
@@ -228,7 +236,7 @@ class StudySettings(BaseModel):
     dtype: ComputeDtype = "float32"
     bootstrap: int = Field(1000, ge=1, le=100_000, description="bootstrap resamples of the pairs")
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="level of the bootstrap interval")
-    seed: int = Field(0, ge=0, description="seed of the bootstrap")
+    seed: int = Field(0, ge=0, le=JSON_INT_MAX, description="seed of the bootstrap")
 
 
 # --- Score sets (seed 003 toolbox): which scorer, what it needs, which columns it writes. -------
@@ -270,7 +278,7 @@ REPORT_N_CLUSTERS = 8
 
 
 class SentenceTransformerEmbedding(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     sentence_transformer: str = Field(
         min_length=1, max_length=1024, description="local path of a sentence-transformers model"
@@ -278,7 +286,7 @@ class SentenceTransformerEmbedding(BaseModel):
 
 
 class ScoreSetSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     max_length: int = Field(512, ge=8, le=1 << 16, description="tokens per example; longer is cut")
     batch_size: int = Field(8, ge=1, le=4096)
@@ -297,7 +305,12 @@ class ScoreSetSettings(BaseModel):
         description="knn: k-means clusters of the dataset-level report's inertia (at most the "
         "dataset's records); default min(8, records), written back on creation",
     )
-    seed: int = Field(0, ge=0, description="random: the seed of the scores; knn: of k-means")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,  # k-means takes a numpy RandomState seed, 32 bits
+        description="random: the seed of the scores; knn: of k-means",
+    )
     dsir_buckets: int = Field(10_000, ge=2, le=1 << 24, description="dsir: hashed n-gram buckets")
     dsir_smoothing: float = Field(0.01, gt=0.0, le=100.0, description="dsir: pseudo-count")
     bm25_k1: float = Field(1.5, gt=0.0, le=100.0)
@@ -313,8 +326,21 @@ def scorer_needs_model(scorer: str, settings: ScoreSetSettings) -> bool:
 # The engine (workers.engine.rewards) implements each kind; the API stores specs as resources.
 
 
+def _tag_required(tag: str) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` of a variant of a discriminated union: the input must carry the
+    tag (pydantic cannot pick a variant without it), so the document says it is required; the
+    field keeps its default for Python callers."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        required = schema.setdefault("required", [])
+        if tag not in required:
+            required.insert(0, tag)
+
+    return extra
+
+
 class _RewardBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_tag_required("kind"))
 
 
 class ExactMatchReward(_RewardBase):
@@ -378,8 +404,12 @@ class RewardModelReward(_RewardBase):
 
     kind: Literal["reward_model"] = "reward_model"
     model_path: str = Field(min_length=1, max_length=1024)
-    label_index: int = Field(0, ge=0)
+    label_index: int = Field(0, ge=0, le=JSON_INT_MAX)
     batch_size: int = Field(16, ge=1, le=1024)
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]*$")
 
 
 class HttpJudgeReward(_RewardBase):
@@ -395,7 +425,24 @@ class HttpJudgeReward(_RewardBase):
     )
     timeout_s: float = Field(30.0, gt=0.0, le=600.0)
     retries: int = Field(2, ge=0, le=10)
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="sent with every request (e.g. Authorization); write-only: stored sealed, "
+        "shown as <redacted>. Names are HTTP tokens, values printable ASCII",
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _http_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name[:40]!r} is not an HTTP token")
+            if len(value) > 8000 or not _HEADER_VALUE.match(value):
+                raise ValueError(  # never echo the value: it is a secret
+                    f"the value of header {name!r} must be printable ASCII, at most 8000 characters"
+                )
+        return headers
 
 
 RewardSpec = Annotated[
@@ -435,7 +482,7 @@ class CurationTask(BaseModel):
 class ScoreRef(BaseModel):
     """One column of a succeeded score set over the curation's dataset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     score_set_id: str
     column: str = Field(min_length=1, max_length=200)
@@ -449,7 +496,7 @@ class ScoreFilter(BaseModel):
     among the dataset's values, 100·F̂(f(x)), lies within [min_percentile, max_percentile]
     (eq. 5). A record with no value in the column is dropped."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     score_set_id: str
     column: str = Field(min_length=1, max_length=200)
@@ -460,32 +507,40 @@ class ScoreFilter(BaseModel):
 
 
 class RankPick(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_tag_required("method")
+    )
 
     method: Literal["rank"] = "rank"
     by: ScoreRef
 
 
 class RandomPick(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_tag_required("method")
+    )
 
     method: Literal["random"] = "random"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=JSON_INT_MAX)
 
 
 class KCenterPick(BaseModel):
     """k-center greedy (seed 003 alg. 2) in the embedding space."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_tag_required("method")
+    )
 
     method: Literal["k_center"] = "k_center"
-    seed: int = Field(0, ge=0, description="draws the first centre")
+    seed: int = Field(0, ge=0, le=JSON_INT_MAX, description="draws the first centre")
 
 
 class HerdingPick(BaseModel):
     """Kernel herding (alg. 3): match the mean embedding of the candidates."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_tag_required("method")
+    )
 
     method: Literal["herding"] = "herding"
 
@@ -493,7 +548,9 @@ class HerdingPick(BaseModel):
 class QditPick(BaseModel):
     """QDIT (alg. 5): maximise (1 - α)·facility-location diversity + α·quality."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_tag_required("method")
+    )
 
     method: Literal["qdit"] = "qdit"
     quality: ScoreRef
@@ -503,7 +560,9 @@ class QditPick(BaseModel):
 class DeitaPick(BaseModel):
     """DEITA (alg. 6): best score first, skipping records within cosine distance τ of a pick."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_tag_required("method")
+    )
 
     method: Literal["deita"] = "deita"
     score: ScoreRef
@@ -520,18 +579,18 @@ EMBEDDING_PICKS: tuple[str, ...] = ("k_center", "herding", "qdit", "deita")
 class Quota(BaseModel):
     """At most ``max_per_group`` records per group (a subtask, or a metadata field's value)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     by: str = Field(
         "subtask",
         pattern=r"^(subtask|metadata\.[A-Za-z0-9_.-]+)$",
         description="'subtask' or 'metadata.<field>'",
     )
-    max_per_group: int = Field(ge=1)
+    max_per_group: int = Field(ge=1, le=JSON_INT_MAX)
 
 
 class CurationSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     embedding: Literal["lm", "tfidf"] | SentenceTransformerEmbedding = Field(
         "tfidf", description="the space of the diversity picks (as for score sets)"

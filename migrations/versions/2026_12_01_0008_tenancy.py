@@ -88,6 +88,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("ciphertext", sa.Text(), nullable=True),
         sa.Column("env_var", sa.String(length=100), nullable=True),
+        sa.Column("hosts", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
             "source IN ('stored', 'worker_env')", name=op.f("ck_tenant_secrets_source")

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.auth.keys import Principal, authenticate
 from service.blobs import BlobStore, TenantBlobStore, get_blob_store
-from service.db.session import get_db
+from service.db.session import READ_METHODS, get_db
 from service.errors import Forbidden, Unauthorized
 
 bearer = HTTPBearer(
@@ -26,8 +26,6 @@ bearer = HTTPBearer(
     description="An API key: `Authorization: Bearer sift_...` (`sift keys create`, or "
     "`POST /v1/keys` with an admin key).",
 )
-
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_principal(
@@ -38,6 +36,9 @@ def get_principal(
     if credentials is None:
         raise Unauthorized("an API key is required: send `Authorization: Bearer <key>`")
     principal = authenticate(session, credentials.credentials)
+    # End the lookup's transaction: a writing request's IMMEDIATE transaction (SQLite's one
+    # write lock) then starts at the endpoint's first statement, not while an upload streams in.
+    session.commit()
     if principal is None:
         raise Unauthorized("the API key is unknown or revoked")
     if principal.role == "read_only" and request.method not in READ_METHODS:
@@ -51,7 +52,9 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 def require_admin(principal: PrincipalDep) -> Principal:
     if principal.role != "admin":
-        raise Forbidden(f"managing API keys needs an admin key; this key is {principal.role}")
+        raise Forbidden(
+            f"managing API keys and secrets needs an admin key; this key is {principal.role}"
+        )
     return principal
 
 

@@ -20,7 +20,9 @@ Role = Literal["admin", "member", "read_only"]
 
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"name": "ci", "role": "member"}]}
+        strict=True,
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "ci", "role": "member"}]},
     )
 
     name: str = Field(min_length=1, max_length=200)

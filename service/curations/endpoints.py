@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from service import jobs
+from service import deletion, jobs
 from service.auth.dependencies import SessionDep
 from service.curations import service
 from service.curations.schemas import CurationCreate, CurationRead
@@ -13,6 +13,7 @@ from service.errors import Conflict, NotFound, ServiceUnavailable, error_respons
 from service.pagination import Page, PaginationDep
 from service.queue import QueueDep
 from service.selections import service as selections
+from service.selections.schemas import ExportFormat
 from workers.contracts import CURATION_RUN, CurationTask
 
 router = APIRouter(prefix="/curations", tags=["curations"])
@@ -49,6 +50,20 @@ def get_curation(curation_id: str, session: SessionDep) -> Any:
     return service.to_read(service.get_curation(session, curation_id))
 
 
+@router.delete(
+    "/{curation_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(NotFound),
+)
+def delete_curation(curation_id: str, session: SessionDep) -> Response:
+    """Delete a curation with its job; a queued or running one is cancelled by this. Its
+    score sets and dataset stay."""
+    deletion.delete_resource(session, "curation", curation_id)
+    session.commit()
+    return Response(status_code=204)
+
+
 @router.post(
     "/{curation_id}/cancel",
     status_code=202,
@@ -75,10 +90,9 @@ def cancel_curation(curation_id: str, session: SessionDep) -> Any:
 def export_curation(
     curation_id: str,
     session: SessionDep,
-    format: Annotated[str, Query(description="only 'jsonl'")] = "jsonl",
+    format: Annotated[ExportFormat, Query(description="only 'jsonl'")] = "jsonl",
 ) -> StreamingResponse:
     """Stream the selected records verbatim, in pick order; 409 until the curation succeeded."""
-    selections.check_export_format(format)
     curation = service.get_curation(session, curation_id)
     record_ids = service.require_succeeded(curation)
     return StreamingResponse(

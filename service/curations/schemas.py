@@ -6,11 +6,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.valuations.schemas import ProgressRead
-from workers.contracts import CurationSettings, Pick, Quota, ScoreFilter
+from workers.contracts import JSON_INT_MAX, CurationSettings, Pick, Quota, ScoreFilter
 
 
 class CurationCreate(BaseModel):
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
         json_schema_extra={
             "examples": [
@@ -42,7 +43,7 @@ class CurationCreate(BaseModel):
         description="rank (by a score), random, or a diversity pick in an embedding space: "
         "k_center (alg. 2), herding (alg. 3), qdit (alg. 5), deita (alg. 6)"
     )
-    budget: int | None = Field(None, ge=1, description="records to select")
+    budget: int | None = Field(None, ge=1, le=JSON_INT_MAX, description="records to select")
     budget_fraction: float | None = Field(
         None, gt=0.0, le=1.0, description="or a fraction of the records left after the filters"
     )

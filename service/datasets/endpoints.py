@@ -6,14 +6,24 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.types import Message
 
-from service.auth.dependencies import SessionDep
+from service.auth.dependencies import BlobStoreDep, SessionDep
 from service.config import Settings, get_settings
 from service.datasets import service
-from service.datasets.parsing import ParsedDataset, loads_strict, parse_jsonl, parse_records
+from service.datasets.parsing import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_RECORD_BYTES,
+    RECORD_FIELDS,
+    JsonlReader,
+    RawRecord,
+    check_strings,
+    load_body,
+    may_hold_bad_chars,
+)
 from service.datasets.schemas import EXAMPLE_RECORDS, DatasetCreate, DatasetRead, RecordRead
+from service.db.models import Dataset
+from service.deletion import CascadeQuery
 from service.errors import (
     Conflict,
     InvalidInput,
@@ -23,9 +33,12 @@ from service.errors import (
     error_responses,
 )
 from service.pagination import Page, PaginationDep
+from service.uploads import MAX_TEXT_BYTES, MultipartStream, body_chunks, part_text, read_body
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+MAX_NAME_LENGTH = 200
 
 _EXAMPLE_JSONL = "\n".join(
     [
@@ -35,12 +48,23 @@ _EXAMPLE_JSONL = "\n".join(
     ]
 )
 
+_RECORD_RULES = (
+    f"A record has only the fields {', '.join(RECORD_FIELDS)} (anything else is a 422: put it in "
+    f"metadata); no string or key may hold NUL or a lone surrogate; metadata nests at most "
+    f"{MAX_METADATA_DEPTH} levels and is at most {MAX_METADATA_BYTES} bytes as JSON."
+)
+
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {
-                "schema": DatasetCreate.model_json_schema(),
+                "schema": {
+                    **DatasetCreate.model_json_schema(),
+                    "description": "Read into memory whole, so its limit is the smaller "
+                    "SIFT_MAX_JSON_UPLOAD_BYTES; send large datasets as a multipart JSONL file, "
+                    "which streams. " + _RECORD_RULES,
+                },
                 "example": {"name": "demo-pool", "records": EXAMPLE_RECORDS},
             },
             "multipart/form-data": {
@@ -48,13 +72,16 @@ _UPLOAD_BODY: dict[str, Any] = {
                     "type": "object",
                     "required": ["name", "file"],
                     "properties": {
-                        "name": {"type": "string", "maxLength": 200},
+                        "name": {"type": "string", "maxLength": MAX_NAME_LENGTH},
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "JSONL, one record per line",
+                            "description": "JSONL, one record per line (at most "
+                            f"{MAX_RECORD_BYTES} bytes a line), UTF-8. Parsed and stored as it "
+                            "streams in, up to SIFT_MAX_UPLOAD_BYTES. " + _RECORD_RULES,
                         },
                     },
+                    "additionalProperties": False,
                 },
                 "example": {"name": "demo-pool", "file": _EXAMPLE_JSONL},
             },
@@ -63,52 +90,82 @@ _UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-    size = 0
-    chunks: list[bytes] = []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _parse_multipart(request: Request, body: bytes) -> tuple[str, ParsedDataset]:
-    async def replay() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    form = await Request(request.scope, replay).form(max_files=1, max_fields=10)
-    name = form.get("name")
-    if not isinstance(name, str) or not name.strip():
+def _check_name(name: str | None) -> str:
+    if name is None or not name.strip():
         raise InvalidInput("form field 'name' is required", field="name")
-    if len(name) > 200:
-        raise InvalidInput("name must have at most 200 characters", field="name")
-    upload = form.get("file")
-    if upload is None:
-        raise InvalidInput("form field 'file' (JSONL) is required", field="file")
-    data = await upload.read() if isinstance(upload, UploadFile) else upload.encode()
-    await form.close()
-    items = await run_in_threadpool(parse_jsonl, data, "file")
-    parsed = await run_in_threadpool(parse_records, items, "file")
-    return name, parsed
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"name must have at most {MAX_NAME_LENGTH} characters", field="name")
+    check_strings("name", name)
+    return name
 
 
-def _parse_json(body: bytes) -> tuple[str, ParsedDataset]:
-    try:
-        value = loads_strict(body)
-    except ValueError as e:
-        raise InvalidInput(f"body is not valid JSON: {e}", field="body") from None
+class _DatasetForm:
+    """The multipart form as it streams: a text ``name`` and a JSONL ``file``, in any order.
+
+    The file's records go to the upload (and so to the database) a chunk at a time.
+    """
+
+    def __init__(self, upload: service.DatasetUpload) -> None:
+        self.upload = upload
+        self.name: str | None = None
+        self.reader: JsonlReader | None = None
+        self._current: str | None = None
+        self._text = bytearray()
+
+    def start(self, name: str, filename: str | None) -> None:
+        if name not in ("name", "file"):
+            raise InvalidInput(
+                f"unknown form field {name!r}; the form has 'name' and 'file'", field=name
+            )
+        if (name == "name" and self.name is not None) or (name == "file" and self.reader):
+            raise InvalidInput(f"form field {name!r} was sent twice", field=name)
+        self._current = name
+        if name == "file":
+            self.reader = JsonlReader("file")
+        self._text.clear()
+
+    def data(self, chunk: bytes) -> None:
+        if self._current == "file" and self.reader is not None:
+            self.upload.add(self.reader.feed(chunk))
+            return
+        self._text += chunk
+        if len(self._text) > MAX_TEXT_BYTES:
+            raise InvalidInput(f"name must have at most {MAX_NAME_LENGTH} characters", field="name")
+
+    def end(self) -> None:
+        if self._current == "file" and self.reader is not None:
+            self.upload.add(self.reader.close())
+        else:  # checked now, so a bad name fails before the file streams
+            self.name = _check_name(part_text("name", bytes(self._text), strip=False))
+        self._current = None
+
+    def finish(self) -> Dataset:
+        name = _check_name(self.name)
+        if self.reader is None:
+            raise InvalidInput("form field 'file' (JSONL) is required", field="file")
+        return self.upload.finish(name)
+
+
+async def _store_multipart(request: Request, upload: service.DatasetUpload, limit: int) -> Dataset:
+    form = _DatasetForm(upload)
+    stream = MultipartStream(request.headers.get("content-type", ""), form, max_parts=2)
+    async for chunk in body_chunks(request, limit):
+        await run_in_threadpool(stream.write, chunk)
+    stream.close()
+    return await run_in_threadpool(form.finish)
+
+
+def _store_json(body: bytes, upload: service.DatasetUpload) -> Dataset:
+    value = load_body(body)
     try:
         request = DatasetCreate.model_validate(value)
     except ValidationError as e:
         errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors()]
         raise RequestValidationError(errors) from None
-    items = [(f"records.{i}", item) for i, item in enumerate(request.records)]
-    return request.name, parse_records(items, "records")
+    check_strings("body.name", request.name)
+    scan = may_hold_bad_chars(body)
+    upload.add(RawRecord(f"records.{i}", item, scan) for i, item in enumerate(request.records))
+    return upload.finish(request.name)
 
 
 @router.post(
@@ -120,27 +177,45 @@ def _parse_json(body: bytes) -> tuple[str, ParsedDataset]:
     openapi_extra=_UPLOAD_BODY,
 )
 async def create_dataset(request: Request, session: SessionDep, settings: SettingsDep) -> Any:
-    """Validate every record, then store them all; a rejected upload stores nothing.
+    """Store a dataset; a rejected upload stores nothing.
 
-    Exact duplicates (same normalized messages) are skipped and listed in ``duplicates``.
+    A multipart JSONL file is parsed and stored as it streams in (the API's memory does not grow
+    with its size), up to `SIFT_MAX_UPLOAD_BYTES`; the JSON form is read whole into memory, so
+    it is limited to the smaller `SIFT_MAX_JSON_UPLOAD_BYTES`. Records go in, in batches, in one
+    transaction that is rolled back if any record is bad or the limit is crossed. Exact
+    duplicates (same normalized messages) are skipped and listed in ``duplicates``.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "multipart/form-data"):
         raise UnsupportedMediaType(
             f"content type {content_type or 'none'!r}: send application/json or multipart/form-data"
         )
-    body = await _read_body(request, settings.max_upload_bytes)
-    if content_type == "multipart/form-data":
-        name, parsed = await _parse_multipart(request, body)
-    else:
-        name, parsed = await run_in_threadpool(_parse_json, body)
+    multipart = content_type == "multipart/form-data"
+    upload = service.DatasetUpload(session, "file" if multipart else "records")
+    try:
+        if multipart:
+            dataset = await _store_multipart(request, upload, settings.max_upload_bytes)
+        else:
+            limit = min(settings.max_json_upload_bytes, settings.max_upload_bytes)
+            try:
+                body = await read_body(request, limit)
+            except PayloadTooLarge as e:
+                raise PayloadTooLarge(
+                    f"{e.message} (SIFT_MAX_JSON_UPLOAD_BYTES: a JSON body is read whole); send "
+                    "a larger dataset as a multipart JSONL file, which streams"
+                ) from None
+            dataset = await run_in_threadpool(_store_json, body, upload)
 
-    def store() -> DatasetRead:
-        dataset = service.create_dataset(session, name, parsed)
-        session.commit()
-        return service.to_read(dataset, parsed.subtasks)
+        def commit() -> DatasetRead:
+            session.commit()
+            return service.read_many(session, [dataset])[0]
 
-    return await run_in_threadpool(store)
+        return await run_in_threadpool(commit)
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        upload.close()
 
 
 @router.get("", response_model=Page[DatasetRead])
@@ -159,10 +234,20 @@ def get_dataset(dataset_id: str, session: SessionDep) -> Any:
     response_class=Response,
     responses=error_responses(NotFound, Conflict),
 )
-def delete_dataset(dataset_id: str, session: SessionDep) -> Response:
-    """Delete a dataset and its records; refused (409) while a valuation uses it."""
-    service.delete_dataset(session, dataset_id)
+def delete_dataset(
+    dataset_id: str, session: SessionDep, blobs: BlobStoreDep, cascade: CascadeQuery = False
+) -> Response:
+    """Delete a dataset and its records.
+
+    409 while a valuation, study, score set or curation reads it (finished or not): the message
+    names each with its status; delete them first, or pass ``cascade=true`` to delete them with
+    it (a queued or running one is cancelled). The stored features and Sift-trained warmup runs
+    computed from it are deleted too, unless another dataset with the same content still uses
+    them.
+    """
+    deleted = service.delete_dataset(session, dataset_id, cascade=cascade)
     session.commit()
+    deleted.remove_blobs(blobs)
     return Response(status_code=204)
 
 

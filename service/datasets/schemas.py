@@ -35,7 +35,7 @@ class DatasetCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     records: list[Any] = Field(
         description="records as {prompt, response} or {messages: [...]}, optional id, subtask, "
-        "metadata; other fields are kept verbatim"
+        "metadata; no other field (put anything else in metadata)"
     )
 
 

@@ -2,48 +2,86 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy.orm import Session
 
+from service import deletion
 from service.datasets import repository
-from service.datasets.parsing import ParsedDataset
+from service.datasets.parsing import DatasetBuilder, ParsedRecord, RawRecord
 from service.datasets.schemas import DatasetRead, DuplicateRead, RecordRead
 from service.db.models import Dataset, Record
-from service.errors import Conflict, NotFound
+from service.deletion import Deleted
+from service.errors import NotFound
 from service.pagination import Page, Pagination, newest_first
 
 
-def create_dataset(session: Session, name: str, parsed: ParsedDataset) -> Dataset:
-    """Insert a fully validated upload (records in their upload order)."""
-    dataset = Dataset(
-        name=name,
-        n_records=len(parsed.records),
-        n_duplicates=len(parsed.duplicates),
-        n_prompt_only=parsed.n_prompt_only,
-        duplicates=parsed.duplicates,
-        content_hash=parsed.content_hash,
-    )
-    session.add(dataset)
-    session.flush()
-    repository.insert_records(
-        session,
-        [
-            {
-                "tenant_id": dataset.tenant_id,
-                "dataset_id": dataset.id,
-                "record_id": r.record_id,
-                "position": position,
-                "subtask": r.subtask,
-                "messages": r.messages,
-                "metadata_": r.metadata,
-                "raw": r.raw,
-                "content_hash": r.content_hash,
-            }
-            for position, r in enumerate(parsed.records)
-        ],
-    )
-    return dataset
+class DatasetUpload:
+    """One upload on its way into the database, stored as it is parsed.
+
+    The dataset row is added with the first batch of kept records, later batches follow as
+    they arrive, and the name, counts and content hash are set by :meth:`finish`. All of it is
+    in the caller's transaction and nothing here commits: the endpoint commits a complete
+    upload and rolls back a rejected one, so no half-written dataset is ever visible.
+    """
+
+    def __init__(self, session: Session, source_field: str) -> None:
+        self.session = session
+        self.dataset: Dataset | None = None
+        self._builder = DatasetBuilder(self._insert, source_field)
+
+    def add(self, items: Iterable[RawRecord]) -> None:
+        self._builder.add_all(items)
+
+    def finish(self, name: str) -> Dataset:
+        summary = self._builder.finish()
+        dataset = self._row()
+        dataset.name = name
+        dataset.n_records = summary.n_records
+        dataset.n_duplicates = len(summary.duplicates)
+        dataset.n_prompt_only = summary.n_prompt_only
+        dataset.duplicates = summary.duplicates
+        dataset.content_hash = summary.content_hash
+        self.session.flush()
+        return dataset
+
+    def close(self) -> None:
+        """Free the duplicate index (the rows are the transaction's business)."""
+        self._builder.close()
+
+    def _row(self) -> Dataset:
+        if self.dataset is None:
+            self.dataset = Dataset(
+                name="",
+                n_records=0,
+                n_duplicates=0,
+                n_prompt_only=0,
+                duplicates=[],
+                content_hash="",
+            )
+            self.session.add(self.dataset)
+            self.session.flush()
+        return self.dataset
+
+    def _insert(self, first_position: int, records: list[ParsedRecord]) -> None:
+        dataset = self._row()
+        repository.insert_records(
+            self.session,
+            [
+                {
+                    "tenant_id": dataset.tenant_id,
+                    "dataset_id": dataset.id,
+                    "record_id": r.record_id,
+                    "position": position,
+                    "subtask": r.subtask,
+                    "messages": r.messages,
+                    "metadata_": r.metadata,
+                    "raw": r.raw,
+                    "content_hash": r.content_hash,
+                }
+                for position, r in enumerate(records, start=first_position)
+            ],
+        )
 
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:
@@ -97,25 +135,8 @@ def _record_read(r: Record) -> RecordRead:
     )
 
 
-def delete_dataset(session: Session, dataset_id: str) -> None:
-    dataset = get_dataset(session, dataset_id)
-    users = {
-        "valuation": repository.valuations_using,
-        "study": repository.studies_using,
-        "score set": repository.score_sets_using,
-        "curation": repository.curations_using,
-    }
-    for kind, using in users.items():
-        ids = using(session, dataset_id)
-        if ids:
-            more = f" (and {len(ids) - 1} more)" if len(ids) > 1 else ""
-            raise Conflict(
-                f"dataset {dataset_id} is used by {kind} {ids[0]}{more}; it cannot be deleted",
-                field="dataset_id",
-            )
-    if repository.has_cached_artifacts(session, dataset_id):
-        raise Conflict(
-            f"dataset {dataset_id} has cached warmup runs or feature sets", field="dataset_id"
-        )
-    session.delete(dataset)
-    session.flush()
+def delete_dataset(session: Session, dataset_id: str, *, cascade: bool = False) -> Deleted:
+    """Delete a dataset and its records (``service.deletion``): a 409 names the valuations,
+    studies, score sets and curations that read it, unless ``cascade`` deletes them too. The
+    caches computed from it go when nothing references them any more."""
+    return deletion.delete_resource(session, "dataset", dataset_id, cascade=cascade)

@@ -100,6 +100,10 @@ class TenantSecret(TenantOwned, Base):
     """source "stored": the Fernet token of the value."""
     env_var: Mapped[str | None] = mapped_column(String(100))
     """source "worker_env": the worker variable the operator granted."""
+    hosts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """The only hosts the secret may be sent to (exact names, lower case): a key that may
+    reach a client-chosen URL must be bound to where it belongs, or any key of the tenant
+    could send it to its own server."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

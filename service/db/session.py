@@ -6,6 +6,13 @@ service function. Outside a request use :func:`session_scope`::
     with session_scope() as session:
         job = session.get(Job, job_id)
         ...                      # committed on leaving the block, rolled back on error
+
+SQLite has one writer at a time. A transaction that reads and then writes fails at once with
+"database is locked" (no busy wait can help: its snapshot is stale) if another connection
+committed in between; so a session that will write asks for ``BEGIN IMMEDIATE``
+(:func:`for_writes`), which takes the write lock first, waiting up to the busy timeout. Request
+sessions do so for every method but GET/HEAD/OPTIONS (:func:`get_db`). Reads stay deferred:
+in WAL mode they never wait for a writer.
 """
 
 from __future__ import annotations
@@ -16,12 +23,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import get_settings
+from service.limits import pool_options  # the pool is sized with the request limit
 
 
 def normalize_database_url(url: str | URL) -> URL:
@@ -32,8 +40,20 @@ def normalize_database_url(url: str | URL) -> URL:
     return u
 
 
+SQLITE_BUSY_TIMEOUT_S = 30.0
+"""How long a SQLite connection waits for the write lock before "database is locked" (then
+the API answers 503 with ``Retry-After``; a worker retries)."""
+
+SQLITE_BEGIN = "sift_sqlite_begin"
+"""Execution option: the SQLite ``BEGIN`` mode of a connection's transactions (``DEFERRED``,
+the default, or ``IMMEDIATE``); other databases ignore it."""
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
-    """Create an engine; for SQLite: foreign keys on, WAL, busy timeout, real SAVEPOINTs."""
+    """Create an engine; for SQLite: foreign keys on, WAL, busy timeout, real SAVEPOINTs, and
+    ``BEGIN IMMEDIATE`` for connections of :func:`for_writes`."""
     u = normalize_database_url(url)
     if u.get_backend_name() != "sqlite":
         return create_engine(u, pool_pre_ping=True, **kwargs)
@@ -41,7 +61,11 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     database = u.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    connect_args = {"check_same_thread": False, "timeout": 30, **kwargs.pop("connect_args", {})}
+    connect_args = {
+        "check_same_thread": False,
+        "timeout": SQLITE_BUSY_TIMEOUT_S,
+        **kwargs.pop("connect_args", {}),
+    }
     engine = create_engine(u, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -56,14 +80,25 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        mode = conn.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
+        if mode not in ("DEFERRED", "IMMEDIATE"):
+            raise ValueError(f"{SQLITE_BEGIN} must be DEFERRED or IMMEDIATE, not {mode!r}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
 
 
+def for_writes(engine: Engine) -> Engine:
+    """``engine`` (same pool) whose SQLite transactions begin IMMEDIATE: they take the write
+    lock before their first read, so reading then writing never fails on a stale snapshot.
+    Only for sessions that commit before any other session of the same thread writes (the
+    lock is held until then)."""
+    return engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+
+
 @lru_cache
 def _engine_for(url: str) -> Engine:
-    return make_engine(url)
+    return make_engine(url, **pool_options(url, get_settings()))
 
 
 def get_engine() -> Engine:
@@ -98,9 +133,13 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         session.close()
 
 
-def get_db() -> Iterator[Session]:
-    """Request-scoped session; the endpoint commits, an exception rolls back."""
-    session = SessionLocal()
+def get_db(request: Request) -> Iterator[Session]:
+    """Request-scoped session; the endpoint commits, an exception rolls back. A request that
+    may write (any method but GET/HEAD/OPTIONS) begins its transactions IMMEDIATE on SQLite."""
+    engine = get_engine()
+    if request.method not in READ_METHODS:
+        engine = for_writes(engine)
+    session = SessionLocal(bind=engine)
     try:
         yield session
     except BaseException:

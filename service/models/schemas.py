@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class ModelCreate(BaseModel):
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
         json_schema_extra={
             "examples": [

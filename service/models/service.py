@@ -28,7 +28,10 @@ def resolve_source(source: str, settings: Settings) -> str:
             raise InvalidInput(f"unknown builtin model {source!r}; known: {known}", field="source")
         return source
     if source.startswith(("/", ".", "~")):
-        path = Path(source).expanduser().absolute()
+        try:
+            path = Path(source).expanduser().absolute()
+        except RuntimeError as exc:  # "~name" of a user this machine does not have
+            raise InvalidInput(f"cannot resolve {source!r}: {exc}", field="source") from exc
         if settings.check_model_paths:
             if not path.is_dir():
                 raise InvalidInput(f"model directory {path} does not exist", field="source")

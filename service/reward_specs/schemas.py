@@ -10,6 +10,7 @@ from workers.contracts import RewardSpec
 
 class RewardSpecCreate(BaseModel):
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
         json_schema_extra={
             "examples": [

@@ -54,7 +54,12 @@ def create(session: Session, body: RewardSpecCreate, settings: Settings) -> Rewa
         except OutboundRefused as exc:
             raise InvalidInput(f"judge url refused: {exc}", field="spec.url") from exc
     if spec["kind"] == "reward_model":
-        path = Path(spec["model_path"]).expanduser()
+        try:
+            path = Path(spec["model_path"]).expanduser()
+        except RuntimeError as exc:  # "~name" of a user this machine does not have
+            raise InvalidInput(
+                f"cannot resolve {spec['model_path']!r}: {exc}", field="spec.model_path"
+            ) from exc
         if not path.is_absolute():
             raise InvalidInput(
                 "reward model path must be absolute (workers may run elsewhere)",

@@ -4,8 +4,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from service import jobs
+from service import deletion, jobs
 from service.auth.dependencies import BlobStoreDep, SessionDep
+from service.deletion import CascadeQuery
 from service.errors import Conflict, NotFound, ServiceUnavailable, error_responses
 from service.pagination import Page, PaginationDep
 from service.queue import QueueDep
@@ -100,6 +101,27 @@ def compare_score_sets(
 def get_score_set(score_set_id: str, session: SessionDep) -> Any:
     """The job's state and, once it has succeeded, its columns and their summaries."""
     return service.to_read(service.get_score_set(session, score_set_id))
+
+
+@router.delete(
+    "/{score_set_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(NotFound, Conflict),
+)
+def delete_score_set(
+    score_set_id: str, session: SessionDep, blobs: BlobStoreDep, cascade: CascadeQuery = False
+) -> Response:
+    """Delete a score set with its job, values and histograms.
+
+    A queued or running score set is cancelled by this. 409 while a curation's recipe names it
+    (finished or not): the message names each; delete them first, or pass ``cascade=true`` to
+    delete them with it (a queued or running one is cancelled).
+    """
+    deleted = deletion.delete_resource(session, "score_set", score_set_id, cascade=cascade)
+    session.commit()
+    deleted.remove_blobs(blobs)
+    return Response(status_code=204)
 
 
 @router.post(

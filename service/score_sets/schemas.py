@@ -13,6 +13,7 @@ Order = Literal["asc", "desc"]
 
 class ScoreSetCreate(BaseModel):
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
         json_schema_extra={
             "examples": [

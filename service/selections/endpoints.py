@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
+from service import deletion
 from service.auth.dependencies import SessionDep
 from service.errors import Conflict, NotFound, error_responses
 from service.selections import service
-from service.selections.schemas import SelectionCreate, SelectionRead
+from service.selections.schemas import ExportFormat, SelectionCreate, SelectionRead
 from service.valuations import service as valuations
 
 router = APIRouter(tags=["selections"])
@@ -35,6 +36,19 @@ def get_selection(selection_id: str, session: SessionDep) -> Any:
     return service.get_selection(session, selection_id)
 
 
+@router.delete(
+    "/selections/{selection_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(NotFound),
+)
+def delete_selection(selection_id: str, session: SessionDep) -> Response:
+    """Delete a selection (its valuation and the records stay)."""
+    deletion.delete_resource(session, "selection", selection_id)
+    session.commit()
+    return Response(status_code=204)
+
+
 @router.get(
     "/selections/{selection_id}/export",
     response_class=StreamingResponse,
@@ -49,10 +63,9 @@ def get_selection(selection_id: str, session: SessionDep) -> Any:
 def export_selection(
     selection_id: str,
     session: SessionDep,
-    format: Annotated[str, Query(description="only 'jsonl'")] = "jsonl",
+    format: Annotated[ExportFormat, Query(description="only 'jsonl'")] = "jsonl",
 ) -> StreamingResponse:
     """Stream the selected records verbatim (``raw``), best rank first."""
-    service.check_export_format(format)
     selection = service.get_selection(session, selection_id)
     valuation = valuations.get_valuation(session, selection.valuation_id)
     return StreamingResponse(

@@ -6,10 +6,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Rule = Literal["top_k", "top_fraction", "threshold"]
+ExportFormat = Literal["jsonl"]
+"""The export formats of selections and curations (an enum in the OpenAPI document)."""
 
 
 class SelectionCreate(BaseModel):
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
         json_schema_extra={
             "examples": [

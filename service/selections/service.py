@@ -19,8 +19,6 @@ from service.selections import repository
 from service.selections.schemas import SelectionCreate
 from service.valuations import service as valuations
 
-EXPORT_FORMATS = ("jsonl",)
-
 
 def validate_rule(rule: str, value: float) -> None:
     if rule == "top_k" and (value != int(value) or value < 1):
@@ -33,8 +31,8 @@ def validate_rule(rule: str, value: float) -> None:
 
 def rank_cutoff(rule: str, value: float, n_scored: int) -> int:
     """How many of the best ranks ``top_k`` / ``top_fraction`` take."""
-    if rule == "top_k":
-        return int(value)
+    if rule == "top_k":  # a k past the pool takes it all (and never reaches SQL as > int64)
+        return min(int(value), n_scored)
     if rule == "top_fraction":
         # Exact decimal arithmetic: ceil(0.3 * 10) must be 3, not 4.
         return math.ceil(Fraction(repr(value)) * n_scored)
@@ -68,14 +66,6 @@ def get_selection(session: Session, selection_id: str) -> Selection:
     if selection is None:
         raise NotFound(f"selection {selection_id} not found", field="selection_id")
     return selection
-
-
-def check_export_format(fmt: str) -> None:
-    if fmt not in EXPORT_FORMATS:
-        raise InvalidInput(
-            f"export format {fmt!r} is not supported; use one of {list(EXPORT_FORMATS)}",
-            field="query.format",
-        )
 
 
 def export_jsonl(session: Session, dataset_id: str, record_ids: list[str]) -> Iterator[bytes]:

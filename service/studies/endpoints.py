@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 
-from service import jobs
+from service import deletion, jobs
 from service.auth.dependencies import BlobStoreDep, SessionDep
 from service.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable, error_responses
 from service.pagination import Page, PaginationDep
@@ -71,6 +71,25 @@ def get_study(study_id: str, session: SessionDep) -> Any:
     """The study's job state and, once it has succeeded, its curves, per-pair values and
     verdicts."""
     return service.to_read(service.get_study(session, study_id))
+
+
+@router.delete(
+    "/{study_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(NotFound),
+)
+def delete_study(study_id: str, session: SessionDep, blobs: BlobStoreDep) -> Response:
+    """Delete a study with its job and plots.
+
+    A queued or running study is cancelled by this. The gradients it stored are deleted too
+    once no other study or valuation on the same checkpoints reads the same data; its warmup
+    run stays (an uploaded run is deleted only by ``DELETE /v1/warmup-runs/{id}``).
+    """
+    deleted = deletion.delete_resource(session, "study", study_id)
+    session.commit()
+    deleted.remove_blobs(blobs)
+    return Response(status_code=204)
 
 
 @router.post(

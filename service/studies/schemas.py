@@ -12,7 +12,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]*$"
 
 
 class ProbeSetRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     name: str = Field(
         min_length=1,
@@ -25,6 +25,7 @@ class ProbeSetRef(BaseModel):
 
 class StudyCreate(BaseModel):
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
         json_schema_extra={
             "examples": [
@@ -99,7 +100,7 @@ Strategy = Literal["cot", "clarify", "evaluate"]
 
 
 class ReferenceExample(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     query: str = Field(min_length=1, max_length=100_000)
     response: str | None = Field(
@@ -111,7 +112,7 @@ class ReferenceExample(BaseModel):
 
 
 class ProbeQueriesCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     strategy: Strategy = Field(
         description="seed 001 tab. 3: cot (CoT directive), clarify (query clarification), "

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
-from service import jobs
-from service.auth.dependencies import SessionDep
+from service import deletion, jobs
+from service.auth.dependencies import BlobStoreDep, SessionDep
 from service.config import Settings, get_settings
 from service.errors import Conflict, NotFound, ServiceUnavailable, error_responses
 from service.pagination import Page, PaginationDep
@@ -56,6 +56,25 @@ def list_valuations(session: SessionDep, page: PaginationDep) -> Any:
 @router.get("/{valuation_id}", response_model=ValuationRead, responses=error_responses(NotFound))
 def get_valuation(valuation_id: str, session: SessionDep) -> Any:
     return service.to_read(service.get_valuation(session, valuation_id))
+
+
+@router.delete(
+    "/{valuation_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(NotFound),
+)
+def delete_valuation(valuation_id: str, session: SessionDep, blobs: BlobStoreDep) -> Response:
+    """Delete a valuation with its job, scores, samples, selections and score file.
+
+    A queued or running valuation is cancelled by this: its worker stops at its next step and
+    writes nothing more. Its warmup run and stored features are deleted too once no other
+    valuation or study uses them (they are shared between valuations of the same data).
+    """
+    deleted = deletion.delete_resource(session, "valuation", valuation_id)
+    session.commit()
+    deleted.remove_blobs(blobs)
+    return Response(status_code=204)
 
 
 @router.post(

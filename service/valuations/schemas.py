@@ -10,6 +10,7 @@ from workers.contracts import Method, ValuationSettings
 
 class ValuationCreate(BaseModel):
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
         json_schema_extra={
             "examples": [

@@ -59,6 +59,7 @@ def _reward_spec(session: Session, body: ValuationCreate) -> RewardSpec | None:
         tenant_secrets.require(
             session,
             endpoint.api_key_secret,
+            endpoint.base_url,
             field="body.settings.nice.assist_endpoint.api_key_secret",
         )
     if body.assist_dataset_id is not None:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ from typing import Any, BinaryIO
 
 from service.errors import InvalidInput
 
-MAX_HEADER_BYTES = 100_000_000
-"""The safetensors loader's own limit: a longer header is refused before it is read."""
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+"""A longer header is refused before it is read, so a hostile one cannot fill the API's memory.
+The safetensors loader allows 100 MB; a LoRA adapter's header takes ~130 bytes a tensor (a 70B
+model with every module adapted: ~150 KB)."""
 
 DTYPE_BITS: dict[str, int] = {
     "BOOL": 8,
@@ -61,6 +64,7 @@ _LORA_SUFFIXES = (
 )
 
 _HASH_CHUNK = 1 << 20
+_BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,11 @@ def read_adapter_file(f: BinaryIO, filename: str, field: str) -> AdapterFile:
     if len(prefix) < 8:
         raise _not_safetensors(filename, field, f"{size} bytes, too short for a header")
     (header_len,) = struct.unpack("<Q", prefix)
-    if header_len > MAX_HEADER_BYTES or header_len > size - 8:
+    if header_len > MAX_HEADER_BYTES:
+        raise _not_safetensors(
+            filename, field, f"header length {header_len} exceeds {MAX_HEADER_BYTES} bytes"
+        )
+    if header_len > size - 8:
         raise _not_safetensors(
             filename, field, f"header length {header_len} exceeds the {size}-byte file"
         )
@@ -122,6 +130,8 @@ def read_adapter_file(f: BinaryIO, filename: str, field: str) -> AdapterFile:
         header = json.loads(f.read(header_len))
     except ValueError as exc:
         raise _not_safetensors(filename, field, f"header is not JSON: {exc}") from None
+    except RecursionError:
+        raise _not_safetensors(filename, field, "header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise _not_safetensors(filename, field, "header is not a JSON object")
     tensors = _check_entries(header, size - 8 - header_len, filename, field)
@@ -143,6 +153,10 @@ def _check_entries(
             if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
                 raise _not_safetensors(filename, field, "__metadata__ is not a str -> str map")
             continue
+        if _BAD_CHAR.search(name):
+            raise _not_safetensors(
+                filename, field, f"tensor name {name!r} holds NUL or a lone surrogate"
+            )
         if not isinstance(entry, dict):
             raise _not_safetensors(filename, field, f"entry {name!r} is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")

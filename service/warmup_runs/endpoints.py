@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, BinaryIO, TypeVar, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
-from starlette.types import Message, Receive
 
+from service import deletion
 from service.auth.dependencies import BlobStoreDep, SessionDep
 from service.config import Settings, get_settings
+from service.deletion import CascadeQuery
 from service.errors import (
+    Conflict,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -18,6 +20,7 @@ from service.errors import (
     error_responses,
 )
 from service.pagination import Page, PaginationDep
+from service.uploads import MAX_TEXT_BYTES, MultipartStream, body_chunks, part_text
 from service.warmup_runs import service
 from service.warmup_runs.schemas import WarmupRunRead
 
@@ -26,6 +29,8 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 N = TypeVar("N", int, float)
 
 MAX_CHECKPOINTS = 1000
+MAX_FORM_PARTS = 3 * MAX_CHECKPOINTS + 2
+"""model_id, lora_alpha and a step, a learning rate and an adapter per checkpoint."""
 FORM_FIELDS = ("model_id", "lora_alpha", "steps", "learning_rates", "adapters")
 
 _UPLOAD_BODY: dict[str, Any] = {
@@ -45,7 +50,7 @@ _UPLOAD_BODY: dict[str, Any] = {
                         },
                         "steps": {
                             "type": "array",
-                            "items": {"type": "integer", "minimum": 0},
+                            "items": {"type": "integer", "minimum": 0, "maximum": service.MAX_STEP},
                             "description": "one per checkpoint, strictly increasing",
                         },
                         "learning_rates": {
@@ -72,37 +77,85 @@ _EXISTING: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
-    """``receive`` that stops a body over ``limit`` bytes, declared length or not."""
-    size = 0
+class _RunForm:
+    """The checkpoint-run form as it streams in: its short text fields kept, each adapter
+    written to an anonymous temporary file as its bytes arrive (deleted on close), so the API
+    holds one chunk of the body at a time whatever the files' size."""
 
-    async def wrapped() -> Message:
-        nonlocal size
-        message = await receive()
-        if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        return message
+    def __init__(self) -> None:
+        self.texts: dict[str, list[str]] = {}
+        self.adapters: list[tuple[str, BinaryIO]] = []
+        self._name: str | None = None
+        self._file: BinaryIO | None = None
+        self._text = bytearray()
 
-    return wrapped
-
-
-def _texts(form: FormData, name: str) -> list[str]:
-    values = form.getlist(name)
-    for i, value in enumerate(values):
-        if not isinstance(value, str):
+    def start(self, name: str, filename: str | None) -> None:
+        if name not in FORM_FIELDS:
+            raise InvalidInput(
+                f"unknown form field {name!r}; expected {list(FORM_FIELDS)}", field=name
+            )
+        if name == "adapters":
+            i = len(self.adapters)
+            if filename is None:
+                raise InvalidInput(
+                    "each 'adapters' part must be a file (a safetensors adapter)",
+                    field=f"adapters.{i}",
+                )
+            if i >= MAX_CHECKPOINTS:
+                raise InvalidInput(
+                    f"a run has at most {MAX_CHECKPOINTS} checkpoints", field="adapters"
+                )
+            self._file = cast(BinaryIO, tempfile.TemporaryFile())
+            self.adapters.append((filename or f"adapters.{i}", self._file))
+        elif filename is not None:
+            i = len(self.texts.get(name, []))
             raise InvalidInput(f"form field {name!r} must be text, not a file", field=f"{name}.{i}")
-    return [str(v).strip() for v in values]
+        self._name = name
+        self._text.clear()
 
+    def data(self, chunk: bytes) -> None:
+        if self._file is not None:
+            self._file.write(chunk)
+            return
+        self._text += chunk
+        if len(self._text) > MAX_TEXT_BYTES:
+            raise InvalidInput(
+                f"form field {self._name!r} is longer than {MAX_TEXT_BYTES} bytes",
+                field=self._name,
+            )
 
-def _one(form: FormData, name: str) -> str:
-    values = _texts(form, name)
-    if not values or not values[0]:
-        raise InvalidInput(f"form field {name!r} is required", field=name)
-    if len(values) > 1:
-        raise InvalidInput(f"form field {name!r} was sent {len(values)} times", field=name)
-    return values[0]
+    def end(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+        elif self._name is not None:
+            self.texts.setdefault(self._name, []).append(part_text(self._name, bytes(self._text)))
+        self._name, self._file = None, None
+
+    def close(self) -> None:
+        for _, f in self.adapters:
+            f.close()
+
+    def _one(self, name: str) -> str:
+        values = self.texts.get(name, [])
+        if not values or not values[0]:
+            raise InvalidInput(f"form field {name!r} is required", field=name)
+        if len(values) > 1:
+            raise InvalidInput(f"form field {name!r} was sent {len(values)} times", field=name)
+        return values[0]
+
+    def upload(self) -> service.RunUpload:
+        return service.RunUpload(
+            model_id=self._one("model_id"),
+            lora_alpha=_number(self._one("lora_alpha"), float, "lora_alpha"),
+            steps=[
+                _number(s, int, f"steps.{i}") for i, s in enumerate(self.texts.get("steps", []))
+            ],
+            learning_rates=[
+                _number(lr, float, f"learning_rates.{i}")
+                for i, lr in enumerate(self.texts.get("learning_rates", []))
+            ],
+            adapters=self.adapters,
+        )
 
 
 def _number(text: str, parse: Callable[[str], N], field: str) -> N:
@@ -111,32 +164,6 @@ def _number(text: str, parse: Callable[[str], N], field: str) -> N:
     except ValueError:
         kind = "an integer" if parse is int else "a number"
         raise InvalidInput(f"{field} must be {kind}, got {text!r}", field=field) from None
-
-
-def _parse_form(form: FormData) -> service.RunUpload:
-    unknown = sorted(set(form.keys()) - set(FORM_FIELDS))
-    if unknown:
-        raise InvalidInput(
-            f"unknown form field(s) {unknown}; expected {list(FORM_FIELDS)}", field=unknown[0]
-        )
-    adapters: list[tuple[str, Any]] = []
-    for i, upload in enumerate(form.getlist("adapters")):
-        if not isinstance(upload, UploadFile):
-            raise InvalidInput(
-                "each 'adapters' part must be a file (a safetensors adapter)",
-                field=f"adapters.{i}",
-            )
-        adapters.append((upload.filename or f"adapters.{i}", upload.file))
-    return service.RunUpload(
-        model_id=_one(form, "model_id"),
-        lora_alpha=_number(_one(form, "lora_alpha"), float, "lora_alpha"),
-        steps=[_number(s, int, f"steps.{i}") for i, s in enumerate(_texts(form, "steps"))],
-        learning_rates=[
-            _number(lr, float, f"learning_rates.{i}")
-            for i, lr in enumerate(_texts(form, "learning_rates"))
-        ],
-        adapters=adapters,
-    )
 
 
 @router.post(
@@ -159,21 +186,25 @@ async def upload_warmup_run(
     Each adapter must be a PEFT LoRA adapter in safetensors (pickle checkpoints are refused,
     never loaded), all with the same tensors; r and target_modules are read from them. A
     rejected upload stores nothing; the same upload again returns the existing run (200).
+
+    The body streams: each adapter goes to a temporary file as it arrives, is checked from
+    there and then streamed to the blob store, so the API's memory does not grow with the
+    files; the limit (`SIFT_MAX_CHECKPOINT_UPLOAD_BYTES`) is enforced while they stream.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise UnsupportedMediaType(
             f"content type {content_type or 'none'!r}: send multipart/form-data"
         )
-    limit = settings.max_checkpoint_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-    form = await Request(request.scope, _limited(request.receive, limit)).form(
-        max_files=MAX_CHECKPOINTS, max_fields=2 * MAX_CHECKPOINTS + 2
-    )
+    form = _RunForm()
     try:
-        upload = _parse_form(form)
+        stream = MultipartStream(
+            request.headers.get("content-type", ""), form, max_parts=MAX_FORM_PARTS
+        )
+        async for chunk in body_chunks(request, settings.max_checkpoint_upload_bytes):
+            await run_in_threadpool(stream.write, chunk)
+        stream.close()
+        upload = form.upload()
 
         def store() -> tuple[WarmupRunRead, bool]:
             checked = service.check_upload(session, upload)
@@ -188,7 +219,7 @@ async def upload_warmup_run(
 
         run, created = await run_in_threadpool(store)
     finally:
-        await form.close()
+        form.close()
     if not created:
         response.status_code = 200
     return run
@@ -203,3 +234,26 @@ def list_warmup_runs(session: SessionDep, page: PaginationDep) -> Any:
 @router.get("/{warmup_run_id}", response_model=WarmupRunRead, responses=error_responses(NotFound))
 def get_warmup_run(warmup_run_id: str, session: SessionDep) -> Any:
     return service.to_read(service.get_run(session, warmup_run_id))
+
+
+@router.delete(
+    "/{warmup_run_id}",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(NotFound, Conflict),
+)
+def delete_warmup_run(
+    warmup_run_id: str, session: SessionDep, blobs: BlobStoreDep, cascade: CascadeQuery = False
+) -> Response:
+    """Delete a run of checkpoints (uploaded or Sift-trained) with its files and the features
+    stored at its checkpoints.
+
+    409 while a valuation or study uses it, or a queued or running valuation of the same pool
+    may be reusing it: the message names each; delete them first, or pass ``cascade=true`` to
+    delete them with it (a queued or running one is cancelled). A Sift-trained run goes by
+    itself once no valuation or study uses it; an uploaded one only through this route.
+    """
+    deleted = deletion.delete_resource(session, "warmup_run", warmup_run_id, cascade=cascade)
+    session.commit()
+    deleted.remove_blobs(blobs)
+    return Response(status_code=204)

@@ -187,7 +187,7 @@ def create_upload(
         for epoch, item in enumerate(upload.checkpoints, start=1):
             key = upload_blob_key(run_id, item.step)
             item.file.seek(0)
-            blobs.put_bytes(key, item.file.read())
+            blobs.put_file(key, item.file)  # streamed: an adapter may be gigabytes
             checkpoints.append(
                 Checkpoint(
                     epoch=epoch,

@@ -6,6 +6,7 @@ GPU shapes run through ``python -m tests.benchmarks.featurize_bench`` (docs/benc
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,27 @@ def test_scoring_on_cpu() -> None:
 def test_nice_cost_per_probe_on_cpu() -> None:
     out = _bench("--nice", "--shape", "tiny", "--device", "cpu", "--nice-probes", "4")
     assert "generation_s_per_probe" in out and "gradient_s_per_probe" in out
+
+
+def test_upload_memory_small() -> None:
+    cmd = [sys.executable, "-m", "tests.benchmarks.upload_bench"]
+    cmd += ["--jsonl-mb", "20", "--adapter-mb", "20"]
+    out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
+    print(out)
+    assert '"rss_peak_growth_mb"' in out and '"adapter"' in out
+
+
+def test_api_under_load_short() -> None:
+    """wrk against a real API on SQLite (docs/benchmarks.md runs both backends, 10 s a point):
+    every connection count is answered (2xx or a quick 503), and /healthz never fails."""
+    cmd = [sys.executable, "-m", "tests.benchmarks.load_bench", "--backends", "sqlite"]
+    cmd += ["--clients", "50", "1000", "--duration", "3", "--pause", "0.5"]
+    out = subprocess.run(
+        cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300
+    ).stdout
+    print(out)
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith('{"backend"')]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["n_other"] == 0 and row["n_2xx"] > 0
+        assert row["healthz_during"]["failures"] == 0 and row["healthy_after_ms"] is not None

@@ -133,7 +133,10 @@ def test_nice_follows_the_judge_where_less_follows_wrong_labels(
     }
     reward = api.post("/v1/reward-specs", json={"name": "judge", "spec": judge})
     assert reward.status_code == 201, reward.text
-    secret = api.post("/v1/secrets", json={"name": "stronger-key", "value": ENDPOINT_KEY})
+    secret = api.post(
+        "/v1/secrets",
+        json={"name": "stronger-key", "value": ENDPOINT_KEY, "hosts": ["127.0.0.1"]},
+    )
     assert secret.status_code == 201, secret.text
     settings = {**SETTINGS, "projection": {"dim": 1024, "seed": 0}}
 

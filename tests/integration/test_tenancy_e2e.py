@@ -85,7 +85,10 @@ def test_tenants_are_isolated_on_the_production_stack(
     model = a.post("/v1/models", json={"name": NAMES["model"], "source": "builtin:tiny-llama"})
     judge = {"kind": "http_judge", "url": "https://judge.example.com/s", "headers": {"X-K": "t0k"}}
     spec = a.post("/v1/reward-specs", json={"name": NAMES["reward_spec"], "spec": judge})
-    secret = a.post("/v1/secrets", json={"name": NAMES["secret"], "value": "s3cr3t-value"})
+    secret = a.post(
+        "/v1/secrets",
+        json={"name": NAMES["secret"], "value": "s3cr3t-value", "hosts": ["a.example.com"]},
+    )
     assert model.status_code == spec.status_code == secret.status_code == 201
     model_id = model.json()["id"]
 

@@ -20,6 +20,7 @@ from service.blobs import (
     BlobStore,
     FilesystemBlobStore,
     S3BlobStore,
+    TenantBlobStore,
     blob_store_from_url,
 )
 from tests.service.conftest import free_port
@@ -243,3 +244,48 @@ def test_blob_store_from_url(tmp_path: Path) -> None:
     for bad in ("gs://bucket", "file://", "s3://", "/plain/path", "s3://b/../x"):
         with pytest.raises(ValueError):
             blob_store_from_url(bad)
+
+
+def test_put_file_streams_from_the_position(store: BlobStore, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 5000
+    with open(tmp_path / "src", "w+b") as f:
+        f.write(b"skip" + data)
+        f.seek(4)
+        store.put_file("uploads/run/step.safetensors", f)
+    assert store.get_bytes("uploads/run/step.safetensors") == data
+    tenant = TenantBlobStore(store, "team-x")
+    with open(tmp_path / "src", "rb") as f:
+        tenant.put_file("a/b", f)
+    assert tenant.get_bytes("a/b") == b"skip" + data
+    assert store.exists("tenants/team-x/a/b")
+
+
+def test_s3_put_file_in_parts_or_not_at_all(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the threshold put_file is a multipart upload: whole, or (a part failing) nothing."""
+    store = S3BlobStore(s3_bucket, endpoint_url=s3_endpoint)
+    monkeypatch.setattr(S3BlobStore, "multipart_threshold", 5 * 1024 * 1024)
+    monkeypatch.setattr(S3BlobStore, "multipart_chunksize", 5 * 1024 * 1024)
+    data = os.urandom(11 * 1024 * 1024)
+    (tmp_path / "big").write_bytes(data)
+    calls: list[str] = []
+
+    def count(**kwargs: Any) -> None:
+        calls.append(kwargs["event_name"].rsplit(".", 1)[-1])
+
+    events = store.client.meta.events
+    events.register("before-send.s3", count)
+    with open(tmp_path / "big", "rb") as f:
+        store.put_file("k/big", f)
+    assert store.get_bytes("k/big") == data
+    assert calls.count("UploadPart") == 3 and "CompleteMultipartUpload" in calls
+
+    def fail(**kwargs: Any) -> None:
+        raise ConnectionError("network cut mid-upload")
+
+    events.register("before-send.s3.UploadPart", fail)
+    with open(tmp_path / "big", "rb") as f, pytest.raises(ConnectionError):
+        store.put_file("k/broken", f)
+    events.unregister("before-send.s3.UploadPart", fail)
+    assert not store.exists("k/broken")

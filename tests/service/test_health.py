@@ -93,9 +93,10 @@ def test_enqueue_sends_by_name_to_the_task_queue(monkeypatch: pytest.MonkeyPatch
 def test_unknown_route_uses_error_shape(client: TestClient) -> None:
     response = client.get("/v1/nothing-here")
     assert response.status_code == 404
-    assert response.json()["error"]["code"] == "http_error"
+    assert response.json()["error"]["code"] == "not_found"
     response = client.put("/v1/datasets")
     assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_openapi_documents_errors_and_examples(client: TestClient) -> None:

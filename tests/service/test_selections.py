@@ -24,7 +24,12 @@ def scored(
     make_valuation: Any,
 ) -> dict[str, Any]:
     recs = [
-        {"id": f"p{i}", "prompt": f"q{i}", "response": f"a{i}", "zeta": i, "alpha": "keep order"}
+        {
+            "id": f"p{i}",
+            "prompt": f"q{i}",
+            "response": f"a{i}",
+            "metadata": {"zeta": i, "alpha": "keep order"},
+        }
         for i in range(10)
     ]
     pool = make_dataset(name="pool", recs=recs)
@@ -110,9 +115,14 @@ def test_export_streams_raw_records_in_rank_order(
     assert response.headers["content-type"].startswith("application/x-ndjson")
     lines = response.text.splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["p7", "p2", "p5", "p0"]
-    # Verbatim: the uploaded object, keys in their original order, extra fields included.
+    # Verbatim: the uploaded object, keys in their original order, metadata included.
     assert lines[0] == json.dumps(
-        {"id": "p7", "prompt": "q7", "response": "a7", "zeta": 7, "alpha": "keep order"}
+        {
+            "id": "p7",
+            "prompt": "q7",
+            "response": "a7",
+            "metadata": {"zeta": 7, "alpha": "keep order"},
+        }
     )
     default = client.get(f"/v1/selections/{selection['id']}/export")
     assert default.text == response.text

@@ -37,7 +37,10 @@ def tenant_a_resources(a: TestClient, db: Session, names: dict[str, str]) -> dic
             },
         },
     )
-    secret = a.post("/v1/secrets", json={"name": names["secret"], "value": "a-secret-value"})
+    secret = a.post(
+        "/v1/secrets",
+        json={"name": names["secret"], "value": "a-secret-value", "hosts": ["a.example.com"]},
+    )
     assert secret.status_code == 201 and spec.status_code == 201, (secret.text, spec.text)
     model_id = model.json()["id"]
     valuation = a.post(
@@ -110,13 +113,30 @@ def _caller(client: TestClient) -> tenancy_walk.Call:
 
 
 def test_another_tenant_sees_nothing_on_any_route(
-    app: FastAPI, make_client: Callable[..., TestClient], tenant_a: tuple[TestClient, Any]
+    app: FastAPI,
+    make_client: Callable[..., TestClient],
+    tenant_a: tuple[TestClient, Any],
+    blob_store: Any,
 ) -> None:
     a, ids = tenant_a
     b = make_client("team-b")
+    blobs_before = blob_store.list_keys("")
     problems = tenancy_walk.walk(app.openapi(), _caller(b), ids, NAMES, adapter(1))
     assert not problems, tenancy_walk.dumps(problems)
-    # and tenant A still has all of it
+    # and tenant A still has all of it: B's DELETEs of A's ids touched nothing
+    for path in (
+        f"/v1/datasets/{ids['dataset']}",
+        f"/v1/models/{ids['model']}",
+        f"/v1/reward-specs/{ids['reward_spec']}",
+        f"/v1/valuations/{ids['valuation']}",
+        f"/v1/selections/{ids['selection']}",
+        f"/v1/warmup-runs/{ids['warmup_run']}",
+        f"/v1/studies/{ids['study']}",
+        f"/v1/score-sets/{ids['score_set']}",
+        f"/v1/curations/{ids['curation']}",
+    ):
+        assert a.get(path).status_code == 200, path
+    assert set(blobs_before) <= set(blob_store.list_keys(""))
     assert a.get(f"/v1/datasets/{ids['dataset']}").status_code == 200
     assert a.get(f"/v1/valuations/{ids['valuation']}/scores").json()["total"] == 4
     assert [s["name"] for s in a.get("/v1/secrets").json()] == [NAMES["secret"]]
@@ -232,3 +252,22 @@ def test_the_walk_fails_when_isolation_is_missing(
         event.listen(Session, "do_orm_execute", tenancy._filter_by_tenant)
     assert any("GET /v1/datasets/{dataset_id}" in p for p in problems), problems
     assert any("GET /v1/valuations as tenant B" in p for p in problems), problems
+
+
+def test_the_default_tenants_blobs_at_the_root_cannot_reach_other_tenants(
+    blob_store: Any,
+) -> None:
+    from service.blobs import TenantBlobStore
+    from service.tenancy import DEFAULT_TENANT_ID
+
+    TenantBlobStore(blob_store, "t2").put_bytes("features/x/shard.safetensors", b"b's")
+    default = TenantBlobStore(blob_store, DEFAULT_TENANT_ID)
+    default.put_bytes("features/y/shard.safetensors", b"old layout")
+    assert default.list_keys("") == ["features/y/shard.safetensors"]
+    for call in (
+        lambda: default.get_bytes("tenants/t2/features/x/shard.safetensors"),
+        lambda: default.list_keys("tenants/"),
+        lambda: default.delete_prefix("tenants"),
+    ):
+        with pytest.raises(ValueError, match="another tenant"):
+            call()

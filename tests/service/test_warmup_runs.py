@@ -16,10 +16,11 @@ from safetensors.numpy import save as save_safetensors
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.blobs import BlobStore
+from service.blobs import BlobStore, TenantBlobStore
 from service.config import Settings, get_settings
 from service.db.models import Checkpoint, WarmupRun
-from service.warmup_runs import repository
+from service.warmup_runs import adapters, repository
+from service.warmup_runs import endpoints as warmup_endpoints
 
 MODULE = "base_model.model.model.layers.{layer}.self_attn.{proj}"
 URL = "/v1/warmup-runs"
@@ -216,6 +217,16 @@ def _unknown_dtype() -> bytes:
     return raw_safetensors(header, b"\0" * 16)
 
 
+def _deep_header() -> bytes:
+    encoded = b"[" * 100_000 + b"]" * 100_000
+    return struct.pack("<Q", len(encoded)) + encoded
+
+
+def _nul_name() -> bytes:
+    header = {f"{A_NAME}\u0000": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    return raw_safetensors(header, b"\0" * 4)
+
+
 def _integer_lora() -> bytes:
     tensors = {k: v.astype(np.int32) for k, v in lora_tensors(projs=("q_proj",)).items()}
     return save_safetensors(tensors)
@@ -243,6 +254,21 @@ CASES: list[tuple[str, list[bytes], dict[str, Any], str, tuple[str, ...]]] = [
     ),
     ("offsets disagree with shape", [_short_offsets()], {}, "adapters.0", ("needs 128 bytes",)),
     ("unknown dtype", [_unknown_dtype()], {}, "adapters.0", ("F128",)),
+    (
+        "header nested 100,000 deep",
+        [_deep_header()],
+        {},
+        "adapters.0",
+        ("nested too deeply", "only safetensors"),
+    ),
+    (
+        "header over the limit",
+        [struct.pack("<Q", adapters.MAX_HEADER_BYTES + 1) + b" " * 64],
+        {},
+        "adapters.0",
+        (f"exceeds {adapters.MAX_HEADER_BYTES} bytes",),
+    ),
+    ("NUL in a tensor name", [_nul_name()], {}, "adapters.0", ("NUL or a lone surrogate",)),
     (
         "header not json",
         [struct.pack("<Q", 4) + b"{{{{"],
@@ -393,6 +419,98 @@ def test_upload_over_the_limit_is_413(
         URL, content=chunks, headers={"content-type": request.headers["content-type"]}
     )
     assert error(streamed, 413)["code"] == "payload_too_large"
+    assert_nothing_written(db, tenant_blobs)
+
+
+def _form_body(parts: list[tuple[str, str | None, bytes]], close: bool = True) -> bytes:
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (
+            f'; filename="{filename}"' if filename is not None else ""
+        )
+        body += f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return body + b"--b--\r\n" if close else body
+
+
+def _post_form(client: TestClient, body: bytes) -> Any:
+    return client.post(
+        URL, content=body, headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+
+
+def _fields(model_id: str, n: int = 1) -> list[tuple[str, str | None, bytes]]:
+    parts: list[tuple[str, str | None, bytes]] = [
+        ("model_id", None, model_id.encode()),
+        ("lora_alpha", None, b"16"),
+    ]
+    parts += [("steps", None, str(10 * (i + 1)).encode()) for i in range(n)]
+    parts += [("learning_rates", None, b"1e-4") for _ in range(n)]
+    return parts
+
+
+def test_bad_forms_are_422s_naming_the_field(
+    client: TestClient,
+    db: Session,
+    tenant_blobs: BlobStore,
+    model: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fields = _fields(model["id"], 2)
+    files = [("adapters", "a.safetensors", GOOD), ("adapters", "b.safetensors", GOOD)]
+    truncated = error(_post_form(client, _form_body([*fields, *files], close=False)))
+    assert truncated["field"] == "body" and "truncated" in truncated["message"]
+    as_file = error(_post_form(client, _form_body([("steps", "s.txt", b"1"), *files])))
+    assert as_file["field"] == "steps.0" and "must be text" in as_file["message"]
+    long = error(_post_form(client, _form_body([("model_id", None, b"m" * 5000), *files])))
+    assert long["field"] == "model_id"
+    nul = error(_post_form(client, _form_body([("model_id", None, b"m\0"), *files])))
+    assert nul["field"] == "model_id" and "NUL" in nul["message"]
+    monkeypatch.setattr(warmup_endpoints, "MAX_CHECKPOINTS", 1)
+    too_many = error(_post_form(client, _form_body([*fields, *files])))
+    assert too_many["field"] == "adapters" and "at most 1" in too_many["message"]
+    assert_nothing_written(db, tenant_blobs)
+
+
+def test_adapters_are_streamed_to_the_store(
+    client: TestClient,
+    db: Session,
+    tenant_blobs: BlobStore,
+    model: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No adapter is read into memory whole: put_bytes is never called, put_file is."""
+
+    def refuse(self: TenantBlobStore, key: str, data: bytes) -> None:
+        raise AssertionError(f"put_bytes({key!r}) holds the whole adapter in memory")
+
+    monkeypatch.setattr(TenantBlobStore, "put_bytes", refuse)
+    files = [adapter(seed=0, width=512), adapter(seed=1, width=512)]
+    response = upload(client, model["id"], files)
+    assert response.status_code == 201, response.text
+    keys = tenant_blobs.list_keys("uploads/")
+    assert [tenant_blobs.get_bytes(k) for k in keys] == files
+
+
+def test_a_failed_store_leaves_no_file_behind(
+    client: TestClient,
+    db: Session,
+    tenant_blobs: BlobStore,
+    model: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = TenantBlobStore.put_file
+    calls: list[str] = []
+
+    def second_fails(self: TenantBlobStore, key: str, f: Any) -> None:
+        calls.append(key)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(self, key, f)
+
+    monkeypatch.setattr(TenantBlobStore, "put_file", second_fails)
+    with pytest.raises(OSError, match="disk full"):
+        upload(client, model["id"], [adapter(seed=0), adapter(seed=1)])
+    assert len(calls) == 2
     assert_nothing_written(db, tenant_blobs)
 
 

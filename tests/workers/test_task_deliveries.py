@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from celery import Celery, Task
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from service.config import get_settings
 from service.db.migrate import upgrade_head
@@ -48,6 +49,8 @@ def job_task(self: Task, job_id: str, action: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "engine_error":
             raise EngineError("record r1 is malformed")
+        if action == "blip" and sum(1 for a, _ in ran if a == "blip") <= 2:
+            raise OperationalError("SELECT 1", {}, Exception("the database is restarting"))
         JobTracker(job_id).succeed()
 
     run_tracked(JobTracker(job_id), body, task=self)
@@ -213,3 +216,24 @@ def test_called_directly_nothing_is_counted() -> None:
     assert ran == [("ok", None)]
     with SessionLocal() as session:
         assert session.scalars(select(TaskDelivery)).all() == []
+
+
+def test_an_infrastructure_blip_is_retried_not_failed_nor_counted_as_a_death(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database error mid-task: the task is retried (Celery retry, backoff) and the job goes
+    on; the retries are deliveries but not deaths, so they never trip the poison limit."""
+    from workers.tasks import jobs
+
+    monkeypatch.setattr(jobs, "TRANSIENT_BACKOFF_S", 0.0)
+    monkeypatch.setenv("SIFT_MAX_TASK_DELIVERIES", "1")
+    get_settings.cache_clear()
+    job_id = _job()
+    app.conf.task_always_eager = True  # the eager retry runs the next attempt at once
+    try:
+        job_task.apply(kwargs={"job_id": job_id, "action": "blip"}, task_id="t-blip")
+    finally:
+        app.conf.task_always_eager = False
+    assert [a for a, _ in ran] == ["blip", "blip", "blip"]
+    job = _job_row(job_id)
+    assert (job.status, job.error) == ("succeeded", None)

@@ -98,7 +98,8 @@ def find_or_create_feature_set(key: str, **fields: Any) -> tuple[str, bool]:
             except IntegrityError:  # created concurrently by another valuation: use theirs
                 session.rollback()
             row = session.scalar(select(FeatureSetRow).where(FeatureSetRow.content_key == key))
-        assert row is not None
+        if row is None:  # not ours, not theirs: its checkpoint or dataset was just deleted
+            raise EngineError(f"feature set {key} could not be stored: its inputs were deleted")
         return row.id, row.status == "complete"
 
 

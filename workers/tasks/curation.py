@@ -41,7 +41,7 @@ from workers.tasks.common import (
     load_registered_model,
     tenant_blobs,
 )
-from workers.tasks.jobs import JobTracker, run_tracked
+from workers.tasks.jobs import JobTracker, ResourceDeleted, run_tracked
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def run(ctx: CurationContext) -> None:
     with SessionLocal() as session:
         row = session.get(Curation, ctx.curation_id)
         if row is None:
-            raise EngineError(f"curation {ctx.curation_id} no longer exists")
+            raise ResourceDeleted(f"curation {ctx.curation_id} was deleted")
         row.record_ids = [record_ids[i] for i in chosen]
         row.n_selected, row.stats = len(chosen), stats
         session.commit()

@@ -15,12 +15,14 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import case, delete, func, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm.exc import StaleDataError
 
 from service.config import get_settings
 from service.db.models import FINISHED_STATUSES, Job, TaskDelivery
-from service.db.session import SessionLocal
+from service.db.session import SessionLocal, for_writes, get_engine
+from service.observability import bind_log_fields
 from service.tenancy import tenant_scope
 from workers.engine.errors import Cancelled, EngineError
 
@@ -34,22 +36,37 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class ResourceDeleted(Exception):
+    """The job, or the resource it computes, was deleted while the task ran (``DELETE`` on the
+    resource, ``service.deletion``). The task drops its work: it writes no more rows, removes
+    the files of that resource it wrote, and the envelope collects the caches it created that
+    nothing references (``service.caches``). Never a failure: there is no job to fail."""
+
+
 class JobTracker:
     """Moves one job row through queued → running → succeeded | failed | cancelled."""
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
+        self.tenant_id: str | None = None
+        """Known after the first read; the tenant whose caches a dropped task collects."""
         self._stage: str | None = None
         self._stage_started = time.monotonic()
 
     def _update(self, **fields: object) -> Job:
-        with SessionLocal() as session:
+        # Read, then write: on SQLite that takes the write lock first (BEGIN IMMEDIATE), or a
+        # commit elsewhere in between fails the write at once ("database is locked").
+        with SessionLocal(**({"bind": for_writes(get_engine())} if fields else {})) as session:
             job = session.get(Job, self.job_id)
             if job is None:
-                raise LookupError(f"job {self.job_id} does not exist")
+                raise ResourceDeleted(f"job {self.job_id} was deleted")
+            self.tenant_id = job.tenant_id
             for name, value in fields.items():
                 setattr(job, name, value)
-            session.commit()
+            try:
+                session.commit()
+            except StaleDataError:  # deleted between the read and the write
+                raise ResourceDeleted(f"job {self.job_id} was deleted") from None
             session.refresh(job)
             session.expunge(job)
             return job
@@ -89,14 +106,16 @@ class JobTracker:
         advancing the same job never lose each other's updates."""
         done = Job.progress_done + n
         with SessionLocal() as session:
-            session.execute(
+            moved = session.execute(
                 update(Job)
                 .where(Job.id == self.job_id)
                 .values(
                     progress_done=case((done > Job.progress_total, Job.progress_total), else_=done)
                 )
-            )
+            ).rowcount
             session.commit()
+        if not moved:
+            raise ResourceDeleted(f"job {self.job_id} was deleted")
 
     def hand_over(self, from_stage: str, to_stage: str) -> bool:
         """Move a running job from ``from_stage`` to ``to_stage`` if nobody did yet.
@@ -189,19 +208,24 @@ class Delivery:
                 heartbeat_at=now,
                 resent=0,
             )
-            count = session.execute(
-                insert.on_conflict_do_update(
-                    index_elements=[table.c.task_id],
-                    set_={
-                        "deliveries": table.c.deliveries + 1,
-                        "first_delivered_at": func.coalesce(
-                            table.c.first_delivered_at, insert.excluded.first_delivered_at
-                        ),
-                        "last_delivered_at": insert.excluded.last_delivered_at,
-                        "heartbeat_at": insert.excluded.heartbeat_at,
-                    },
-                ).returning(table.c.deliveries)
-            ).scalar_one()
+            upsert = insert.on_conflict_do_update(
+                index_elements=[table.c.task_id],
+                set_={
+                    "deliveries": table.c.deliveries + 1,
+                    "first_delivered_at": func.coalesce(
+                        table.c.first_delivered_at, insert.excluded.first_delivered_at
+                    ),
+                    "last_delivered_at": insert.excluded.last_delivered_at,
+                    "heartbeat_at": insert.excluded.heartbeat_at,
+                },
+            ).returning(table.c.deliveries)
+            try:
+                count = session.execute(upsert).scalar_one()
+            except IntegrityError:  # the job's row is gone: it was deleted
+                session.rollback()
+                if session.get(Job, job_id) is None:
+                    raise ResourceDeleted(f"job {job_id} was deleted") from None
+                raise
             session.commit()
         return int(count)
 
@@ -262,6 +286,7 @@ def run_tracked(
     counted (:class:`Delivery`), and the one after ``max_task_deliveries`` deliveries that each
     died with their worker fails the job without running ``body``.
     """
+    bind_log_fields(job_id=job.job_id)  # the task's log records carry it (workers.observability)
     task_id = task.request.id if task is not None else None
     if task is None or task_id is None:  # not delivered by a broker (called directly)
         _envelope(job, body, already_running)
@@ -273,6 +298,8 @@ def run_tracked(
             return
         with Heartbeat(task_id, job.job_id):
             _envelope(job, body, already_running)
+    except ResourceDeleted as exc:  # before the body ran: nothing of it to clean up
+        log.info("task %s[%s]: %s; dropping it", task.name, task_id, exc)
     except TRANSIENT as exc:  # the database, broker or blob store blinked: try again later
         countdown = min(TRANSIENT_BACKOFF_S * 2**retries, TRANSIENT_BACKOFF_CAP_S)
         log.warning(
@@ -283,6 +310,35 @@ def run_tracked(
 
 
 def _envelope(job: JobTracker, body: Callable[[], None], already_running: bool) -> None:
+    try:
+        _run_body(job, body, already_running)
+    except ResourceDeleted as exc:
+        log.info("job %s: %s; its task drops its work", job.job_id, exc)
+        if job.tenant_id is not None:
+            collect_caches(job.tenant_id)
+
+
+def collect_caches(tenant_id: str) -> None:
+    """Collect the tenant's caches nothing references (``service.caches``): what a task whose
+    job was deleted created after the delete's own collection. Best effort: logged, not raised
+    (a later delete collects what is left)."""
+    from service.blobs import TenantBlobStore, blob_store_from_settings
+    from service.caches import collect
+    from service.deletion import remove_blobs
+
+    try:
+        with tenant_scope(tenant_id), SessionLocal(bind=for_writes(get_engine())) as session:
+            collected = collect(session)
+            session.commit()
+        blobs = TenantBlobStore(blob_store_from_settings(get_settings()), tenant_id)
+        remove_blobs(blobs, collected.blob_prefixes)
+        if collected.blob_prefixes:
+            log.info("collected caches nothing references: %s", collected.blob_prefixes)
+    except Exception:
+        log.warning("could not collect the caches of tenant %s", tenant_id, exc_info=True)
+
+
+def _run_body(job: JobTracker, body: Callable[[], None], already_running: bool) -> None:
     state = job.read()
     if state.status in ("succeeded", "failed", "cancelled"):
         log.info("job %s already %s; nothing to do", job.job_id, state.status)

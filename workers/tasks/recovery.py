@@ -57,6 +57,7 @@ from workers.contracts import (
     StudyTask,
     ValuationTask,
 )
+from workers.observability import record_sweep, record_sweep_error
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def sweep(
             _repair_job(session, job, now, stale, lost, repairs)
     if repairs:
         log.warning("recovery sweep: %s", repairs)
+    record_sweep(repairs)
     return repairs
 
 
@@ -271,6 +273,7 @@ class Sweeper:
             try:
                 sweep()
             except Exception:  # noqa: BLE001 - the database may be down; sweep again later
+                record_sweep_error()
                 log.warning("recovery sweep failed; next try in %.0f s", interval, exc_info=True)
 
 

@@ -28,7 +28,7 @@ from service.blobs import BlobStore
 from service.config import get_settings
 from service.db.models import Record, ScoreSet
 from service.db.models import RewardSpec as RewardSpecRow
-from service.db.session import SessionLocal
+from service.db.session import SessionLocal, for_writes, get_engine
 from service.queue import celery_app
 from workers.contracts import (
     IMPORTANCE_SCORERS,
@@ -56,7 +56,7 @@ from workers.tasks.common import (
     reward_spec_to_run,
     tenant_blobs,
 )
-from workers.tasks.jobs import JobTracker, run_tracked
+from workers.tasks.jobs import JobTracker, ResourceDeleted, run_tracked
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class ScoreSetContext:
             row = session.get(ScoreSet, score_set_id)
             if row is None:
                 raise LookupError(score_set_id)
+            session.info["tenant_id"] = row.tenant_id  # what it names must be its own
             self.score_set_id = score_set_id
             self.name: str | None = row.name
             self.scorer: str = row.scorer
@@ -322,10 +323,11 @@ def run(ctx: ScoreSetContext) -> None:
         figure = plots.histogram_figure(column, column=name, title=ctx.name)
         ctx.blobs.put_bytes(plot_key, plots.render(figure, "png"))
         summary[name] = column | {"plot_blob_key": plot_key}
-    with SessionLocal() as session:
-        row = session.get(ScoreSet, ctx.score_set_id)
-        if row is None:
-            raise EngineError(f"score set {ctx.score_set_id} no longer exists")
+    with SessionLocal(bind=for_writes(get_engine())) as session:
+        row = session.get(ScoreSet, ctx.score_set_id, with_for_update=True, populate_existing=True)
+        if row is None:  # deleted meanwhile: its values and plots must not stay behind
+            ctx.blobs.delete_prefix(f"{prefix}/")
+            raise ResourceDeleted(f"score set {ctx.score_set_id} was deleted")
         row.values_blob_key, row.summary, row.n_records = values_key, summary, len(examples)
         row.report = ctx.report
         session.commit()

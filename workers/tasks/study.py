@@ -24,7 +24,7 @@ from service.blobs import BlobStore
 from service.db.models import Checkpoint as CheckpointRow
 from service.db.models import FeatureSet as FeatureSetRow
 from service.db.models import Model, Record, Study, WarmupRun
-from service.db.session import SessionLocal
+from service.db.session import SessionLocal, for_writes, get_engine
 from service.queue import celery_app
 from workers.contracts import STUDY_RUN, LoraSpec, StudySettings, StudyTask
 from workers.engine import data, features, lora, plots, projection, studies, warmup
@@ -38,7 +38,7 @@ from workers.tasks.common import (
     shard_key,
     tenant_blobs,
 )
-from workers.tasks.jobs import JobTracker, run_tracked
+from workers.tasks.jobs import JobTracker, ResourceDeleted, run_tracked
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class StudyContext:
             study = session.get(Study, study_id)
             if study is None:
                 raise LookupError(study_id)
+            session.info["tenant_id"] = study.tenant_id  # what it names must be its own
             self.study_id = study_id
             self.name: str | None = study.name
             self.job = JobTracker(study.job_id)
@@ -202,7 +203,9 @@ def _features(
         ctx.blobs.put_bytes(blob, result.to_safetensors())
     with SessionLocal() as session:
         row = session.get(FeatureSetRow, row_id)
-        assert row is not None
+        if row is None:  # collected: its study was deleted meanwhile
+            ctx.job.read()
+            raise EngineError(f"feature set {row_id} no longer exists")
         row.status = "complete"
         session.commit()
     ctx.job.advance(n)
@@ -295,9 +298,11 @@ def run(ctx: StudyContext) -> None:
     report["provenance"] = {
         k: v for k, v in eval_sets[0].provenance.to_dict().items() if k != "checkpoint"
     }
-    with SessionLocal() as session:
-        study = session.get(Study, ctx.study_id)
-        assert study is not None
+    with SessionLocal(bind=for_writes(get_engine())) as session:
+        study = session.get(Study, ctx.study_id, with_for_update=True, populate_existing=True)
+        if study is None:  # deleted meanwhile: its plots must not stay behind
+            ctx.blobs.delete_prefix(f"studies/{ctx.study_id}/")
+            raise ResourceDeleted(f"study {ctx.study_id} was deleted")
         study.result = report
         study.plot_png_key, study.plot_svg_key = keys["png"], keys["svg"]
         session.commit()

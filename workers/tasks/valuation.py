@@ -25,6 +25,8 @@ import torch
 from celery import Task
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from service.blobs import BlobStore
 from service.config import get_settings
@@ -33,7 +35,7 @@ from service.db.models import Dataset, Model, Score, Valuation, WarmupRun
 from service.db.models import FeatureSet as FeatureSetRow
 from service.db.models import RewardSpec as RewardSpecRow
 from service.db.models import Sample as SampleRow
-from service.db.session import SessionLocal
+from service.db.session import SessionLocal, for_writes, get_engine
 from service.queue import celery_app, enqueue
 from service.tenant_secrets import service as tenant_secrets
 from workers.contracts import (
@@ -78,7 +80,7 @@ from workers.tasks.common import (
     shard_key,
     tenant_blobs,
 )
-from workers.tasks.jobs import JobTracker, run_tracked
+from workers.tasks.jobs import JobTracker, ResourceDeleted, run_tracked
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -118,6 +120,7 @@ class Context:
             valuation = session.get(Valuation, valuation_id)
             if valuation is None:
                 raise LookupError(valuation_id)
+            session.info["tenant_id"] = valuation.tenant_id  # what it names must be its own
             model = session.get(Model, valuation.model_id)
             if model is None:
                 raise EngineError(f"model {valuation.model_id} no longer exists")
@@ -195,7 +198,7 @@ class Context:
 def _load_context(valuation_id: str) -> Context | None:
     try:
         return Context(valuation_id)
-    except LookupError:
+    except (LookupError, StaleDataError):  # StaleDataError: deleted while being read
         log.warning("valuation %s does not exist; dropping task", valuation_id)
         return None
 
@@ -216,10 +219,23 @@ def _run_job(
 # --- stage 1: warmup and features (GPU queue) -------------------------------------------------
 
 
+def _writing() -> Session:
+    """A session that writes after it reads (SQLite: takes the write lock first)."""
+    return SessionLocal(bind=for_writes(get_engine()))
+
+
+def _valuation_for_write(session: Session, valuation_id: str) -> Valuation:
+    """The valuation row, locked until the session commits: a ``DELETE`` of it waits, or went
+    first and this raises ``ResourceDeleted`` (its worker writes nothing more)."""
+    valuation = session.get(Valuation, valuation_id, with_for_update=True, populate_existing=True)
+    if valuation is None:
+        raise ResourceDeleted(f"valuation {valuation_id} was deleted")
+    return valuation
+
+
 def _record_skipped(ctx: Context, skipped: dict[str, list[data.SkippedExample]]) -> None:
-    with SessionLocal() as session:
-        valuation = session.get(Valuation, ctx.valuation_id)
-        assert valuation is not None  # loaded moments ago; deletion is refused while it exists
+    with _writing() as session:
+        valuation = _valuation_for_write(session, ctx.valuation_id)
         valuation.skipped = [
             {"record_id": s.record_id, "dataset": name, "reason": s.reason}
             for name, items in skipped.items()
@@ -286,6 +302,7 @@ def _warmup_checkpoints(
     saved: list[tuple[str, warmup.Checkpoint]] = []
 
     def on_checkpoint(ckpt: warmup.Checkpoint) -> None:
+        ctx.job.read()  # deleted meanwhile: ResourceDeleted, before writing its files
         adapter_bytes, optimizer_bytes = warmup.checkpoint_to_safetensors(ckpt)
         prefix = f"warmup/{key}/epoch-{ckpt.epoch:03d}"
         ctx.blobs.put_bytes(f"{prefix}/adapter.safetensors", adapter_bytes)
@@ -306,7 +323,15 @@ def _warmup_checkpoints(
                 content_hash=features.checkpoint_hash(ckpt.adapter_state),
             )
             session.add(row)
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:  # the run was deleted (with its valuation) meanwhile
+                session.rollback()
+                if session.get(WarmupRun, run_id) is not None:
+                    raise
+                ctx.blobs.delete_prefix(f"{prefix}/")  # its DELETE may have missed these
+                ctx.job.read()
+                raise EngineError(f"warmup run {run_id} was deleted while it was trained") from None
             saved.append((row.id, ckpt))
         ctx.job.advance(1)
 
@@ -320,16 +345,17 @@ def _warmup_checkpoints(
     )
     with SessionLocal() as session:
         run_row = session.get(WarmupRun, run_id)
-        assert run_row is not None
+        if run_row is None:  # deleted with (or after) its valuation
+            ctx.job.read()
+            raise EngineError(f"warmup run {run_id} was deleted while it was trained")
         run_row.status, run_row.n_train = "complete", len(train)
         session.commit()
     return saved
 
 
 def _set_warmup_run(valuation_id: str, run_id: str) -> None:
-    with SessionLocal() as session:
-        valuation = session.get(Valuation, valuation_id)
-        assert valuation is not None
+    with _writing() as session:
+        valuation = _valuation_for_write(session, valuation_id)
         valuation.warmup_run_id = run_id
         session.commit()
 
@@ -732,7 +758,9 @@ def _endpoint_responses(ctx: Context, endpoint: AssistEndpoint) -> tuple[str, di
         if endpoint.api_key_secret:
             with SessionLocal() as session:
                 try:
-                    api_key = tenant_secrets.reveal(session, endpoint.api_key_secret)
+                    api_key = tenant_secrets.reveal(
+                        session, endpoint.api_key_secret, endpoint.base_url
+                    )
                 except tenant_secrets.SecretMissing as e:
                     raise EngineError(f"the assist endpoint's API key: {e}") from None
         chat = assist.ChatEndpoint(
@@ -785,7 +813,8 @@ def _store_samples(ctx: Context, epoch: int, blob: bytes) -> None:
         for line in blob.decode().splitlines()
         if line.strip()
     ]
-    with SessionLocal() as session:
+    with _writing() as session:
+        _valuation_for_write(session, ctx.valuation_id)  # no samples of a deleted valuation
         session.execute(
             delete(SampleRow).where(
                 SampleRow.valuation_id == ctx.valuation_id, SampleRow.epoch == epoch
@@ -839,6 +868,10 @@ def featurize_shard(ctx: Context, task: FeatureShardTask) -> None:
             should_stop=ctx.job.cancel_requested,
             on_batch_size=lambda n: _remember_batch_size(ctx, n),
         )
+        with SessionLocal() as session:  # collected with a deleted valuation: write no shard
+            if session.get(FeatureSetRow, task.feature_set_id) is None:
+                ctx.job.read()
+                raise EngineError(f"feature set {task.feature_set_id} no longer exists")
         ctx.blobs.put_bytes(key, feature_set.to_safetensors())
         ctx.job.advance(len(records))
     if all(_all_shards_stored(ctx.blobs, set_id) for set_id in task.feature_set_ids):
@@ -935,7 +968,8 @@ def _feature_sets_by_epoch(
     key (they may have been computed for an identical upload)."""
     with SessionLocal() as session:
         valuation = session.get(Valuation, valuation_id)
-        assert valuation is not None
+        if valuation is None:
+            raise ResourceDeleted(f"valuation {valuation_id} was deleted")
         method = valuation.method
         pool = session.get(Dataset, valuation.pool_dataset_id)
         probes = session.get(Dataset, valuation.probe_dataset_id)
@@ -1137,12 +1171,15 @@ def score_valuation(ctx: Context) -> None:
         )
     score_key = f"scores/{ctx.valuation_id}.jsonl"
     ctx.blobs.put_bytes(score_key, ("\n".join(lines) + "\n").encode())
-    with SessionLocal() as session:  # replace, never append: a re-run writes the same rows
+    with _writing() as session:  # replace, never append: a re-run writes the same rows
+        try:
+            valuation = _valuation_for_write(session, ctx.valuation_id)
+        except ResourceDeleted:  # its DELETE removed the files already, or missed this one
+            ctx.blobs.delete_prefix(score_key)
+            raise
         session.execute(delete(Score).where(Score.valuation_id == ctx.valuation_id))
         if rows:
             session.execute(Score.__table__.insert(), rows)
-        valuation = session.get(Valuation, ctx.valuation_id)
-        assert valuation is not None
         valuation.score_blob_key, valuation.n_scored = score_key, len(rows)
         session.commit()
     ctx.job.succeed()
