@@ -12,15 +12,20 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from service.db.models import Dataset, Job, Model, TaskDelivery, Valuation
+from service.db.models import Job, TaskDelivery
 from service.db.session import SessionLocal
 from service.tenancy import DEFAULT_TENANT_ID
-from tests.workers.test_task_deliveries import database, database_url  # noqa: F401 - fixtures
+from tests.workers.conftest import valuation_rows
 from workers.contracts import VALUATION_FEATURIZE, VALUATION_SCORE
 from workers.tasks import recovery
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LONG_AGO = NOW - timedelta(hours=3)
+
+
+@pytest.fixture(autouse=True)
+def database(migrated: str) -> None:
+    pass
 
 
 @pytest.fixture(autouse=True)
@@ -144,37 +149,10 @@ def test_a_task_lost_too_often_fails_its_job(outbox: list[tuple[str, ...]]) -> N
 
 
 def _valuation_job(stage: str) -> tuple[str, str]:
-    with SessionLocal() as session:
-        dataset = Dataset(
-            tenant_id=DEFAULT_TENANT_ID, name="d", n_records=0, content_hash="0", duplicates=[]
-        )
-        model = Model(tenant_id=DEFAULT_TENANT_ID, name=f"m-{stage}", source="builtin:tiny-llama")
-        session.add_all([dataset, model])
-        session.flush()
-        job = Job(
-            kind="valuation",
-            tenant_id=DEFAULT_TENANT_ID,
-            status="running",
-            stage=stage,
-            created_at=LONG_AGO,
-            started_at=LONG_AGO,
-            heartbeat_at=LONG_AGO,
-        )
-        session.add(job)
-        session.flush()
-        valuation = Valuation(
-            tenant_id=DEFAULT_TENANT_ID,
-            job_id=job.id,
-            model_id=model.id,
-            pool_dataset_id=dataset.id,
-            probe_dataset_id=dataset.id,
-            method="less",
-            settings={},
-            skipped=[],
-        )
-        session.add(valuation)
-        session.commit()
-        return job.id, valuation.id
+    valuation_id, job_id = valuation_rows(
+        "running", stage=stage, created_at=LONG_AGO, started_at=LONG_AGO, heartbeat_at=LONG_AGO
+    )
+    return job_id, valuation_id
 
 
 @pytest.mark.parametrize(

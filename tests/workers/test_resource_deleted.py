@@ -9,20 +9,15 @@ deleted resource, and collect the cache it created after the delete.
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from celery import Celery, Task
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from service import deletion
 from service.blobs import FilesystemBlobStore, TenantBlobStore
 from service.config import get_settings
-from service.db.migrate import upgrade_head
 from service.db.models import (
     Dataset,
     Job,
@@ -32,8 +27,9 @@ from service.db.models import (
     Valuation,
     WarmupRun,
 )
-from service.db.session import SessionLocal, get_engine, make_engine, normalize_database_url
+from service.db.session import SessionLocal
 from service.tenancy import DEFAULT_TENANT_ID
+from tests.workers.conftest import valuation_rows
 from workers.tasks import valuation as valuation_tasks
 from workers.tasks.jobs import JobTracker, ResourceDeleted, run_tracked
 
@@ -42,43 +38,9 @@ TASK_NAME = "sift.test.deleted"
 reached: list[str] = []
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'sift.db'}"
-        return
-    base = os.environ.get("SIFT_TEST_DATABASE_URL")
-    if not base:
-        pytest.skip("SIFT_TEST_DATABASE_URL is not set")
-    schema = f"sift_deleted_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            normalize_database_url(base)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 @pytest.fixture(autouse=True)
-def database(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("SIFT_ENV", "development")
-    monkeypatch.setenv("SIFT_DATABASE_URL", database_url)
-    monkeypatch.setenv("SIFT_BLOB_URL", f"file://{tmp_path / 'blobs'}")
-    get_settings.cache_clear()
+def database(migrated: str) -> None:
     reached.clear()
-    try:
-        upgrade_head()
-        yield
-    finally:
-        get_engine().dispose()
-        get_settings.cache_clear()
 
 
 def blobs() -> TenantBlobStore:
@@ -87,26 +49,7 @@ def blobs() -> TenantBlobStore:
 
 
 def _valuation(status: str = "running") -> tuple[str, str]:
-    """A valuation of the default tenant, its job ``status``; (valuation id, job id)."""
-    with SessionLocal() as session:
-        dataset = Dataset(tenant_id=DEFAULT_TENANT_ID, name="d", n_records=1, content_hash="h" * 64)
-        model = Model(tenant_id=DEFAULT_TENANT_ID, name=uuid.uuid4().hex, source="builtin:x")
-        job = Job(tenant_id=DEFAULT_TENANT_ID, kind="valuation", status=status)
-        session.add_all([dataset, model, job])
-        session.flush()
-        row = Valuation(
-            tenant_id=DEFAULT_TENANT_ID,
-            job_id=job.id,
-            model_id=model.id,
-            pool_dataset_id=dataset.id,
-            probe_dataset_id=dataset.id,
-            method="less",
-            settings={},
-            skipped=[],
-        )
-        session.add(row)
-        session.commit()
-        return row.id, job.id
+    return valuation_rows(status)
 
 
 def api_delete(valuation_id: str) -> None:

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from celery import Celery, Task
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from service.config import get_settings
-from service.db.migrate import upgrade_head
 from service.db.models import Job, TaskDelivery
-from service.db.session import SessionLocal, get_engine, make_engine, normalize_database_url
+from service.db.session import SessionLocal, get_engine
 from service.tenancy import DEFAULT_TENANT_ID
 from workers.engine.errors import EngineError
 from workers.tasks.jobs import JobTracker, run_tracked
@@ -56,43 +52,9 @@ def job_task(self: Task, job_id: str, action: str) -> None:
     run_tracked(JobTracker(job_id), body, task=self)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'sift.db'}"
-        return
-    base = os.environ.get("SIFT_TEST_DATABASE_URL")
-    if not base:
-        pytest.skip("SIFT_TEST_DATABASE_URL is not set")
-    schema = f"sift_deliveries_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            normalize_database_url(base)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 @pytest.fixture(autouse=True)
-def database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("SIFT_ENV", "development")
-    monkeypatch.setenv("SIFT_DATABASE_URL", database_url)
-    monkeypatch.delenv("SIFT_MAX_TASK_DELIVERIES", raising=False)
-    get_settings.cache_clear()
+def database(migrated: str) -> None:
     ran.clear()
-    try:
-        upgrade_head()
-        yield
-    finally:
-        get_engine().dispose()
-        get_settings.cache_clear()
 
 
 def _job() -> str:
