@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from service.db.migrate import upgrade_head
 from service.db.models import Job, JobStatus, Score, Valuation
 from service.db.session import make_engine, normalize_database_url
 from service.tenancy import tenant_scope
+from tests.integration.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,12 +72,6 @@ function done(summary, latency, requests)
     latency.max, a, b, c, e.connect, e.read, e.write, e.timeout))
 end
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -238,7 +232,7 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path) -> list[di
             session.commit()
         engine.dispose()
 
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "SIFT_ENV": "development",

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from sqlalchemy.orm import Session
 from service.auth import keys
 from service.db.migrate import upgrade_head
 from service.db.session import make_engine
+from tests.integration.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MB = 1_000_000
@@ -105,12 +105,6 @@ def write_adapter(path: Path, target_bytes: int, r: int = 64, width: int = 4096)
         for _ in range(2 * n_modules):
             f.write(block)
     return n_modules
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status_kb(pid: int, field: str) -> int:
@@ -176,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_records = write_jsonl(jsonl, args.jsonl_mb * MB) if args.jsonl_mb else 0
         n_modules = write_adapter(adapter, args.adapter_mb * MB) if args.adapter_mb else 0
         limit = str(max(args.jsonl_mb, args.adapter_mb, 1) * MB * 2)
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "SIFT_ENV": "development",

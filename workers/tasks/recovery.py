@@ -109,11 +109,15 @@ def sweep(
         ).all()
         for task in tasks:
             _repair_task(session, task, now, repairs)
-        jobs = session.scalars(
-            select(Job).where(Job.status.in_((JobStatus.queued.value, JobStatus.running.value)))
-        ).all()
+        unfinished = (JobStatus.queued.value, JobStatus.running.value)
+        jobs = session.scalars(select(Job).where(Job.status.in_(unfinished))).all()
+        in_flight: dict[str, list[TaskDelivery]] = {}
+        for row in session.scalars(  # one query for every job's tasks, not one per job
+            select(TaskDelivery).join(Job).where(Job.status.in_(unfinished))
+        ):
+            in_flight.setdefault(row.job_id, []).append(row)
         for job in jobs:
-            _repair_job(session, job, now, stale, lost, repairs)
+            _repair_job(session, job, in_flight.get(job.id, []), now, stale, lost, repairs)
     if repairs:
         log.warning("recovery sweep: %s", repairs)
     record_sweep(repairs)
@@ -151,9 +155,14 @@ def _repair_task(session: Session, task: TaskDelivery, now: datetime, repairs: R
 
 
 def _repair_job(
-    session: Session, job: Job, now: datetime, stale: datetime, lost: datetime, repairs: Repairs
+    session: Session,
+    job: Job,
+    alive: Sequence[TaskDelivery],
+    now: datetime,
+    stale: datetime,
+    lost: datetime,
+    repairs: Repairs,
 ) -> None:
-    alive = session.scalars(select(TaskDelivery).where(TaskDelivery.job_id == job.id)).all()
     if job.cancel_requested:
         if not any(_beating(t, stale) for t in alive):
             _cancel(session, job, repairs)
