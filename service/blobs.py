@@ -385,8 +385,9 @@ def _store_for(url: str, s3_endpoint_url: str | None) -> BlobStore:
     return blob_store_from_url(url, s3_endpoint_url)
 
 
-def get_blob_store() -> BlobStore:
-    """The process-wide store for the current settings (a FastAPI dependency, overridable)."""
+async def get_blob_store() -> BlobStore:
+    """The process-wide store for the current settings (a FastAPI dependency, overridable;
+    async: no I/O, so no thread hop)."""
     settings = get_settings()
     return _store_for(settings.blob_url, settings.s3_endpoint_url)
 

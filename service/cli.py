@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -135,9 +136,31 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if settings.env == "development":
         key = local_api_key()
         print(f"API key: `export SIFT_API_KEY=$(cat {settings.api_key_file})` ({key[:12]}...)")
+    if args.workers is not None and args.workers != settings.api_workers:
+        os.environ["SIFT_API_WORKERS"] = str(args.workers)  # the API processes read it too
+        get_settings.cache_clear()
+        try:
+            settings = get_settings()
+        except ValueError as e:
+            raise SystemExit(f"sift serve: {e}") from None
+    workers = settings.api_workers
+    if workers > 1:
+        _fresh_metrics_dir()
     worker = embedded_worker() if settings.embedded_worker else contextlib.nullcontext()
     with worker:
-        uvicorn.run("service.main:app", host=args.host, port=args.port)
+        uvicorn.run("service.main:app", host=args.host, port=args.port, workers=workers)
+
+
+def _fresh_metrics_dir() -> None:
+    """Several API processes share their Prometheus samples through files
+    (``service.observability.MULTIPROCESS_DIR_ENV``); a previous run's must not count."""
+    from service.observability import MULTIPROCESS_DIR_ENV
+
+    folder = Path(os.environ.get(MULTIPROCESS_DIR_ENV) or tempfile.mkdtemp(prefix="sift-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROCESS_DIR_ENV] = str(folder)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -195,7 +218,12 @@ def cmd_keys(args: argparse.Namespace) -> None:
                 ]
             else:
                 row = keys.revoke_key(session, args.key_id)
-                out = {"id": row.id, "revoked_at": row.revoked_at and row.revoked_at.isoformat()}
+                out = {
+                    "id": row.id,
+                    "revoked_at": row.revoked_at and row.revoked_at.isoformat(),
+                    "note": "API processes that verified this key lately refuse it within "
+                    f"SIFT_API_KEY_CACHE_S ({get_settings().api_key_cache_s:g} s)",
+                }
     except SiftError as e:
         raise SystemExit(f"sift keys {args.action}: {e.message}") from None
     print(json.dumps(out, indent=2))
@@ -365,6 +393,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="API processes (default SIFT_API_WORKERS, 1); more than one needs a real broker "
+        "and SIFT_EMBEDDED_WORKER=false",
+    )
     serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("worker", help="run a Celery worker process")
     worker.add_argument("--queues", default=None, help="comma-separated (default: all)")

@@ -7,7 +7,7 @@ S3 credentials are not settings: boto3 reads the standard ``AWS_ACCESS_KEY_ID``,
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     )
     page_size_max: int = Field(default=1000, ge=1)
     # Load limits (service/limits.py sizes the request threads and the database pool from these)
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes `sift serve` runs (uvicorn workers, one port): a process "
+        "uses about one core; several need a real broker and no embedded worker, and each "
+        "holds its own database pool (service/limits.py)",
+    )
     max_concurrent_requests: int = Field(
         default=16,
         ge=1,
@@ -86,6 +94,14 @@ class Settings(BaseSettings):
         gt=0,
         description="how long a session waits for a pooled database connection before a 503 "
         "with Retry-After (requests alone never exhaust the pool; this bounds the rest)",
+    )
+    api_key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a process trusts an API key it has verified before reading it "
+        "again (service/auth/keys.py KeyCache); a key revoked through this process's API is "
+        "refused at once, one revoked elsewhere (the CLI, another API process) within this "
+        "(0: read every request)",
     )
     max_upload_bytes: int = Field(
         default=200 * 1024 * 1024,
@@ -176,6 +192,14 @@ class Settings(BaseSettings):
                 "SIFT_SECRET_KEY is required when SIFT_ENV=production (it seals client "
                 "secrets); generate one with `sift secret-key`"
             )
+        if self.api_workers > 1 and (
+            self.embedded_worker or self.broker_url.startswith("memory://")
+        ):
+            raise ValueError(
+                "SIFT_API_WORKERS > 1 needs a real broker (SIFT_BROKER_URL=redis://...) and "
+                "SIFT_EMBEDDED_WORKER=false: a memory:// broker and an embedded worker live in "
+                "one process, which the other API processes cannot reach"
+            )
         if self.secret_key is not None:
             from service.secrets import check_key
 
@@ -186,3 +210,12 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def app_settings(app: Any) -> Settings:
+    """The settings a FastAPI ``app`` runs with: :func:`get_settings`, or the override a test
+    installed in ``app.dependency_overrides``. For code that runs outside a dependency (the
+    middleware, the event loop's fast paths), where ``Depends(get_settings)`` is unavailable
+    or would cost a thread hop."""
+    settings: Settings = app.dependency_overrides.get(get_settings, get_settings)()
+    return settings

@@ -13,10 +13,11 @@ Now three numbers are sized together from ``C = SIFT_MAX_CONCURRENT_REQUESTS`` (
   ``SIFT_REQUEST_QUEUE_TIMEOUT_S`` in FIFO order, then gets a 503 ``overloaded`` with
   ``Retry-After``. ``/healthz`` and ``/metrics`` are never limited (``/healthz`` is async: it
   needs no thread either). ``/readyz`` is limited: it takes a connection.
-- **Threads**: ``T = C + THREAD_HEADROOM``. A request runs its sync dependencies (the API-key
-  lookup of ``service.auth.dependencies.get_principal``, the session) and its endpoint one after
-  another, so it holds at most one thread at a time; the headroom serves ``/metrics`` and any
-  other ``to_thread`` user. Set on anyio's default limiter when the event loop starts (the
+- **Threads**: ``T = C + THREAD_HEADROOM``. A request's dependencies are async
+  (``service.auth.dependencies``, ``service.db.session.get_db``); it takes a thread for its
+  endpoint, for the API-key lookup when the key is not cached, and to hand its connection
+  back, one after another, so it holds at most one thread at a time; the headroom serves
+  ``/metrics`` and any other ``to_thread`` user. Set on anyio's default limiter when the event loop starts (the
   lifespan, or the first request where no lifespan runs).
 - **Database pool**: ``pool_size = C``, ``max_overflow = POOL_RESERVE``, checkout timeout
   ``SIFT_DB_POOL_TIMEOUT_S`` (:func:`pool_options`). A request holds at most one connection at
@@ -31,7 +32,8 @@ cycle "threads wait for connections held by requests that wait for threads" cann
 
 Sizing: requests are CPU-bound Python (the GIL) with sub-millisecond loopback queries, so more
 than a few threads per core add contention, not throughput; the default ``C = 16`` is measured
-in docs/benchmarks.md. Postgres needs ``processes x (C + POOL_RESERVE)`` connections for the API
+in docs/benchmarks.md. Throughput grows with processes, not threads: ``sift serve --workers N``
+(``SIFT_API_WORKERS``) runs N processes of about a core each on one port. Postgres needs ``processes x (C + POOL_RESERVE)`` connections for the API
 (plus the workers' own) under its ``max_connections`` (100 by default): 2 uvicorn processes x 24
 = 48. On SQLite the same pool applies (a connection is a file handle); WAL lets reads run beside
 the one writer, and a writer waiting for the write lock (``BEGIN IMMEDIATE``, up to the busy
@@ -57,7 +59,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.engine import make_url
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.config import Settings, get_settings
+from service.config import Settings, app_settings
 from service.errors import Overloaded
 
 THREAD_HEADROOM = 8
@@ -70,7 +72,11 @@ UNLIMITED_PATHS = frozenset({"/healthz", "/metrics"})
 """Never limited: a probe and the scraper must see an overloaded process."""
 
 SHED = Counter("sift_http_requests_shed", "Requests answered 503 overloaded by the limit")
-WAITING = Gauge("sift_http_requests_waiting", "Requests waiting for a slot of the limit")
+WAITING = Gauge(
+    "sift_http_requests_waiting",
+    "Requests waiting for a slot of the limit",
+    multiprocess_mode="livesum",
+)
 
 
 def pool_options(url: str, settings: Settings) -> dict[str, Any]:
@@ -182,5 +188,5 @@ def install_limits(app: FastAPI) -> None:
     layer, so a 503 it answers is logged and counted)."""
     app.add_middleware(
         ConcurrencyLimitMiddleware,
-        settings=lambda: app.dependency_overrides.get(get_settings, get_settings)(),
+        settings=lambda: app_settings(app),
     )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextvars
 import hmac
 import logging
+import os
 import re
 import sys
 import time
@@ -38,7 +39,7 @@ from typing import IO, Annotated, Any, Literal
 
 import prometheus_client
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -184,7 +185,10 @@ HTTP_EXCEPTIONS = Counter(
     ["method", "route", "exception"],
 )
 HTTP_IN_PROGRESS = Gauge(
-    "sift_http_requests_in_progress", "HTTP requests being answered, by method", ["method"]
+    "sift_http_requests_in_progress",
+    "HTTP requests being answered, by method",
+    ["method"],
+    multiprocess_mode="livesum",
 )
 
 UNMATCHED = "unmatched"
@@ -316,9 +320,24 @@ def _check_token(request: Request, settings: Annotated[Settings, Depends(get_set
 
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(_check_token)])
 def metrics(request: Request) -> Response:
-    """Prometheus exposition of this process's registry (a thread: collectors may do I/O)."""
+    """Prometheus exposition (a thread: collectors may do I/O): this process's registry, or,
+    when the API runs several processes (``sift serve --workers N``), all of theirs."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encoder(REGISTRY), media_type=content_type)
+    return Response(encoder(_registry()), media_type=content_type)
+
+
+def _registry() -> CollectorRegistry:
+    if not os.environ.get(MULTIPROCESS_DIR_ENV):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's multiprocess mode: each process writes its samples to files in this
+folder and ``/metrics`` in any of them sums them (gauges of live processes only: ``livesum``).
+``sift serve --workers N`` sets it to a fresh folder before the processes start."""
 
 
 def install_observability(app: FastAPI) -> None:
@@ -332,7 +351,11 @@ def install_observability(app: FastAPI) -> None:
     async def lifespan(app_: Any) -> AsyncIterator[Any]:
         settings = app.dependency_overrides.get(get_settings, get_settings)()
         configure_logging(settings.log_format, settings.log_level)
-        async with inner(app_) as state:
-            yield state
+        try:
+            async with inner(app_) as state:
+                yield state
+        finally:
+            if os.environ.get(MULTIPROCESS_DIR_ENV):  # this process's live gauges end with it
+                multiprocess.mark_process_dead(os.getpid())
 
     app.router.lifespan_context = lifespan

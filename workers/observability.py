@@ -77,7 +77,12 @@ TASK_DURATION = Histogram(
     ["task", "state"],
     buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200),
 )
-TASKS_IN_PROGRESS = Gauge("sift_worker_tasks_in_progress", "Task deliveries running", ["task"])
+TASKS_IN_PROGRESS = Gauge(
+    "sift_worker_tasks_in_progress",
+    "Task deliveries running",
+    ["task"],
+    multiprocess_mode="livesum",
+)
 RECOVERY_REPAIRS = Counter(
     "sift_recovery_repairs",
     "Repairs by the recovery sweep: tasks resent, jobs restarted, cancelled or failed",

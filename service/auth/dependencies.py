@@ -5,18 +5,24 @@ unknown or revoked key is a 401, a read_only key that tries to write is a 403. E
 take :data:`SessionDep` (the request session, scoped to the key's tenant by
 ``service.tenancy``) and :data:`BlobStoreDep` (the tenant's part of the blob store), so a
 route cannot reach another tenant's rows or blobs, and another tenant's resource is a 404.
+
+They are ``async def``: FastAPI runs a plain ``def`` dependency in a thread, a hop that costs
+more than what these do. The one with I/O, the key lookup, takes a thread only when the key
+is not in the :class:`~service.auth.keys.KeyCache`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.auth.keys import Principal, authenticate
+from service.auth.keys import KeyCache, Principal, authenticate
 from service.blobs import BlobStore, TenantBlobStore, get_blob_store
+from service.config import app_settings
 from service.db.session import READ_METHODS, get_db
 from service.errors import Forbidden, Unauthorized
 
@@ -28,29 +34,48 @@ bearer = HTTPBearer(
 )
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     session: Annotated[Session, Depends(get_db)],
 ) -> Principal:
+    """The caller, from its key: on the event loop when this process verified the key lately
+    (:class:`~service.auth.keys.KeyCache`), else read in a thread on the request's session."""
     if credentials is None:
         raise Unauthorized("an API key is required: send `Authorization: Bearer <key>`")
-    principal = authenticate(session, credentials.credentials)
-    # End the lookup's transaction: a writing request's IMMEDIATE transaction (SQLite's one
-    # write lock) then starts at the endpoint's first statement, not while an upload streams in.
-    session.commit()
+    cache = key_cache(request.app)
+    principal = cache.get(credentials.credentials)
     if principal is None:
-        raise Unauthorized("the API key is unknown or revoked")
+        principal = await run_in_threadpool(_look_up, session, credentials.credentials)
+        if principal is None:
+            raise Unauthorized("the API key is unknown or revoked")
+        cache.put(credentials.credentials, principal)
     if principal.role == "read_only" and request.method not in READ_METHODS:
         raise Forbidden("this API key is read_only: it may only read")
     request.state.principal = principal
     return principal
 
 
+def _look_up(session: Session, key: str) -> Principal | None:
+    principal = authenticate(session, key)
+    # End the lookup's transaction: a writing request's IMMEDIATE transaction (SQLite's one
+    # write lock) then starts at the endpoint's first statement, not while an upload streams in.
+    session.commit()
+    return principal
+
+
+def key_cache(app: FastAPI) -> KeyCache:
+    """The app's cache of verified keys (made on first use, with the app's settings)."""
+    cache: KeyCache | None = getattr(app.state, "key_cache", None)
+    if cache is None:
+        cache = app.state.key_cache = KeyCache(app_settings(app).api_key_cache_s)
+    return cache
+
+
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require_admin(principal: PrincipalDep) -> Principal:
+async def require_admin(principal: PrincipalDep) -> Principal:
     if principal.role != "admin":
         raise Forbidden(
             f"managing API keys and secrets needs an admin key; this key is {principal.role}"
@@ -61,7 +86,7 @@ def require_admin(principal: PrincipalDep) -> Principal:
 AdminDep = Annotated[Principal, Depends(require_admin)]
 
 
-def get_tenant_session(
+async def get_tenant_session(
     principal: PrincipalDep, session: Annotated[Session, Depends(get_db)]
 ) -> Session:
     """The request session, acting for the key's tenant."""
@@ -74,7 +99,7 @@ def get_tenant_session(
 SessionDep = Annotated[Session, Depends(get_tenant_session)]
 
 
-def get_tenant_blobs(
+async def get_tenant_blobs(
     principal: PrincipalDep, store: Annotated[BlobStore, Depends(get_blob_store)]
 ) -> BlobStore:
     return TenantBlobStore(store, principal.tenant_id)

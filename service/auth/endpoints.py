@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth import keys
-from service.auth.dependencies import AdminDep, PrincipalDep, SessionDep
+from service.auth.dependencies import AdminDep, PrincipalDep, SessionDep, key_cache
 from service.db.models import Tenant
 from service.errors import Conflict, NotFound, error_responses
 
@@ -88,8 +88,10 @@ def list_keys(admin: AdminDep, session: SessionDep) -> Any:
     response_class=Response,
     responses=error_responses(NotFound, Conflict),
 )
-def revoke_key(key_id: str, admin: AdminDep, session: SessionDep) -> Response:
-    """Revoke a key of the tenant: it is refused (401) from the next request on."""
+def revoke_key(key_id: str, admin: AdminDep, session: SessionDep, request: Request) -> Response:
+    """Revoke a key of the tenant: this process refuses it (401) from the next request on,
+    other API processes within `SIFT_API_KEY_CACHE_S` (5 s by default)."""
     keys.revoke_key(session, key_id, admin.tenant_id)
     session.commit()
+    key_cache(request.app).forget(key_id)
     return Response(status_code=204)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -45,6 +48,43 @@ def authenticate(session: Session, key: str) -> Principal | None:
     if row is None or row.revoked_at is not None:
         return None
     return Principal(tenant_id=row.tenant_id, key_id=row.id, role=row.role)
+
+
+class KeyCache:
+    """Keys this process verified lately (by their hash), trusted for ``ttl_s`` seconds.
+
+    Why: reading the key is a database round trip, a transaction and a thread hop on every
+    request, most of what a status read costs (docs/benchmarks.md, the API under load). Only
+    live keys are kept, at most ``maxsize``: an unknown key is read every time, so made-up keys
+    cannot fill the cache or linger in it. Revoking through this process forgets the key at
+    once (:meth:`forget`); a revocation elsewhere (the CLI, another API process) is seen when
+    the entry expires. ``ttl_s = 0`` reads every request.
+    """
+
+    def __init__(
+        self, ttl_s: float, maxsize: int = 10_000, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._entries: TTLCache[str, Principal] | None = (
+            TTLCache(maxsize=maxsize, ttl=ttl_s, timer=timer) if ttl_s > 0 else None
+        )
+        self._lock = threading.Lock()  # the event loop reads, a revoking thread forgets
+
+    def get(self, key: str) -> Principal | None:
+        if self._entries is None:
+            return None
+        with self._lock:
+            return self._entries.get(hash_key(key))
+
+    def put(self, key: str, principal: Principal) -> None:
+        if self._entries is not None:
+            with self._lock:
+                self._entries[hash_key(key)] = principal
+
+    def forget(self, key_id: str) -> None:
+        if self._entries is not None:
+            with self._lock:
+                for digest in [d for d, p in self._entries.items() if p.key_id == key_id]:
+                    del self._entries[digest]
 
 
 def get_or_create_tenant(session: Session, name: str) -> Tenant:

@@ -17,12 +17,13 @@ in WAL mode they never wait for a writer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -88,12 +89,24 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     return engine
 
 
+@lru_cache(maxsize=8)
 def for_writes(engine: Engine) -> Engine:
     """``engine`` (same pool) whose SQLite transactions begin IMMEDIATE: they take the write
     lock before their first read, so reading then writing never fails on a stale snapshot.
     Only for sessions that commit before any other session of the same thread writes (the
     lock is held until then)."""
     return engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+
+
+@lru_cache(maxsize=8)
+def for_reads(engine: Engine) -> Engine:
+    """``engine`` (same pool) for sessions that only read: on Postgres in autocommit, which
+    saves the BEGIN and ROLLBACK round trips of a transaction that would hold nothing (at READ
+    COMMITTED, Postgres's default, every statement takes its own snapshot either way). SQLite
+    keeps its deferred transaction: in-process, it costs nothing, and gives a WAL snapshot."""
+    if engine.dialect.name == "sqlite":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @lru_cache
@@ -133,20 +146,24 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         session.close()
 
 
-def get_db(request: Request) -> Iterator[Session]:
+async def get_db(request: Request) -> AsyncIterator[Session]:
     """Request-scoped session; the endpoint commits, an exception rolls back. A request that
-    may write (any method but GET/HEAD/OPTIONS) begins its transactions IMMEDIATE on SQLite."""
+    may write (any method but GET/HEAD/OPTIONS) begins its transactions IMMEDIATE on SQLite;
+    a read runs in autocommit on Postgres (:func:`for_reads`).
+
+    Async, so that making and closing the session costs no thread hop unless the session
+    holds a connection: handing that back (a rollback) is I/O, done in a thread, shielded from
+    cancellation so a disconnected client cannot leak it."""
     engine = get_engine()
-    if request.method not in READ_METHODS:
-        engine = for_writes(engine)
+    engine = for_reads(engine) if request.method in READ_METHODS else for_writes(engine)
     session = SessionLocal(bind=engine)
     try:
         yield session
-    except BaseException:
-        session.rollback()
-        raise
     finally:
-        session.close()
+        if session.in_transaction():
+            await anyio.to_thread.run_sync(session.close)
+        else:
+            session.close()
 
 
 RawSessionDep = Annotated[Session, Depends(get_db)]

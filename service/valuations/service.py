@@ -220,7 +220,10 @@ def list_scores(session: Session, valuation_id: str, page: Pagination) -> Page[S
     require_succeeded(valuation)
     rows, total = repository.scores_page(session, valuation_id, page.limit, page.offset)
     return Page(
-        items=[ScoreRead.model_validate(s) for s in rows],
+        items=[
+            ScoreRead(rank=rank, record_id=record_id, score=score, per_subtask=per_subtask)
+            for rank, record_id, score, per_subtask in rows
+        ],
         total=total,
         limit=page.limit,
         offset=page.offset,

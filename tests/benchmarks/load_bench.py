@@ -340,7 +340,7 @@ def main() -> None:
     table = markdown(rows)
     print(table)
     if args.out:
-        stem = Path(args.out) / f"load-{'-'.join(args.backends)}"
+        stem = Path(args.out) / f"load-{'-'.join(args.backends)}-{args.workers}proc"
         results = {"machine": f"{os.cpu_count()} cores", "args": vars(args), "rows": rows}
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
         stem.with_suffix(".md").write_text(table)

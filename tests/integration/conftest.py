@@ -30,6 +30,7 @@ from tests.integration.servers import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+STACK_API_WORKERS = 2
 
 
 class WorkerProcess:
@@ -68,6 +69,8 @@ class Stack:
     worker: WorkerProcess
     api_key: str
     """An admin key of tenant ``integration``, made with ``sift keys create``."""
+    api_metrics_dir: Path
+    """Where the API processes share their Prometheus samples (one file set per process)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -139,24 +142,27 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     redis.Redis.from_url(broker_url).flushdb()
     logs = tmp_path_factory.mktemp("stack-logs")
     port = free_port()
-    api_cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "service.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    # As docker-compose runs it: `sift serve` with two API processes on one port.
+    api_cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1"]
+    api_cmd += ["--port", str(port), "--workers", str(STACK_API_WORKERS)]
+    metrics_dir = tmp_path_factory.mktemp("api-metrics")  # the API processes' samples
+    api_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     worker = WorkerProcess(env, logs, f"it-{suffix}")
     try:
         worker.start()
-        with contextlib.closing(worker), _process(api_cmd, logs / "api.log", env=env):
+        with contextlib.closing(worker), _process(api_cmd, logs / "api.log", env=api_env):
             api = f"http://127.0.0.1:{port}"
             wait_for(lambda: httpx.get(f"{api}/readyz").raise_for_status(), "the API", timeout=60)
             yield Stack(
-                api, database_url, bucket, servers.s3_endpoint_url, env, logs, worker, api_key
+                api,
+                database_url,
+                bucket,
+                servers.s3_endpoint_url,
+                env,
+                logs,
+                worker,
+                api_key,
+                metrics_dir,
             )
     finally:
         for path in sorted(logs.glob("*.log")):

@@ -73,6 +73,7 @@ def _test_dependencies(app: FastAPI, settings: Settings, db: Session) -> Iterato
     :data:`ADMIN_KEY` as an admin key of tenant team-a in that transaction."""
     page_settings = settings.model_copy(update={"page_size_max": PAGE_SIZE_MAX})
     APP.dependency_overrides = {**app.dependency_overrides, get_settings: lambda: page_settings}
+    APP.state.key_cache = None  # ADMIN_KEY's principal (its tenant) is new in each test
     tenant = keys.get_or_create_tenant(db, "team-a")
     row, _ = keys.create_key(db, tenant.id, name="schemathesis", role="admin")
     row.prefix, row.secret_hash = ADMIN_KEY[: keys.SHOWN_PREFIX], keys.hash_key(ADMIN_KEY)

@@ -1,0 +1,63 @@
+"""Several API processes on one port (``sift serve --workers 2``, as docker-compose runs it):
+both answer, and ``/metrics`` from either one counts the requests of both."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.integration.conftest import STACK_API_WORKERS, Stack
+
+pytestmark = pytest.mark.integration
+
+
+def _requests_counted(api: str, route: str) -> float:
+    text = httpx.get(f"{api}/metrics", timeout=10).text
+    pattern = (
+        r'^sift_http_requests_total\{method="GET",route="' + re.escape(route) + r'",status="200"\}'
+        r" ([0-9.e+]+)$"
+    )
+    return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.MULTILINE))
+
+
+def test_both_processes_answer_and_metrics_count_them_all(stack: Stack) -> None:
+    route = "/v1/me"
+    before = _requests_counted(stack.api, route)
+    per_thread, threads = 25, 16
+
+    def call(_: int) -> list[int]:
+        # a new connection for each request, 16 at once: while one process is busy, the
+        # other accepts (they share one listening socket)
+        with httpx.Client(base_url=stack.api, headers=stack.headers, timeout=30) as client:
+            return [
+                client.get(route, headers={"connection": "close"}).status_code
+                for _ in range(per_thread)
+            ]
+
+    with ThreadPoolExecutor(threads) as pool:
+        statuses = [s for batch in pool.map(call, range(threads)) for s in batch]
+    n = per_thread * threads
+    assert statuses == [200] * n
+    # Each process keeps its own samples; any scrape, answered by either, sums them all.
+    for _ in range(6):
+        assert _requests_counted(stack.api, route) == before + n
+    writers = {p.name.split("_")[-1] for p in stack.api_metrics_dir.glob("counter_*.db")}
+    assert len(writers) >= STACK_API_WORKERS, writers  # one per process that answered
+
+
+def test_several_processes_need_a_real_broker_and_no_embedded_worker(stack: Stack) -> None:
+    env = {**stack.env, "SIFT_BROKER_URL": "memory://", "SIFT_ENV": "development"}
+    run = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "1", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "SIFT_API_WORKERS > 1 needs a real broker" in run.stderr
