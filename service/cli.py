@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from service.config import get_settings
+from service.config import MULTIPROCESS_DIR_ENV, get_settings
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
 
@@ -131,36 +131,43 @@ def _api_in_thread(port: int) -> Iterator[str]:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    settings = get_settings()
-    _prepare_local_storage()
-    if settings.env == "development":
-        key = local_api_key()
-        print(f"API key: `export SIFT_API_KEY=$(cat {settings.api_key_file})` ({key[:12]}...)")
-    if args.workers is not None and args.workers != settings.api_workers:
+    # Settings first, before anything is written: a bad combination stops here.
+    if args.workers is not None:
         os.environ["SIFT_API_WORKERS"] = str(args.workers)  # the API processes read it too
         get_settings.cache_clear()
-        try:
-            settings = get_settings()
-        except ValueError as e:
-            raise SystemExit(f"sift serve: {e}") from None
-    workers = settings.api_workers
-    if workers > 1:
-        _fresh_metrics_dir()
+    try:
+        settings = get_settings()
+    except ValueError as e:
+        raise SystemExit(f"sift serve: {e}") from None
+    # Before any module makes a metric (prometheus_client reads the folder then).
+    _prepare_metrics_dir(settings.api_workers)
+    if settings.env == "development":  # production migrates separately (`sift migrate`)
+        _prepare_local_storage()
+        key = local_api_key()
+        print(f"API key: `export SIFT_API_KEY=$(cat {settings.api_key_file})` ({key[:12]}...)")
     worker = embedded_worker() if settings.embedded_worker else contextlib.nullcontext()
     with worker:
-        uvicorn.run("service.main:app", host=args.host, port=args.port, workers=workers)
+        uvicorn.run(
+            "service.main:app", host=args.host, port=args.port, workers=settings.api_workers
+        )
 
 
-def _fresh_metrics_dir() -> None:
-    """Several API processes share their Prometheus samples through files
-    (``service.observability.MULTIPROCESS_DIR_ENV``); a previous run's must not count."""
-    from service.observability import MULTIPROCESS_DIR_ENV
+PROMETHEUS_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
 
-    folder = Path(os.environ.get(MULTIPROCESS_DIR_ENV) or tempfile.mkdtemp(prefix="sift-metrics-"))
+
+def _prepare_metrics_dir(workers: int) -> None:
+    """Several API processes share their Prometheus samples through files in
+    ``PROMETHEUS_MULTIPROC_DIR`` (``service.observability``): made here when unset, emptied
+    of a previous run's samples (which must not count) when set."""
+    name = MULTIPROCESS_DIR_ENV
+    if not os.environ.get(name) and workers == 1:
+        return  # one process, one in-memory registry
+    folder = Path(os.environ.get(name) or tempfile.mkdtemp(prefix="sift-metrics-"))
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
-        stale.unlink()
-    os.environ[MULTIPROCESS_DIR_ENV] = str(folder)
+    for pattern in PROMETHEUS_FILES:
+        for stale in folder.glob(pattern):
+            stale.unlink()
+    os.environ[name] = str(folder)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -258,6 +265,35 @@ def cmd_secret_key(_: argparse.Namespace) -> None:
 def cmd_migrate(_: argparse.Namespace) -> None:
     _prepare_local_storage()
     print("database is at the latest migration")
+
+
+def cmd_datasets_import(args: argparse.Namespace) -> None:
+    """Read a local table, map its columns, upload it to the API as streamed JSONL."""
+    from service.datasets import client_import
+    from service.errors import SiftError
+
+    try:
+        mapping = client_import.parse_map_args(args.map or [])
+        key = client_import.api_key_from_env(args.api_key, get_settings().api_key_file)
+        url = args.url or os.environ.get("SIFT_URL") or client_import.DEFAULT_URL
+        body = client_import.import_to_api(
+            Path(args.source),
+            args.name,
+            mapping,
+            base_url=url,
+            api_key=key,
+            fmt=args.format,
+            split=args.split,
+        )
+    except SiftError as e:
+        raise SystemExit(f"sift datasets import: {e.message}") from None
+    sent, seconds = body.pop("_sent_records"), body.pop("_seconds")
+    print(json.dumps(body, indent=2))
+    print(
+        f"imported {body['n_records']} records ({body['n_duplicates']} exact duplicates "
+        f"skipped) of {sent} rows as dataset {body['id']} in {seconds:.1f}s",
+        file=sys.stderr,
+    )
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -443,6 +479,31 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("secret-key", help="print a new SIFT_SECRET_KEY (Fernet key)").set_defaults(
         func=cmd_secret_key
     )
+    data = sub.add_parser("datasets", help="import a local table into a running API")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    imp = data_sub.add_parser(
+        "import",
+        help="a load_from_disk folder, parquet, CSV or JSONL (.gz) file, with a column mapping",
+        description="Example: sift datasets import gsm8k.parquet --name gsm8k "
+        "--map prompt=question --map response=answer --map metadata=level,type. Uploads to "
+        "SIFT_URL (default http://127.0.0.1:8000) with SIFT_API_KEY or .sift/api-key.",
+    )
+    imp.add_argument("source", help="a file or a datasets.save_to_disk folder")
+    imp.add_argument("--name", required=True, help="the dataset's name")
+    imp.add_argument(
+        "--map",
+        action="append",
+        metavar="FIELD=COLUMN",
+        help="FIELD is prompt, response, messages, subtask, id or metadata (repeatable; "
+        "metadata=a,b copies several columns)",
+    )
+    imp.add_argument("--split", default=None, help="the split of a DatasetDict folder")
+    imp.add_argument(
+        "--format", default="auto", choices=["auto", "hf_disk", "parquet", "csv", "jsonl"]
+    )
+    imp.add_argument("--url", default=None, help="the API (default SIFT_URL or 127.0.0.1:8000)")
+    imp.add_argument("--api-key", default=None, help="default SIFT_API_KEY, or .sift/api-key")
+    data.set_defaults(func=cmd_datasets_import)
     demo = sub.add_parser("demo", help="value the bundled synthetic pool on the builtin tiny model")
     demo.add_argument("--top", type=int, default=40)
     demo.set_defaults(func=cmd_demo)

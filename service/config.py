@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(
         default=5.0,
         ge=0,
+        le=300,
         description="how long a process trusts an API key it has verified before reading it "
         "again (service/auth/keys.py KeyCache); a key revoked through this process's API is "
         "refused at once, one revoked elsewhere (the CLI, another API process) within this "
@@ -120,8 +121,45 @@ class Settings(BaseSettings):
         ge=1,
         description="one checkpoint-run upload (POST /v1/warmup-runs, all its adapter files)",
     )
+    import_roots: str = Field(
+        default="",
+        description="comma-separated absolute folders that POST /v1/datasets/import may read "
+        "server-side sources from (load_from_disk folders, parquet, CSV, JSONL files); "
+        "`{tenant_id}` in an entry becomes the caller's tenant id (a folder per tenant); "
+        "empty: server-side imports are refused (service/datasets/imports.py)",
+    )
+    import_hub: bool = Field(
+        default=False,
+        description="POST /v1/datasets/import may fetch a Hugging Face hub id with "
+        "datasets.load_dataset (the API process then calls the hub; off by default)",
+    )
+
+    @field_validator("import_roots")
+    @classmethod
+    def _import_roots_absolute(cls, value: str) -> str:
+        for entry in (e.strip() for e in value.split(",")):
+            if entry and not entry.startswith("/"):
+                raise ValueError(f"SIFT_IMPORT_ROOTS entry {entry!r} is not an absolute path")
+        return value
+
+    def import_root_list(self, tenant_id: str) -> list[str]:
+        """The import roots for one tenant (``{tenant_id}`` filled in)."""
+        return [
+            e.strip().replace("{tenant_id}", tenant_id)
+            for e in self.import_roots.split(",")
+            if e.strip()
+        ]
+
     check_model_paths: bool = Field(
-        default=True, description="a model given as a local path must exist and hold config.json"
+        default=True,
+        description="a model given as a local path must exist and be a folder with "
+        "config.json, a .gguf file or a folder holding exactly one .gguf",
+    )
+    model_cache_dir: str = Field(
+        default=".sift/model-cache",
+        description="workers only: where a GGUF model source is converted to safetensors, "
+        "once, under its content hash (share it between the workers of a host, or over a "
+        "filesystem with flock, so each GGUF is converted once)",
     )
     outbound_allow: str = Field(
         default="",
@@ -205,6 +243,13 @@ class Settings(BaseSettings):
 
             check_key(self.secret_key.get_secret_value())
         return self
+
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's multiprocess mode: each process writes its samples to files in this
+folder and ``/metrics`` in any of them sums them (``service.observability``). ``sift serve``
+prepares it for several API processes, before any metric exists (here, not in
+``service.observability``, so the CLI can name it without importing prometheus_client)."""
 
 
 @lru_cache

@@ -10,16 +10,19 @@ by its deletion, and a finished one has nothing left to run.
 resource       its dependents (block without ``cascade``)               goes with it
 =============  =======================================================  ==========================
 dataset        valuations (pool, probes, assist), studies (evaluation   records; caches no longer
-               or probe set), score sets (dataset, probes), curations   referenced
-model          valuations, score sets, curations, uploaded warmup       its Sift-trained warmup
-               runs, studies on its Sift-trained runs                   runs
-reward spec    valuations, score sets
+               or probe set), score sets (dataset, probes), curations,  referenced
+               evaluations (pool, target)
+model          valuations, score sets, curations, evaluations,          its Sift-trained warmup
+               uploaded warmup runs, studies on its Sift-trained runs   runs
+reward spec    valuations, score sets, evaluations
 valuation      --                                                       job, scores, samples,
                                                                         selections, score file
 selection      --
 study          --                                                       job, plots
 score set      curations whose recipe names it                          job, values, histograms
 curation       --                                                       job
+evaluation     -- (its arms copy their records: its selections,         job, runs, plots,
+               curations and score sets may go)                         per-example values
 warmup run     valuations and studies on it; a live valuation that      checkpoints, feature sets
                has not recorded its run yet and values the same pool    at them, their files
 =============  =======================================================  ==========================
@@ -47,6 +50,7 @@ from service.blobs import BlobStore
 from service.db.models import (
     Curation,
     Dataset,
+    Evaluation,
     Job,
     Model,
     Record,
@@ -73,6 +77,7 @@ Kind = Literal[
     "score_set",
     "curation",
     "warmup_run",
+    "evaluation",
 ]
 
 _TABLES: dict[Kind, Any] = {
@@ -85,6 +90,7 @@ _TABLES: dict[Kind, Any] = {
     "score_set": ScoreSet,
     "curation": Curation,
     "warmup_run": WarmupRun,
+    "evaluation": Evaluation,
 }
 _NOUNS: dict[Kind, str] = {
     "dataset": "dataset",
@@ -96,10 +102,12 @@ _NOUNS: dict[Kind, str] = {
     "score_set": "score set",
     "curation": "curation",
     "warmup_run": "warmup run",
+    "evaluation": "evaluation",
 }
 _FIELDS: dict[Kind, str] = {"reward_spec": "spec_id"}
 
 _PHASES: tuple[Kind, ...] = (
+    "evaluation",
     "selection",
     "curation",
     "valuation",
@@ -276,6 +284,14 @@ def _dataset_dependents(session: Session, dataset_id: str) -> list[Ref]:
             or_(ScoreSet.dataset_id == dataset_id, ScoreSet.probe_dataset_id == dataset_id),
         ),
         *_job_refs(session, "curation", Curation.dataset_id == dataset_id),
+        *_job_refs(
+            session,
+            "evaluation",
+            or_(
+                Evaluation.pool_dataset_id == dataset_id,
+                Evaluation.target_dataset_id == dataset_id,
+            ),
+        ),
     ]
 
 
@@ -292,6 +308,7 @@ def _model_dependents(session: Session, model_id: str) -> list[Ref]:
         *_job_refs(session, "valuation", Valuation.model_id == model_id),
         *_job_refs(session, "score_set", ScoreSet.model_id == model_id),
         *_job_refs(session, "curation", Curation.model_id == model_id),
+        *_job_refs(session, "evaluation", Evaluation.model_id == model_id),
         *(Ref("warmup_run", i) for i in uploaded),
         *_job_refs(
             session,
@@ -306,6 +323,7 @@ def _reward_spec_dependents(session: Session, spec_id: str) -> list[Ref]:
     return [
         *_job_refs(session, "valuation", Valuation.reward_spec_id == spec_id),
         *_job_refs(session, "score_set", ScoreSet.reward_spec_id == spec_id),
+        *_job_refs(session, "evaluation", Evaluation.reward_spec_id == spec_id),
     ]
 
 
@@ -367,6 +385,7 @@ _DEPENDENTS: dict[Kind, Callable[[Session, str], list[Ref]]] = {
     "score_set": _score_set_dependents,
     "curation": _none,
     "warmup_run": _warmup_run_dependents,
+    "evaluation": _none,
 }
 
 
@@ -397,6 +416,12 @@ def _score_sets(session: Session, ids: list[str]) -> list[str]:
 
 def _curations(session: Session, ids: list[str]) -> list[str]:
     return jobs.delete_resources(session, Curation, ids)
+
+
+def _evaluations(session: Session, ids: list[str]) -> list[str]:
+    return jobs.delete_resources(
+        session, Evaluation, ids, blob_prefix=lambda i: f"evaluations/{i}/"
+    )
 
 
 def _selections(session: Session, ids: list[str]) -> list[str]:
@@ -437,4 +462,5 @@ _DELETE: dict[Kind, Callable[[Session, list[str]], list[str]]] = {
     "score_set": _score_sets,
     "curation": _curations,
     "warmup_run": _warmup_runs,
+    "evaluation": _evaluations,
 }

@@ -17,8 +17,8 @@ Now three numbers are sized together from ``C = SIFT_MAX_CONCURRENT_REQUESTS`` (
   (``service.auth.dependencies``, ``service.db.session.get_db``); it takes a thread for its
   endpoint, for the API-key lookup when the key is not cached, and to hand its connection
   back, one after another, so it holds at most one thread at a time; the headroom serves
-  ``/metrics`` and any other ``to_thread`` user. Set on anyio's default limiter when the event loop starts (the
-  lifespan, or the first request where no lifespan runs).
+  ``/metrics`` and any other ``to_thread`` user. Set on anyio's default limiter when the
+  event loop starts (the lifespan, or the first request where no lifespan runs).
 - **Database pool**: ``pool_size = C``, ``max_overflow = POOL_RESERVE``, checkout timeout
   ``SIFT_DB_POOL_TIMEOUT_S`` (:func:`pool_options`). A request holds at most one connection at
   a time: its one session (the key lookup commits and hands its connection back before the
@@ -33,12 +33,13 @@ cycle "threads wait for connections held by requests that wait for threads" cann
 Sizing: requests are CPU-bound Python (the GIL) with sub-millisecond loopback queries, so more
 than a few threads per core add contention, not throughput; the default ``C = 16`` is measured
 in docs/benchmarks.md. Throughput grows with processes, not threads: ``sift serve --workers N``
-(``SIFT_API_WORKERS``) runs N processes of about a core each on one port. Postgres needs ``processes x (C + POOL_RESERVE)`` connections for the API
-(plus the workers' own) under its ``max_connections`` (100 by default): 2 uvicorn processes x 24
-= 48. On SQLite the same pool applies (a connection is a file handle); WAL lets reads run beside
-the one writer, and a writer waiting for the write lock (``BEGIN IMMEDIATE``, up to the busy
-timeout in ``service.db.session``) holds its slot, so a write storm sheds requests with 503s
-instead of queueing without bound.
+(``SIFT_API_WORKERS``) runs N processes of about a core each on one port. Postgres needs
+``processes x (C + POOL_RESERVE)`` connections for the API (plus the workers' own) under its
+``max_connections`` (100 by default): 2 uvicorn processes x 24 = 48. On SQLite the same pool
+applies (a connection is a file handle); WAL lets reads run beside the one writer, and a writer
+waiting for the write lock (``BEGIN IMMEDIATE``, up to the busy timeout in
+``service.db.session``) holds its slot, so a write storm sheds requests with 503s instead of
+queueing without bound.
 
 Metrics: ``sift_http_requests_shed_total`` (503 ``overloaded`` answers) and
 ``sift_http_requests_waiting`` (requests waiting for a slot now).

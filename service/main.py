@@ -24,6 +24,7 @@ from service.errors import (
     error_responses,
     install_error_handlers,
 )
+from service.evaluations.endpoints import router as evaluations_router
 from service.limits import install_limits
 from service.models.endpoints import router as models_router
 from service.observability import install_observability
@@ -48,7 +49,10 @@ strategy study (`/v1/studies`) asks whether a data-creation strategy's probe set
 evaluation set across those checkpoints (RelInf, s_in / s_cross, verdicts and plots). Score
 sets (`/v1/score-sets`) hold per-record scores of the seed 003 toolbox (model quality and IFD,
 text statistics, knn distance, random / BM25 / DSIR / RDS importance against probes), with
-distributions and rank comparisons between them.
+distributions and rank comparisons between them. An evaluation (`/v1/evaluations`) fine-tunes
+LoRA on each of several training sets of one budget (a selection, a curation, a score set's top
+k, random k, the full pool) and measures a held-out target set: does training on your
+selection help?
 
 Every `/v1` route needs an API key, `Authorization: Bearer sift_...`: a missing or revoked
 key is a 401, a role that may not act a 403 (read_only keys only read; only admin keys manage
@@ -79,6 +83,7 @@ def create_app() -> FastAPI:
         studies_router,
         score_sets_router,
         curations_router,
+        evaluations_router,
         warmup_runs_router,
     ):
         v1.include_router(router)

@@ -12,6 +12,9 @@ cannot multiply the series; a path that matches no route is ``unmatched``, an un
 ``other``. ``/metrics`` is outside ``/v1`` (no API key, like ``/healthz``): keep it on the
 scraper's network, and set ``SIFT_METRICS_TOKEN`` to require ``Authorization: Bearer <token>``.
 Where the worker runs in this process (the embedded default), its metrics are served here too.
+Several API processes (``sift serve --workers N``) write their samples to files in
+``PROMETHEUS_MULTIPROC_DIR`` and any of them serves the sum (gauges: of live processes);
+prometheus_client's ``process_*`` and ``python_*`` metrics are then not served.
 
 Logs: every request runs in a log context holding its ``request_id`` (the client's
 ``X-Request-ID`` when well-formed, else a new one; echoed in the response), and a worker task in
@@ -34,6 +37,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Annotated, Any, Literal
 
@@ -46,7 +50,7 @@ from pythonjsonlogger.json import JsonFormatter
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.config import Settings, get_settings
+from service.config import MULTIPROCESS_DIR_ENV, Settings, get_settings
 from service.errors import Unauthorized
 
 # --- log context ------------------------------------------------------------------------------
@@ -327,17 +331,32 @@ def metrics(request: Request) -> Response:
 
 
 def _registry() -> CollectorRegistry:
-    if not os.environ.get(MULTIPROCESS_DIR_ENV):
+    folder = os.environ.get(MULTIPROCESS_DIR_ENV)
+    if not folder:
         return REGISTRY
+    _forget_dead_processes(Path(folder))
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return registry
 
 
-MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-"""prometheus_client's multiprocess mode: each process writes its samples to files in this
-folder and ``/metrics`` in any of them sums them (gauges of live processes only: ``livesum``).
-``sift serve --workers N`` sets it to a fresh folder before the processes start."""
+def _forget_dead_processes(folder: Path) -> None:
+    """Drop the live gauges of API processes that died without their lifespan's cleanup
+    (SIGKILL, a crash; uvicorn's supervisor then starts another), or they would count forever."""
+    for path in folder.glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), str(folder))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def install_observability(app: FastAPI) -> None:

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.interfaces import ORMOption
 
-from service.config import Settings, get_settings
+from service.config import app_settings
 from service.errors import InvalidInput
 from workers.contracts import JSON_INT_MAX
 
@@ -34,12 +34,15 @@ class Pagination:
     offset: int
 
 
-def get_pagination(
-    settings: Annotated[Settings, Depends(get_settings)],
+async def get_pagination(
+    request: Request,
     limit: Annotated[int | None, Query(ge=1, description=LIMIT_DESCRIPTION)] = None,
     # A database's OFFSET is a 64-bit integer; beyond it the driver overflows (a 500).
     offset: Annotated[int, Query(ge=0, le=JSON_INT_MAX)] = 0,
 ) -> Pagination:
+    """Async, with the app's settings read directly: a ``def`` dependency (and
+    ``Depends(get_settings)``) would cost every list request a thread hop."""
+    settings = app_settings(request.app)
     if limit is None:
         limit = min(DEFAULT_LIMIT, settings.page_size_max)
     if limit > settings.page_size_max:

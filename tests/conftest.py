@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+pytest_plugins = ["tests.real_models"]  # session fixtures of the real (GGUF) model
+
 TEST_SECRET_KEY = "4Dk0d5qCqBH3o3pHqW2d3a1yRzGZbq8q3v9o9r2Yb0Y="
 """A fixed Fernet key for tests (CI's .ci/env.sh exports the same); never a production key."""
 

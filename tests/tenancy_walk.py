@@ -32,6 +32,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/secrets"): "own",
     ("DELETE", "/v1/secrets/{name}"): "404",
     ("POST", "/v1/datasets"): "own",
+    ("POST", "/v1/datasets/import"): "own",
     ("GET", "/v1/datasets"): "page",
     ("GET", "/v1/datasets/{dataset_id}"): "404",
     ("DELETE", "/v1/datasets/{dataset_id}"): "404",
@@ -81,6 +82,13 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/warmup-runs"): "page",
     ("GET", "/v1/warmup-runs/{warmup_run_id}"): "404",
     ("DELETE", "/v1/warmup-runs/{warmup_run_id}"): "404",
+    ("POST", "/v1/evaluations"): "refers",
+    ("GET", "/v1/evaluations"): "page",
+    ("GET", "/v1/evaluations/{evaluation_id}"): "404",
+    ("DELETE", "/v1/evaluations/{evaluation_id}"): "404",
+    ("POST", "/v1/evaluations/{evaluation_id}/cancel"): "404",
+    ("GET", "/v1/evaluations/{evaluation_id}/examples"): "404",
+    ("GET", "/v1/evaluations/{evaluation_id}/plot.{fmt}"): "404",
 }
 
 PATH_IDS = {
@@ -93,6 +101,7 @@ PATH_IDS = {
     "score_set_id": "score_set",
     "curation_id": "curation",
     "warmup_run_id": "warmup_run",
+    "evaluation_id": "evaluation",
     "key_id": "key",
     "name": "secret",
 }
@@ -137,6 +146,10 @@ def request_for(
         ("POST", "/v1/datasets"): {
             "json": {"name": names["dataset"], "records": [{"prompt": "q", "response": "a"}]}
         },
+        ("POST", "/v1/datasets/import"): {
+            "data": {"name": names["dataset"], "mapping": '{"prompt": "q", "response": "a"}'},
+            "files": {"file": ("d.jsonl", b'{"q": "q?", "a": "a"}\n')},
+        },
         ("POST", "/v1/models"): {"json": {"name": names["model"], "source": "builtin:tiny-llama"}},
         ("POST", "/v1/reward-specs"): {
             "json": {"name": names["reward_spec"], "spec": {"kind": "exact_match"}}
@@ -170,6 +183,15 @@ def request_for(
                     "by": {"score_set_id": a["score_set"], "column": "n_chars_response"},
                 },
                 "budget": 1,
+            }
+        },
+        ("POST", "/v1/evaluations"): {
+            "json": {
+                "model_id": a["model"],
+                "pool_dataset_id": a["dataset"],
+                "target_dataset_id": a["dataset"],
+                "budget": 1,
+                "arms": [{"kind": "selection", "selection_id": a["selection"]}],
             }
         },
         ("POST", "/v1/warmup-runs"): {

@@ -21,6 +21,7 @@ celery_app.conf.update(
         "workers.tasks.study",
         "workers.tasks.score_set",
         "workers.tasks.curation",
+        "workers.tasks.evaluation",
     ]
 )
 celery_app.loader.import_default_modules()

@@ -43,6 +43,9 @@ CURATION_RUN = "sift.curation.run"
 """Filter a dataset by score sets, then rank or pick with a diversity algorithm, under quotas
 (on the GPU queue: diversity picks may embed records with the model)."""
 
+EVALUATION_RUN = "sift.evaluation.run"
+"""An evaluation: fine-tune LoRA on each arm's training set, score the target set, the table."""
+
 TASK_QUEUES: dict[str, str] = {
     VALUATION_FEATURIZE: GPU_QUEUE,
     VALUATION_FEATURIZE_SHARD: GPU_QUEUE,
@@ -50,6 +53,7 @@ TASK_QUEUES: dict[str, str] = {
     STUDY_RUN: GPU_QUEUE,
     SCORE_SET_RUN: GPU_QUEUE,
     CURATION_RUN: GPU_QUEUE,
+    EVALUATION_RUN: GPU_QUEUE,
 }
 
 
@@ -206,6 +210,13 @@ class ValuationSettings(BaseModel):
     lora: LoraSpec = Field(default_factory=lambda: LoraSpec())
     projection: ProjectionSpec = Field(default_factory=lambda: ProjectionSpec())
     max_length: int = Field(512, ge=8, le=1 << 16, description="tokens per example; longer is cut")
+    system_prompt: str | None = Field(
+        None,
+        max_length=20_000,
+        description="the system prompt of records without one of their own: null keeps the "
+        "chat template's default (SmolLM2's adds 21 tokens to every record), a text sets it, "
+        '"" drops it (no system turn at all); NICE formats its probe prompts the same way',
+    )
     batch_size: int = Field(8, ge=1, le=4096, description="featurization batch size")
     shard_size: int = Field(1024, ge=1, le=1 << 20, description="pool records per feature shard")
     adam_bias_correction: bool = Field(
@@ -598,3 +609,140 @@ class CurationSettings(BaseModel):
     max_length: int = Field(512, ge=8, le=1 << 16)
     batch_size: int = Field(8, ge=1, le=4096)
     dtype: ComputeDtype = "float32"
+
+
+# --- Evaluations: does training on a selection help? (LESS tab. 2) ------------------------------
+
+
+class EvaluationTask(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    evaluation_id: str
+
+
+class TrainingSpec(BaseModel):
+    """The fine-tuning every arm gets (the warmup trainer on the arm's whole training set)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    epochs: int = Field(2, ge=1, le=100)
+    learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    batch_size: int = Field(16, ge=1, le=4096)
+    weight_decay: float = Field(0.0, ge=0.0)
+    seed: int = Field(
+        0,
+        ge=0,
+        le=JSON_INT_MAX,
+        description="LoRA initialisation, batch order and dropout: the same for every arm",
+    )
+
+
+class EvaluationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    training: TrainingSpec = Field(default_factory=lambda: TrainingSpec())
+    lora: LoraSpec = Field(default_factory=lambda: LoraSpec())
+    max_length: int = Field(512, ge=8, le=1 << 16, description="tokens per example; longer is cut")
+    batch_size: int = Field(8, ge=1, le=4096, description="target-set scoring batch size")
+    dtype: ComputeDtype = "float32"
+    max_new_tokens: int = Field(
+        128, ge=1, le=8192, description="reward metrics: length cap of the greedy response"
+    )
+    bootstrap: int = Field(1000, ge=1, le=100_000, description="bootstrap resamples of the targets")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="level of the bootstrap interval")
+    bootstrap_seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+def _arm_config() -> ConfigDict:
+    return ConfigDict(extra="forbid", strict=True, json_schema_extra=_tag_required("kind"))
+
+
+_ARM_NAME = Field(
+    None,
+    min_length=1,
+    max_length=100,
+    description="the arm's row label; default from its kind and source (unique per evaluation)",
+)
+
+
+class SelectionArm(BaseModel):
+    """The first ``budget`` records (rank order) of a selection of a valuation of the pool."""
+
+    model_config = _arm_config()
+    kind: Literal["selection"] = "selection"
+    name: str | None = _ARM_NAME
+    selection_id: str
+
+
+class CurationArm(BaseModel):
+    """The first ``budget`` records (pick order) of a succeeded curation of the pool."""
+
+    model_config = _arm_config()
+    kind: Literal["curation"] = "curation"
+    name: str | None = _ARM_NAME
+    curation_id: str
+
+
+class ScoreSetArm(BaseModel):
+    """The top ``budget`` records of a succeeded score set's column over the pool (ties by
+    record id; records without a value never chosen)."""
+
+    model_config = _arm_config()
+    kind: Literal["score_set"] = "score_set"
+    name: str | None = _ARM_NAME
+    score_set_id: str
+    column: str = Field("score", min_length=1, max_length=200)
+    order: Literal["desc", "asc"] = Field("desc", description="desc: the highest values first")
+
+
+class RandomArm(BaseModel):
+    """``budget`` records drawn uniformly from the pool, once per seed (the spread over seeds
+    is reported)."""
+
+    model_config = _arm_config()
+    kind: Literal["random"] = "random"
+    name: str | None = _ARM_NAME
+    seeds: list[Annotated[int, Field(ge=0, le=JSON_INT_MAX)]] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1, max_length=20
+    )
+
+
+class FullArm(BaseModel):
+    """Every record of the pool (the budget does not apply)."""
+
+    model_config = _arm_config()
+    kind: Literal["full"] = "full"
+    name: str | None = _ARM_NAME
+
+
+Arm = Annotated[
+    SelectionArm | CurationArm | ScoreSetArm | RandomArm | FullArm, Field(discriminator="kind")
+]
+ARM_KINDS: tuple[str, ...] = ("selection", "curation", "score_set", "random", "full")
+
+
+class RewardMetric(BaseModel):
+    """The reward of each target prompt's greedy response under a reward spec. Label kinds
+    compare with the record's ``metadata.label`` when it is a non-empty string, else with the
+    record's response (GSM8K-style: a ``numeric`` reward reads the last number of each);
+    ``python_tests`` runs the record's ``metadata.test`` and ``metadata.entry_point``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_tag_required("kind"))
+    kind: Literal["reward"] = "reward"
+    reward_spec_id: str
+
+
+class MultipleChoiceMetric(BaseModel):
+    """Accuracy: the answer is the choice whose log-likelihood as the response is highest.
+    Every target record carries ``metadata.choices`` (at least two distinct strings) and
+    ``metadata.answer`` (a 0-based index into them, or the correct choice's text)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_tag_required("kind"))
+    kind: Literal["multiple_choice"] = "multiple_choice"
+    length_normalized: bool = Field(
+        False, description="compare mean per-token log-likelihoods instead of sums"
+    )
+
+
+Metric = Annotated[RewardMetric | MultipleChoiceMetric, Field(discriminator="kind")]

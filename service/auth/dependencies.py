@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.auth.keys import KeyCache, Principal, authenticate
+from service.auth.keys import KeyCache, Principal, authenticate, well_formed
 from service.blobs import BlobStore, TenantBlobStore, get_blob_store
 from service.config import app_settings
 from service.db.session import READ_METHODS, get_db
@@ -43,13 +43,17 @@ async def get_principal(
     (:class:`~service.auth.keys.KeyCache`), else read in a thread on the request's session."""
     if credentials is None:
         raise Unauthorized("an API key is required: send `Authorization: Bearer <key>`")
+    key = credentials.credentials
+    if not well_formed(key):
+        raise Unauthorized("the API key is unknown or revoked")
     cache = key_cache(request.app)
-    principal = cache.get(credentials.credentials)
+    principal = cache.get(key)
     if principal is None:
-        principal = await run_in_threadpool(_look_up, session, credentials.credentials)
+        generation = cache.generation()
+        principal = await run_in_threadpool(_look_up, session, key)
         if principal is None:
             raise Unauthorized("the API key is unknown or revoked")
-        cache.put(credentials.credentials, principal)
+        cache.put(key, principal, generation)
     if principal.role == "read_only" and request.method not in READ_METHODS:
         raise Forbidden("this API key is read_only: it may only read")
     request.state.principal = principal

@@ -40,9 +40,17 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+MAX_KEY_LENGTH = 200
+
+
+def well_formed(key: str) -> bool:
+    """Could this be a key at all? (Checked before any lookup: a malformed key costs nothing.)"""
+    return key.startswith(KEY_PREFIX) and len(key) <= MAX_KEY_LENGTH
+
+
 def authenticate(session: Session, key: str) -> Principal | None:
     """The principal of a live key, or None (unknown, malformed or revoked)."""
-    if not key.startswith(KEY_PREFIX) or len(key) > 200:
+    if not well_formed(key):
         return None
     row = session.scalar(select(ApiKey).where(ApiKey.secret_hash == hash_key(key)))
     if row is None or row.revoked_at is not None:
@@ -59,6 +67,10 @@ class KeyCache:
     cannot fill the cache or linger in it. Revoking through this process forgets the key at
     once (:meth:`forget`); a revocation elsewhere (the CLI, another API process) is seen when
     the entry expires. ``ttl_s = 0`` reads every request.
+
+    A lookup that was reading the key while it was revoked must not cache what it read: the
+    caller takes :meth:`generation` before the lookup and passes it to :meth:`put`, which
+    keeps nothing if a :meth:`forget` came in between.
     """
 
     def __init__(
@@ -67,6 +79,7 @@ class KeyCache:
         self._entries: TTLCache[str, Principal] | None = (
             TTLCache(maxsize=maxsize, ttl=ttl_s, timer=timer) if ttl_s > 0 else None
         )
+        self._generation = 0
         self._lock = threading.Lock()  # the event loop reads, a revoking thread forgets
 
     def get(self, key: str) -> Principal | None:
@@ -75,16 +88,24 @@ class KeyCache:
         with self._lock:
             return self._entries.get(hash_key(key))
 
-    def put(self, key: str, principal: Principal) -> None:
-        if self._entries is not None:
-            with self._lock:
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
+
+    def put(self, key: str, principal: Principal, generation: int) -> None:
+        """Remember ``key``, read live since :meth:`generation` returned ``generation``."""
+        if self._entries is None:
+            return
+        with self._lock:
+            if generation == self._generation:
                 self._entries[hash_key(key)] = principal
 
     def forget(self, key_id: str) -> None:
-        if self._entries is not None:
-            with self._lock:
+        with self._lock:
+            self._generation += 1
+            if self._entries is not None:
                 for digest in [d for d, p in self._entries.items() if p.key_id == key_id]:
-                    del self._entries[digest]
+                    self._entries.pop(digest, None)  # may have expired since the scan
 
 
 def get_or_create_tenant(session: Session, name: str) -> Tenant:

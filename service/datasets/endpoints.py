@@ -1,15 +1,16 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+import tempfile
+from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from service.auth.dependencies import BlobStoreDep, SessionDep
+from service.auth.dependencies import BlobStoreDep, PrincipalDep, SessionDep
 from service.config import Settings, get_settings
-from service.datasets import service
+from service.datasets import imports, service
 from service.datasets.parsing import (
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
@@ -19,9 +20,16 @@ from service.datasets.parsing import (
     RawRecord,
     check_strings,
     load_body,
+    loads_strict,
     may_hold_bad_chars,
 )
-from service.datasets.schemas import EXAMPLE_RECORDS, DatasetCreate, DatasetRead, RecordRead
+from service.datasets.schemas import (
+    EXAMPLE_RECORDS,
+    DatasetCreate,
+    DatasetImport,
+    DatasetRead,
+    RecordRead,
+)
 from service.db.models import Dataset
 from service.deletion import CascadeQuery
 from service.errors import (
@@ -205,6 +213,274 @@ async def create_dataset(request: Request, session: SessionDep, settings: Settin
                     "a larger dataset as a multipart JSONL file, which streams"
                 ) from None
             dataset = await run_in_threadpool(_store_json, body, upload)
+
+        def commit() -> DatasetRead:
+            session.commit()
+            return service.read_many(session, [dataset])[0]
+
+        return await run_in_threadpool(commit)
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        upload.close()
+
+
+# --- imports: a table with a column mapping ---------------------------------------------------
+
+MAX_MAPPING_BYTES = 16 * 1024
+_UPLOAD_FORMATS = ("auto", "parquet", "csv", "jsonl")
+_MAPPING_DOC = (
+    "JSON object naming, for each Sift record field, the source column it comes from: "
+    '{"prompt": col, "response": col} or {"messages": col} (a list of {role, content}), '
+    'optional "subtask", "id" (columns) and "metadata" (a list of columns, copied under their '
+    "names); a dotted name (doc.question) reaches into a nested object. A mapping naming a "
+    "column the source lacks is a 422 naming it; numbers and "
+    "booleans in text fields are written out; an empty response cell makes a prompt-only record."
+)
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` written in place: a ``#/$defs/...`` reference
+    inside the OpenAPI document would resolve against the document's root, where there is
+    none."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.removeprefix("#/$defs/")]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return dict(walk(schema))
+
+
+_IMPORT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["name", "mapping", "file"],
+                    "properties": {
+                        "name": {"type": "string", "maxLength": MAX_NAME_LENGTH},
+                        "mapping": {
+                            "type": "string",
+                            "maxLength": MAX_MAPPING_BYTES,
+                            "description": _MAPPING_DOC,
+                        },
+                        "format": {
+                            "type": "string",
+                            "enum": list(_UPLOAD_FORMATS),
+                            "description": "auto (default): told by the file name (.parquet, "
+                            ".csv, .tsv, .jsonl, .ndjson, each CSV/JSONL optionally .gz)",
+                        },
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "parquet (read by record batches), CSV with a "
+                            "header row (UTF-8), or JSONL (one object a line); CSV and JSONL "
+                            "may be gzipped. Spooled to a temporary file as it streams in (up "
+                            "to SIFT_MAX_UPLOAD_BYTES), then read a batch of rows at a time; "
+                            "its records may total SIFT_MAX_UPLOAD_BYTES as JSON. " + _RECORD_RULES,
+                        },
+                    },
+                    "additionalProperties": False,
+                },
+                "example": {
+                    "name": "gsm8k",
+                    "mapping": '{"prompt": "question", "response": "answer"}',
+                    "file": '{"question": "What is 2 + 3?", "answer": "5"}\n',
+                },
+            },
+            "application/json": {
+                "schema": {
+                    **_inlined(DatasetImport.model_json_schema()),
+                    "description": "A server-side source: a path under the operator's "
+                    "SIFT_IMPORT_ROOTS (refused when none are set) or a hub id (refused unless "
+                    "SIFT_IMPORT_HUB). " + _MAPPING_DOC,
+                },
+                "example": {
+                    "name": "arc-easy",
+                    "source": {"path": "ai2_arc/ARC-Easy/validation"},
+                    "mapping": {"prompt": "question", "response": "answerKey", "id": "id"},
+                },
+            },
+        },
+    }
+}
+
+
+class _ImportForm:
+    """The multipart import form: text ``name``, ``mapping``, ``format`` and a ``file`` spooled
+    to ``spool`` as it arrives (any order: the file is read once the form is complete)."""
+
+    PARTS = ("name", "mapping", "format", "file")
+
+    def __init__(self, spool: IO[bytes]) -> None:
+        self.spool = spool
+        self.name: str | None = None
+        self.mapping: imports.ColumnMapping | None = None
+        self.format = "auto"
+        self.filename: str | None = None
+        self._seen: set[str] = set()
+        self._current: str | None = None
+        self._text = bytearray()
+
+    def start(self, name: str, filename: str | None) -> None:
+        if name not in self.PARTS:
+            raise InvalidInput(
+                f"unknown form field {name!r}; the form has {', '.join(map(repr, self.PARTS))}",
+                field=name,
+            )
+        if name in self._seen:
+            raise InvalidInput(f"form field {name!r} was sent twice", field=name)
+        self._seen.add(name)
+        self._current = name
+        if name == "file":
+            self.filename = filename or "file"
+        self._text.clear()
+
+    def data(self, chunk: bytes) -> None:
+        if self._current == "file":
+            self.spool.write(chunk)
+            return
+        self._text += chunk
+        limit = MAX_MAPPING_BYTES if self._current == "mapping" else MAX_TEXT_BYTES
+        if len(self._text) > limit:
+            raise InvalidInput(
+                f"form field {self._current!r} is longer than {limit} bytes", field=self._current
+            )
+
+    def end(self) -> None:
+        current, self._current = self._current, None
+        if current == "name":
+            self.name = _check_name(part_text("name", bytes(self._text), strip=False))
+        elif current == "mapping":
+            text = part_text("mapping", bytes(self._text))
+            self.mapping = imports.ColumnMapping.from_text(text, "mapping")
+        elif current == "format":
+            value = part_text("format", bytes(self._text))
+            if value not in _UPLOAD_FORMATS:
+                raise InvalidInput(
+                    f"format must be one of {', '.join(_UPLOAD_FORMATS)}, got {value!r}",
+                    field="format",
+                )
+            self.format = value
+
+    def finish(self, upload: service.DatasetUpload, limit_bytes: int) -> Dataset:
+        name = _check_name(self.name)
+        if self.mapping is None:
+            raise InvalidInput("form field 'mapping' (JSON) is required", field="mapping")
+        if self.filename is None:
+            raise InvalidInput("form field 'file' is required", field="file")
+        self.spool.seek(0)
+        fmt = self.format
+        if fmt == "auto":
+            head = self.spool.read(4)
+            self.spool.seek(0)
+            fmt = imports.detect_format(self.filename, head)
+        source = imports.open_file(self.spool, fmt, name=self.filename, field_name="file")
+        try:
+            upload.add(imports.read_mapped(source, self.mapping, limit_bytes))
+        finally:
+            source.close()
+        return upload.finish(name)
+
+
+async def _import_multipart(
+    request: Request, upload: service.DatasetUpload, settings: Settings
+) -> Dataset:
+    limit = settings.max_upload_bytes
+    with tempfile.TemporaryFile(prefix="sift-import-") as spool:
+        form = _ImportForm(spool)
+        stream = MultipartStream(request.headers.get("content-type", ""), form, max_parts=4)
+        async for chunk in body_chunks(request, limit):
+            await run_in_threadpool(stream.write, chunk)
+        stream.close()
+        return await run_in_threadpool(form.finish, upload, limit)
+
+
+def _import_server_side(
+    body: bytes, upload: service.DatasetUpload, settings: Settings, tenant_id: str
+) -> Dataset:
+    try:
+        value = loads_strict(body)
+    except ValueError as e:
+        raise InvalidInput(f"body is not valid JSON: {e}", field="body") from None
+    try:
+        request = DatasetImport.model_validate(value)
+    except ValidationError as e:
+        errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors()]
+        raise RequestValidationError(errors) from None
+    check_strings("body", value)
+    mapping = imports.ColumnMapping.from_model(request.mapping, "body.mapping")
+    spec = request.source
+    if spec.hub is not None:
+        if not settings.import_hub:
+            raise InvalidInput(
+                "body.source.hub: importing from the Hugging Face hub is off on this server "
+                "(the operator sets SIFT_IMPORT_HUB=true where a hub is reachable)",
+                field="body.source.hub",
+            )
+        if spec.format not in ("auto", "hf_disk"):
+            raise InvalidInput(
+                "body.source.format does not apply to a hub dataset", field="body.source.format"
+            )
+        source = imports.open_hub(spec.hub, spec.config, spec.split, "body.source")
+    else:
+        path = imports.resolve_source_path(
+            spec.path or "", settings.import_root_list(tenant_id), "body.source.path"
+        )
+        source = imports.open_path(path, spec.format, spec.split, "body.source")
+    try:
+        upload.add(imports.read_mapped(source, mapping))
+    finally:
+        source.close()
+    return upload.finish(request.name)
+
+
+@router.post(
+    "/import",
+    status_code=201,
+    response_model=DatasetRead,
+    summary="Import a table (parquet, CSV, JSONL, a load_from_disk folder) with a column mapping",
+    responses=error_responses(PayloadTooLarge, UnsupportedMediaType),
+    openapi_extra=_IMPORT_BODY,
+)
+async def import_dataset(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+) -> Any:
+    """Store a dataset read from a table whose columns ``mapping`` maps to record fields; a
+    rejected import stores nothing.
+
+    Multipart: an uploaded ``file`` (parquet, CSV, JSONL; CSV/JSONL may be gzipped). JSON: a
+    server-side ``source``, a path inside one of the operator's import roots
+    (``SIFT_IMPORT_ROOTS``; none set: refused, 422 on ``body.source.path``; a path whose real
+    location, links resolved, is outside them: refused the same way) or a hub id (only with
+    ``SIFT_IMPORT_HUB``). Rows become records exactly as an upload's do (the same rules,
+    duplicates skipped and listed), in one transaction rolled back on the first bad row.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("application/json", "multipart/form-data"):
+        raise UnsupportedMediaType(
+            f"content type {content_type or 'none'!r}: send application/json or multipart/form-data"
+        )
+    multipart = content_type == "multipart/form-data"
+    upload = service.DatasetUpload(session, "file" if multipart else "body.source")
+    try:
+        if multipart:
+            dataset = await _import_multipart(request, upload, settings)
+        else:
+            body = await read_body(request, MAX_MAPPING_BYTES + 8192)
+            dataset = await run_in_threadpool(
+                _import_server_side, body, upload, settings, principal.tenant_id
+            )
 
         def commit() -> DatasetRead:
             session.commit()

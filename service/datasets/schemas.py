@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+from service.datasets.imports import ColumnMap
 
 EXAMPLE_RECORDS: list[JsonValue] = [
     {
@@ -73,3 +75,71 @@ class RecordRead(BaseModel):
     subtask: str | None
     messages: list[MessageRead]
     metadata: dict[str, Any]
+
+
+class ImportSource(BaseModel):
+    """Where a server-side import reads: a path under the operator's import roots, or a hub id
+    (only where the operator allows the hub)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="a load_from_disk folder or a parquet / CSV / JSONL file (.gz allowed for "
+        "CSV and JSONL), absolute or relative to the import roots (SIFT_IMPORT_ROOTS); its "
+        "real location (links resolved) must be inside one",
+    )
+    hub: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="a Hugging Face hub dataset id, read with datasets.load_dataset (streaming); "
+        "refused unless the operator set SIFT_IMPORT_HUB",
+    )
+    config: str | None = Field(
+        default=None, min_length=1, max_length=200, description="the hub dataset's config name"
+    )
+    split: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="the split of a load_from_disk DatasetDict (needed when it has several) "
+        "or of a hub dataset (needed)",
+    )
+    format: Literal["auto", "hf_disk", "parquet", "csv", "jsonl"] = Field(
+        default="auto",
+        description="auto: a folder is hf_disk, a file is told by its name (.parquet, .csv, "
+        ".jsonl, .ndjson, optionally .gz)",
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> ImportSource:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of path and hub")
+        if self.hub is None and self.config is not None:
+            raise ValueError("config applies to a hub dataset only")
+        return self
+
+
+class DatasetImport(BaseModel):
+    """JSON form of an import: a server-side source (the other form is multipart: an uploaded
+    ``file``, a JSON ``mapping`` and a ``name``)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "gsm8k-test",
+                    "source": {"path": "gsm8k/test.parquet"},
+                    "mapping": {"prompt": "question", "response": "answer"},
+                }
+            ]
+        },
+    )
+
+    name: str = Field(min_length=1, max_length=200)
+    source: ImportSource
+    mapping: ColumnMap

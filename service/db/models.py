@@ -449,6 +449,37 @@ class Curation(TenantOwned, Base):
     job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
 
 
+class Evaluation(TenantOwned, Base):
+    """Does training on a selection help (LESS tab. 2)? LoRA fine-tuned on each arm's training
+    set of one budget from a pool, then scored on a held-out target set: a table per arm with
+    bootstrap intervals, training curves and a plot."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    pool_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    target_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    reward_spec_id: Mapped[str | None] = mapped_column(ForeignKey("reward_specs.id"), index=True)
+    """Metric "reward" only: the reward each greedy target response gets."""
+    budget: Mapped[int] = mapped_column(Integer)
+    arms: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    """As requested, resolved at creation: every arm's ``name``, and the ``record_ids`` of
+    selection, curation and score-set arms (copied, so the arm survives its source)."""
+    metric: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """``EvaluationSettings`` as requested; the worker writes back resolved LoRA values."""
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The table, curves and provenance; written once the job succeeds."""
+    plot_png_key: Mapped[str | None] = mapped_column(String(1024))
+    plot_svg_key: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
+
+
 class TaskDelivery(Base):
     """A Celery task in flight, from the moment it is sent until a delivery of it ends.
 

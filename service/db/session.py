@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event
@@ -161,7 +162,8 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
         yield session
     finally:
         if session.in_transaction():
-            await anyio.to_thread.run_sync(session.close)
+            with anyio.CancelScope(shield=True):  # run_sync alone checkpoints before it shields
+                await anyio.to_thread.run_sync(session.close)
         else:
             session.close()
 

@@ -13,6 +13,7 @@ class ModelCreate(BaseModel):
             "examples": [
                 {"name": "tiny", "source": "builtin:tiny-llama"},
                 {"name": "llama-7b-local", "source": "/models/llama-2-7b-hf"},
+                {"name": "smollm2", "source": "/models/SmolLM2-135M-Instruct.Q4_1.gguf"},
                 {"name": "mistral", "source": "mistralai/Mistral-7B-v0.1"},
             ]
         },
@@ -22,8 +23,9 @@ class ModelCreate(BaseModel):
     source: str = Field(
         min_length=1,
         max_length=1024,
-        description="'builtin:<name>', a local directory with config.json (starts with '/', "
-        "'.' or '~'), or a hub id 'org/name'",
+        description="'builtin:<name>', a local path (starts with '/', '.' or '~': a directory "
+        "with config.json, a .gguf file, or a directory holding exactly one .gguf; a GGUF is "
+        "converted to safetensors once, on a worker's first use), or a hub id 'org/name'",
     )
 
 

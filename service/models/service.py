@@ -17,6 +17,9 @@ from service.models.schemas import ModelCreate, ModelRead
 from service.pagination import Page, Pagination, newest_first
 from workers.contracts import BUILTIN_MODELS
 
+GGUF_MAGIC = b"GGUF"
+"""First four bytes of every GGUF file (the worker converts it; the API only looks)."""
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -33,10 +36,7 @@ def resolve_source(source: str, settings: Settings) -> str:
         except RuntimeError as exc:  # "~name" of a user this machine does not have
             raise InvalidInput(f"cannot resolve {source!r}: {exc}", field="source") from exc
         if settings.check_model_paths:
-            if not path.is_dir():
-                raise InvalidInput(f"model directory {path} does not exist", field="source")
-            if not (path / "config.json").is_file():
-                raise InvalidInput(f"model directory {path} has no config.json", field="source")
+            _check_local_model(path)
         return os.path.normpath(path)
     if not HUB_ID.match(source) or ".." in source:
         raise InvalidInput(
@@ -45,6 +45,48 @@ def resolve_source(source: str, settings: Settings) -> str:
             field="source",
         )
     return source
+
+
+def _check_local_model(path: Path) -> None:
+    """A Hugging Face folder (``config.json``), a GGUF file, or a folder holding exactly one
+    GGUF file (converted to safetensors by the worker on first use: nothing is loaded here)."""
+    if path.is_file():
+        if not path.name.lower().endswith(".gguf"):
+            raise InvalidInput(
+                f"model file {path} is not a .gguf file (give a GGUF file or a folder with "
+                "config.json)",
+                field="source",
+            )
+        _check_gguf_magic(path)
+        return
+    if not path.is_dir():
+        raise InvalidInput(f"model directory {path} does not exist", field="source")
+    if (path / "config.json").is_file():
+        return
+    ggufs = sorted(p for p in path.iterdir() if p.name.lower().endswith(".gguf"))
+    if not ggufs:
+        raise InvalidInput(
+            f"model directory {path} has no config.json and no .gguf file", field="source"
+        )
+    if len(ggufs) > 1:
+        names = ", ".join(p.name for p in ggufs)
+        raise InvalidInput(
+            f"model directory {path} holds {len(ggufs)} GGUF files ({names}); name one",
+            field="source",
+        )
+    _check_gguf_magic(ggufs[0])
+
+
+def _check_gguf_magic(path: Path) -> None:
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot read model file {path}: {exc.strerror}", field="source"
+        ) from exc
+    if head != GGUF_MAGIC:
+        raise InvalidInput(f"model file {path} is not a GGUF file", field="source")
 
 
 def create_model(session: Session, body: ModelCreate, settings: Settings) -> Model:

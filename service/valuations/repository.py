@@ -21,7 +21,7 @@ def get(session: Session, valuation_id: str, *, for_update: bool = False) -> Val
 
 def scores_page(
     session: Session, valuation_id: str, limit: int, offset: int
-) -> tuple[Sequence[Row[tuple[int, str, float, dict[str, float]]]], int]:
+) -> tuple[Sequence[Row[int, str, float, dict[str, float]]], int]:
     """One page of scores by rank, as column rows (no ORM objects: a page is read-only, and
     building a hundred instances cost more than the rest of the request), and the total."""
     total = (

@@ -77,7 +77,15 @@ class ValuationRead(BaseModel):
     error: str | None
     notes: list[str] = Field(description="e.g. which cached warmup runs or features were reused")
     timings: dict[str, float] = Field(description="seconds per stage")
-    skipped: list[dict[str, Any]] = Field(description="[{record_id, dataset, reason}]")
+    skipped: list[dict[str, Any]] = Field(
+        description="[{record_id, dataset, reason}]: records left out, no response token fit "
+        "in max_length"
+    )
+    truncated: list[dict[str, Any]] = Field(
+        description="[{record_id, dataset, response_tokens, response_tokens_kept}]: records "
+        "valued on the first response_tokens_kept tokens of their response (max_length cut "
+        "the rest); raise max_length or drop the template's system prompt to keep more"
+    )
     n_scored: int | None
     warmup_run_id: str | None
     created_at: datetime

@@ -176,7 +176,13 @@ def to_read(valuation: Valuation) -> ValuationRead:
             "assist_dataset_id": valuation.assist_dataset_id,
             "settings": valuation.settings,
             **jobs.job_state(job),
-            "skipped": valuation.skipped,
+            # one JSON column for both cuts: records left out, and responses cut part-way
+            "skipped": [s for s in valuation.skipped if s.get("cut") != "response"],
+            "truncated": [
+                {k: v for k, v in s.items() if k != "cut"}
+                for s in valuation.skipped
+                if s.get("cut") == "response"
+            ],
             "n_scored": valuation.n_scored,
             "warmup_run_id": valuation.warmup_run_id,
             "created_at": valuation.created_at,

@@ -8,8 +8,8 @@ from scipy.stats import spearmanr
 
 from service.db.models import FEATURE_KINDS as STORED_KINDS
 from workers.engine import features as features_module
-from workers.engine.errors import Cancelled, ProvenanceMismatch
-from workers.engine.features import FEATURE_KINDS, FeatureSet, featurize
+from workers.engine.errors import Cancelled, InvalidInput, ProvenanceMismatch
+from workers.engine.features import FEATURE_KINDS, FeatureSet, Provenance, featurize
 from workers.engine.gradients import AdamFeatureMap, adam_features
 from workers.engine.influence import cosine_matrix
 from workers.engine.lora import lora_parameters
@@ -252,3 +252,19 @@ def test_default_projection_keeps_cosine_ranks_on_the_tiny_model(warmed: Warmed)
 
 def test_the_database_accepts_every_feature_kind() -> None:
     assert STORED_KINDS == FEATURE_KINDS
+
+
+def test_the_system_prompt_is_part_of_the_provenance(warmed: Warmed) -> None:
+    """Records tokenized under another system turn are other features: a mismatch names it;
+    the template's default (None) keeps the stored form, and so the keys, of older sets."""
+    p = _n_params(warmed)
+    default = _featurize(warmed, RademacherProjector(p, 64, seed=0)).provenance
+    assert "system_prompt" not in default.to_dict()
+    assert Provenance.from_dict(default.to_dict()) == default
+    dropped = dataclasses.replace(default, system_prompt="")
+    assert dropped.to_dict()["system_prompt"] == ""
+    assert Provenance.from_dict(dropped.to_dict()) == dropped
+    with pytest.raises(ProvenanceMismatch, match="system_prompt"):
+        default.require_compatible(dropped, allow_kind_difference=True)
+    with pytest.raises(InvalidInput, match="unexpected"):
+        Provenance.from_dict({**default.to_dict(), "bogus": 1})

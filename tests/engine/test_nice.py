@@ -7,10 +7,12 @@ import dataclasses
 import pytest
 import torch
 
+from workers.engine.data import Example, tokenize_examples
 from workers.engine.errors import InvalidInput
 from workers.engine.features import Provenance
 from workers.engine.influence import cosine_matrix
 from workers.engine.lora import lora_parameters
+from workers.engine.models import build_byte_tokenizer
 from workers.engine.nice import (
     ProbePrompt,
     Sample,
@@ -188,3 +190,20 @@ def test_policy_features_check_their_inputs(warmed: Warmed) -> None:
             provenance=_policy_provenance(warmed, projector),
             **common,  # type: ignore[arg-type]
         )
+
+
+@pytest.mark.parametrize("system_prompt", [None, "", "Be brief."])
+def test_probe_prompts_are_formatted_like_training_records(system_prompt: str | None) -> None:
+    """NICE's prompt ids are the prompt part of ``tokenize_examples``' ids, system prompt
+    setting included (a template with a default system turn, like SmolLM2's)."""
+    tokenizer = build_byte_tokenizer()
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% if messages[0]['role'] != 'system' %}<|system|>\nDefault.\n"
+        "{% endif %}" + tokenizer.chat_template.removeprefix("{{ bos_token }}")
+    )
+    user = {"role": "user", "content": "What is 3+4?"}
+    example = Example("r", (user, {"role": "assistant", "content": "7"}))
+    [tok], _ = tokenize_examples(tokenizer, [example], 64, system_prompt=system_prompt)
+    ids = prompt_ids(tokenizer, ProbePrompt("r", (user,)), system_prompt)
+    assert list(tok.input_ids[: len(ids)]) == ids and len(tok.input_ids) == len(ids) + 2
+    assert ("Default." in tokenizer.decode(ids)) == (system_prompt is None)

@@ -122,6 +122,18 @@ def test_tenants_are_isolated_on_the_production_stack(
         },
     ).json()
     assert _finished(a, f"/v1/curations/{curation['id']}")["status"] == "succeeded"
+    evaluation = a.post(
+        "/v1/evaluations",
+        json={
+            "model_id": model_id,
+            "pool_dataset_id": pool["id"],
+            "target_dataset_id": probes["id"],
+            "budget": 2,
+            "arms": [{"kind": "curation", "curation_id": curation["id"]}],
+            "settings": {"training": {"epochs": 1}, "max_length": 96, "bootstrap": 10},
+        },
+    )
+    assert evaluation.status_code == 202, evaluation.text
     ids = {
         "dataset": pool["id"],
         "model": model_id,
@@ -132,6 +144,7 @@ def test_tenants_are_isolated_on_the_production_stack(
         "study": study["id"],
         "score_set": score_set_id,
         "curation": curation["id"],
+        "evaluation": evaluation.json()["id"],
         "key": a.get("/v1/me").json()["key_id"],
         "secret": NAMES["secret"],
     }

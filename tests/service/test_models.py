@@ -87,3 +87,28 @@ def test_list_and_unknown(client: TestClient) -> None:
     assert names == {"m0", "m1", "m2"}
     response = client.get("/v1/models/nope")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+def test_gguf_sources(client: TestClient, tmp_path: Path) -> None:
+    """A .gguf file, or a folder holding exactly one, is registered as is (the worker converts
+    it on first use); the API only checks the path and the file's magic bytes."""
+    folder = tmp_path / "smol"
+    folder.mkdir()
+    (folder / "m.Q4_1.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    by_file = _post(client, "g1", str(folder / "m.Q4_1.gguf"))
+    assert by_file.status_code == 201, by_file.text
+    assert by_file.json()["source"] == str(folder / "m.Q4_1.gguf")
+    assert _post(client, "g2", str(folder)).status_code == 201
+    (folder / "m.Q8_0.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    two = _post(client, "g3", str(folder)).json()["error"]
+    assert two["field"] == "source" and "2 GGUF files" in two["message"]
+    (tmp_path / "fake.gguf").write_bytes(b"PK\x03\x04 not a gguf")
+    fake = _post(client, "g4", str(tmp_path / "fake.gguf")).json()["error"]
+    assert fake["field"] == "source" and "not a GGUF file" in fake["message"]
+    (tmp_path / "weights.bin").write_bytes(b"GGUF")
+    other = _post(client, "g5", str(tmp_path / "weights.bin")).json()["error"]
+    assert other["field"] == "source" and "not a .gguf file" in other["message"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = _post(client, "g6", str(empty)).json()["error"]
+    assert nothing["field"] == "source" and "no config.json and no .gguf" in nothing["message"]

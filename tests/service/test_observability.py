@@ -6,9 +6,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -274,3 +278,20 @@ def test_configure_logging_leaves_a_process_configured_by_someone_else_alone(
     assert root_logging.level == logging.DEBUG
     assert uvicorn_access.handlers == [] and uvicorn_access.propagate  # through our handler
     assert uvicorn_access.level == logging.WARNING  # sift.access replaces its lines
+
+
+def test_the_live_gauges_of_a_dead_api_process_stop_counting(tmp_path: Path) -> None:
+    """Several API processes share samples through files; one killed without its lifespan's
+    cleanup (SIGKILL) must not leave its in-progress gauge counted forever."""
+    from service.observability import _forget_dead_processes
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = os.getpid()
+    for pid in (dead.pid, mine):
+        (tmp_path / f"gauge_livesum_{pid}.db").write_bytes(b"")
+        (tmp_path / f"counter_{pid}.db").write_bytes(b"")
+    _forget_dead_processes(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{dead.pid}.db", f"counter_{mine}.db", f"gauge_livesum_{mine}.db"]
+    )  # a dead process's counts stay (they happened), its live gauges go

@@ -122,6 +122,30 @@ def test_every_request_hands_its_connection_back(real: Real) -> None:
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+def test_a_read_request_runs_in_autocommit_on_postgres(real: Real) -> None:
+    if real.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite reads keep their deferred transaction (test below)")
+    reads: list[bool] = []
+    writes: list[bool] = []
+
+    def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        autocommit = conn.connection.dbapi_connection.autocommit
+        if "FROM datasets" in statement:
+            reads.append(autocommit)
+        elif statement.startswith("INSERT INTO datasets"):
+            writes.append(autocommit)
+
+    event.listen(real.engine, "before_cursor_execute", record)
+    try:
+        assert real.client.get("/v1/datasets").status_code == 200
+        body = {"name": "w", "records": [{"id": "a", "prompt": "p", "response": "r"}]}
+        assert real.client.post("/v1/datasets", json=body).status_code == 201
+    finally:
+        event.remove(real.engine, "before_cursor_execute", record)
+    assert reads and all(reads)  # the GET's count and page: no transaction
+    assert writes == [False]  # the POST: in its transaction, on the same pool's connections
+
+
 def test_reads_run_in_autocommit_on_postgres(real: Real) -> None:
     reads = for_reads(real.engine)
     if real.engine.dialect.name == "sqlite":
@@ -136,6 +160,8 @@ def test_reads_run_in_autocommit_on_postgres(real: Real) -> None:
 
 
 def test_a_verified_key_is_read_from_the_database_once(real: Real, key_reads: list[str]) -> None:
+    app = real.client.app
+    app.state.key_cache = keys.KeyCache(5.0, timer=lambda: 0.0)  # type: ignore[attr-defined]
     for _ in range(5):
         assert real.client.get("/v1/me").status_code == 200
     assert len(key_reads) == 1
@@ -192,3 +218,50 @@ def test_a_cached_read_only_key_still_may_not_write(real: Real) -> None:
     assert real.client.get("/v1/datasets", headers=reader).status_code == 200  # cached now
     body = {"name": "x", "records": [{"id": "a", "prompt": "p", "response": "r"}]}
     assert real.client.post("/v1/datasets", json=body, headers=reader).status_code == 403
+
+
+def test_a_lookup_that_races_a_revocation_caches_nothing(
+    real: Real, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is read live, then revoked through this process before the lookup returns:
+    what the lookup read must not be cached, or the revoked key would act for the TTL."""
+    from service.auth import dependencies
+
+    key, key_id = real.new_key()
+    look_up = dependencies._look_up
+
+    def read_then_revoked(session: Session, raw: str) -> Any:
+        principal = look_up(session, raw)
+        with Session(real.engine) as other:  # what DELETE /v1/keys/{id} does meanwhile
+            keys.revoke_key(other, key_id)
+            other.commit()
+        dependencies.key_cache(real.client.app).forget(key_id)  # type: ignore[arg-type]
+        return principal
+
+    monkeypatch.setattr(dependencies, "_look_up", read_then_revoked)
+    other = {"authorization": f"Bearer {key}"}
+    assert real.client.get("/v1/me", headers=other).status_code == 200  # read while live
+    monkeypatch.setattr(dependencies, "_look_up", look_up)
+    assert real.client.get("/v1/me", headers=other).status_code == 401
+
+
+def test_a_cancelled_request_still_hands_its_connection_back(real: Real) -> None:
+    """Cancellation (a disconnect, a shutdown) during the session's teardown must not leave
+    its connection checked out."""
+    import anyio
+    from sqlalchemy import text
+    from starlette.requests import Request
+
+    from service.db.session import get_db
+
+    async def request_cancelled_at_teardown() -> None:
+        sessions = get_db(Request({"type": "http", "method": "GET", "headers": []}))
+        session = await sessions.__anext__()
+        await anyio.to_thread.run_sync(lambda: session.execute(text("SELECT 1")))
+        assert real.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await sessions.aclose()
+
+    anyio.run(request_cancelled_at_teardown)
+    assert real.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

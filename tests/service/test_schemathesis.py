@@ -118,6 +118,18 @@ def test_reads_of_existing_resources_conform(db: Session) -> None:
         score_set = _created(
             client.post("/v1/score-sets", json={"scorer": "text", "dataset_id": pool["id"]})
         )
+        evaluation = _created(
+            client.post(
+                "/v1/evaluations",
+                json={
+                    "model_id": model["id"],
+                    "pool_dataset_id": pool["id"],
+                    "target_dataset_id": probe["id"],
+                    "budget": 2,
+                    "arms": [{"kind": "selection", "selection_id": selection["id"]}],
+                },
+            )
+        )
     ids = {
         "dataset_id": pool["id"],
         "model_id": model["id"],
@@ -125,6 +137,7 @@ def test_reads_of_existing_resources_conform(db: Session) -> None:
         "valuation_id": valuation["id"],
         "selection_id": selection["id"],
         "score_set_id": score_set["id"],
+        "evaluation_id": evaluation["id"],
     }
     called = []
     for result in schema.get_all_operations():

@@ -75,6 +75,16 @@ def tenant_a_resources(a: TestClient, db: Session, names: dict[str, str]) -> dic
             "budget": 1,
         },
     ).json()
+    evaluation = a.post(
+        "/v1/evaluations",
+        json={
+            "model_id": model_id,
+            "pool_dataset_id": ds["id"],
+            "target_dataset_id": ds["id"],
+            "budget": 2,
+            "arms": [{"kind": "selection", "selection_id": selection["id"]}, {"kind": "full"}],
+        },
+    ).json()
     key_id = a.get("/v1/me").json()["key_id"]
     ids = {
         "dataset": ds["id"],
@@ -86,6 +96,7 @@ def tenant_a_resources(a: TestClient, db: Session, names: dict[str, str]) -> dic
         "study": study["id"],
         "score_set": score_set["id"],
         "curation": curation["id"],
+        "evaluation": evaluation["id"],
         "key": key_id,
         "secret": names["secret"],
     }

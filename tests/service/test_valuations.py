@@ -419,3 +419,32 @@ def test_an_assist_endpoint_the_worker_may_not_call_is_refused(
         assert response.status_code == 422, response.text
         assert response.json()["error"]["field"] == "body.settings.nice.assist_endpoint.base_url"
     assert queue.sent == []
+
+
+def test_system_prompt_is_validated_and_stored(
+    client: TestClient, make_dataset: Callable[..., dict[str, Any]], model: dict[str, Any]
+) -> None:
+    ds = make_dataset(2)
+    good = {"model_id": model["id"], "pool_dataset_id": ds["id"], "probe_dataset_id": ds["id"]}
+    for prompt in ("", "You are terse."):
+        response = client.post(
+            "/v1/valuations", json={**good, "settings": {"system_prompt": prompt}}
+        )
+        assert response.status_code == 202, response.text
+        assert response.json()["settings"]["system_prompt"] == prompt
+    bad = client.post("/v1/valuations", json={**good, "settings": {"system_prompt": 3}})
+    assert bad.json()["error"]["field"] == "body.settings.system_prompt"
+
+
+def test_records_cut_whole_and_responses_cut_part_way_are_reported_apart(
+    client: TestClient, db: Session, make_valuation: Any
+) -> None:
+    valuation = make_valuation()
+    row = db.get(Valuation, valuation["id"])
+    assert row is not None
+    gone = {"record_id": "a", "dataset": "pool", "reason": "no response token left"}
+    cut = {"record_id": "b", "dataset": "probes", "response_tokens": 90, "response_tokens_kept": 7}
+    row.skipped = [gone, {**cut, "cut": "response"}]
+    db.commit()
+    read = client.get(f"/v1/valuations/{valuation['id']}").json()
+    assert read["skipped"] == [gone] and read["truncated"] == [cut]

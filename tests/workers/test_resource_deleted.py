@@ -127,7 +127,7 @@ def test_the_valuation_tasks_write_nothing_for_a_deleted_valuation() -> None:
     with pytest.raises(ResourceDeleted):
         valuation_tasks._store_samples(ctx, 1, sample)  # type: ignore[arg-type]
     with pytest.raises(ResourceDeleted):
-        valuation_tasks._record_skipped(ctx, {})  # type: ignore[arg-type]
+        valuation_tasks._record_skipped(ctx, {}, {})  # type: ignore[arg-type]
     with pytest.raises(ResourceDeleted):
         valuation_tasks._set_warmup_run(valuation_id, "r")
     assert _count(Sample) == 0 and _count(Valuation) == 0

@@ -58,7 +58,9 @@ class Provenance:
     ``checkpoint`` is ``checkpoint_hash`` of the adapter; ``projector`` the projector's spec;
     ``seed`` and ``dim`` those of Π; ``param_order_hash`` the layout of R^P; ``kind`` "sgd"
     (probe loss gradients), "adam" (pool) or "policy" (probe policy gradients, NICE);
-    ``dtype`` the storage dtype of the features.
+    ``dtype`` the storage dtype of the features; ``max_length`` and ``system_prompt`` how the
+    records were tokenized (``system_prompt`` None: the chat template's own default, and then
+    left out of :meth:`to_dict`, so feature sets stored before it existed keep their keys).
     """
 
     model: str
@@ -70,6 +72,7 @@ class Provenance:
     param_order_hash: str
     kind: str
     max_length: int
+    system_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FEATURE_KINDS:
@@ -82,15 +85,20 @@ class Provenance:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["system_prompt"] is None:
+            del data["system_prompt"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Provenance:
         expected = {f.name for f in fields(cls)}
-        if set(data) != expected:
+        missing = expected - set(data) - {"system_prompt"}  # optional: see to_dict
+        unexpected = set(data) - expected
+        if missing or unexpected:
             raise InvalidInput(
-                f"provenance fields differ: missing {sorted(expected - set(data))}, "
-                f"unexpected {sorted(set(data) - expected)}"
+                f"provenance fields differ: missing {sorted(missing)}, "
+                f"unexpected {sorted(unexpected)}"
             )
         return cls(**data)
 

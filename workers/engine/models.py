@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import torch
 from peft import PeftModel
@@ -24,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from workers.engine import gguf
 from workers.engine.errors import InvalidInput
 
 TINY_LLAMA = "builtin:tiny-llama"
@@ -122,11 +124,14 @@ def load_model_and_tokenizer(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    model_cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Resolve ``source`` (``builtin:*``, a local path or a hub id) to a model and tokenizer.
 
-    ``seed`` only matters for builtin models. A tokenizer without a pad token gets its EOS
-    token as pad (padding is always masked out, so the choice does not change any loss).
+    A local GGUF file (or a folder holding one, ``gguf.find_gguf_file``) is converted once to
+    a safetensors folder under ``model_cache_dir`` (required for such a source) and loaded from
+    there. ``seed`` only matters for builtin models. A tokenizer without a pad token gets its
+    EOS token as pad (padding is always masked out, so the choice does not change any loss).
     """
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -136,8 +141,16 @@ def load_model_and_tokenizer(
         model = build_tiny_llama(seed)
         tokenizer = build_byte_tokenizer()
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        folder = source
+        if source.startswith(("/", ".", "~")) and not os.path.exists(source):
+            raise InvalidInput(f"model path {source} does not exist on this worker")
+        gguf_file = gguf.find_gguf_file(source) if os.path.exists(source) else None
+        if gguf_file is not None:
+            if model_cache_dir is None:
+                raise InvalidInput(f"GGUF source {source!r} needs a model cache folder")
+            folder = str(gguf.converted_folder(gguf_file, model_cache_dir))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise InvalidInput(f"tokenizer of {source!r} has neither a pad nor an EOS token")
@@ -149,6 +162,8 @@ def load_model_and_tokenizer(
 def model_fingerprint(source: str, model: PreTrainedModel | PeftModel) -> str:
     """``source@config-sha256[:16]`` (plus ``#seed=N`` for builtins): provenance of features.
 
+    A model converted from GGUF is ``gguf:sha256:<hex>@config-sha256[:16]`` instead: named by
+    its file's content, not the path it was registered by, so it is the same on every worker.
     The config hash ignores fields that do not change the function computed
     (``transformers_version``, ``_name_or_path``), so it is stable across library upgrades.
     """
@@ -156,7 +171,9 @@ def model_fingerprint(source: str, model: PreTrainedModel | PeftModel) -> str:
     for volatile in ("transformers_version", "_name_or_path"):
         config.pop(volatile, None)
     blob = json.dumps(config, sort_keys=True, default=str).encode()
-    fingerprint = f"{source}@{hashlib.sha256(blob).hexdigest()[:16]}"
+    gguf_sha256 = config.get(gguf.SHA256_CONFIG_KEY)
+    name = f"gguf:sha256:{gguf_sha256}" if isinstance(gguf_sha256, str) else source
+    fingerprint = f"{name}@{hashlib.sha256(blob).hexdigest()[:16]}"
     if source.startswith(BUILTIN_PREFIX):
         seed = getattr(model.config, _BUILTIN_SEED_KEY, None)
         if seed is None:

@@ -29,12 +29,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from workers.engine.data import (
-    DEFAULT_GENERATION_PROMPT,
-    DEFAULT_PROMPT_FORMAT,
-    IGNORE_INDEX,
-    TokenizedExample,
-)
+from workers.engine.data import IGNORE_INDEX, TokenizedExample, render_prompt
 from workers.engine.errors import InvalidInput
 from workers.engine.features import FEATURE_DTYPES, FeatureSet, Provenance, featurize
 from workers.engine.projection import Projector
@@ -91,18 +86,19 @@ class PolicyFeatures:
     """Probes whose sample weights were all zero (e.g. every reward 0): zero feature vector."""
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, probe: ProbePrompt) -> list[int]:
-    """Token ids of the prompt, formatted exactly as ``data.tokenize_examples`` formats one."""
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, probe: ProbePrompt, system_prompt: str | None = None
+) -> list[int]:
+    """Token ids of the prompt, formatted exactly as ``data.tokenize_examples`` formats one
+    (``system_prompt`` as in ``data.render_prompt``)."""
     history = list(probe.messages)
     if history and history[-1].get("role") == "assistant":
         history = history[:-1]  # a probe given with its answer: sample a fresh one
     if not history:
         raise InvalidInput(f"probe {probe.record_id} has no prompt message")
-    if tokenizer.chat_template is not None:
-        text = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
-    text = "".join(DEFAULT_PROMPT_FORMAT.format(**m) for m in history) + DEFAULT_GENERATION_PROMPT
-    return list(tokenizer(text)["input_ids"])
+    text = render_prompt(tokenizer, history, system_prompt)
+    template_adds_specials = tokenizer.chat_template is not None
+    return list(tokenizer(text, add_special_tokens=not template_adds_specials)["input_ids"])
 
 
 def sample_responses(
@@ -112,8 +108,10 @@ def sample_responses(
     settings: SamplingSettings,
     *,
     batch_size: int = 8,
+    system_prompt: str | None = None,
 ) -> list[Sample]:
-    """M samples per probe, ``batch_size`` prompts per ``generate`` call (left-padded).
+    """M samples per probe, ``batch_size`` prompts per ``generate`` call (left-padded); the
+    prompts formatted by ``prompt_ids`` (``system_prompt`` as there).
 
     Seeded per batch from ``settings.seed`` in a forked RNG: the same probes, settings and batch
     size give the same samples, and the caller's RNG state is untouched.
@@ -131,7 +129,7 @@ def sample_responses(
     try:
         for start in range(0, len(probes), batch_size):
             chunk = probes[start : start + batch_size]
-            ids = [prompt_ids(tokenizer, p) for p in chunk]
+            ids = [prompt_ids(tokenizer, p, system_prompt) for p in chunk]
             width = max(len(x) for x in ids)
             input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
             attention = torch.zeros((len(ids), width), dtype=torch.long)
@@ -178,6 +176,7 @@ def assisted_samples(
     tokenizer: PreTrainedTokenizerBase,
     probes: Sequence[ProbePrompt],
     responses: Mapping[str, Sequence[str]],
+    system_prompt: str | None = None,
 ) -> list[Sample]:
     """NICE-AMC (seed 002 §3.3): responses written by a stronger model instead of sampled ones.
 
@@ -194,7 +193,7 @@ def assisted_samples(
         texts = list(responses.get(probe.record_id, ()))
         if not texts:
             raise InvalidInput(f"no assisted responses for probe {probe.record_id}")
-        ids = tuple(prompt_ids(tokenizer, probe))
+        ids = tuple(prompt_ids(tokenizer, probe, system_prompt))
         for index, text in enumerate(texts):
             tokens = tuple(tokenizer(text + str(eos), add_special_tokens=False)["input_ids"])
             samples.append(Sample(probe.record_id, index, ids, tokens, text, True))

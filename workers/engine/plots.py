@@ -84,6 +84,61 @@ def histogram_figure(summary: dict[str, Any], *, column: str, title: str | None 
     return figure
 
 
+def evaluation_figure(result: dict[str, Any], *, title: str | None = None) -> Figure:
+    """LESS tab. 2 as a figure: each arm's target loss (and task metric) with its bootstrap
+    interval, one row per arm (random arms' seeds as crosses, the untrained model dashed), and
+    each arm's training curve (the mean over its runs) against step. ``result`` is the
+    evaluation's stored result."""
+    arms = result["arms"]
+    has_metric = result.get("metric") is not None
+    panels = 3 if has_metric else 2
+    figure = Figure(figsize=(5 * panels, 1.2 + 0.5 * max(len(arms), 4)), layout="constrained")
+    axes = figure.subplots(1, panels)
+    rows = list(range(len(arms)))[::-1]
+    names = [a["name"] for a in arms]
+    quantities = [("loss", "target response loss (nats/token), lower is better")]
+    if has_metric:
+        quantities.append(("metric", f"{result['metric']}, higher is better"))
+    for ax, (key, label) in zip(axes, quantities, strict=False):
+        for y, arm in zip(rows, arms, strict=True):
+            q = arm[key]
+            ax.errorbar(
+                q["mean"],
+                y,
+                xerr=[[q["mean"] - q["low"]], [q["high"] - q["mean"]]],
+                fmt="o",
+                capsize=4,
+            )
+            if len(q["per_seed"]) > 1:
+                ax.plot(q["per_seed"], [y] * len(q["per_seed"]), "x", color="0.4")
+        before = (result.get("base") or {}).get(key)
+        if before is not None:
+            ax.axvline(before["mean"], color="0.5", linestyle="--", label="before training")
+            ax.legend(fontsize="small")
+        ax.set_yticks(rows, names)
+        ax.set_xlabel(label)
+        ax.grid(True, axis="x", alpha=0.3)
+    curves = axes[-1]
+    for arm in arms:
+        runs = [c["loss"] for c in arm["curves"]]
+        if not runs:
+            continue
+        n = min(len(r) for r in runs)
+        mean = [sum(r[i] for r in runs) / len(runs) for i in range(n)]
+        curves.plot(arm["curves"][0]["steps"][:n], mean, label=arm["name"])
+    curves.set_xlabel("training step")
+    curves.set_ylabel("training loss (batch mean)")
+    curves.grid(True, alpha=0.3)
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+    curves.legend(fontsize="small")
+    level = f"{result['confidence']:.0%}"
+    figure.suptitle(
+        f"{title or 'Evaluation'}: {result['n_target']} target examples "
+        f"(bars: {level} bootstrap interval; x: seeds)"
+    )
+    return figure
+
+
 def render(figure: Figure, fmt: PlotFormat) -> bytes:
     """PNG or SVG bytes of ``figure``; no timestamp is embedded, so equal figures give equal
     bytes."""

@@ -99,6 +99,7 @@ def warmup(
     pad_token_id: int,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
 ) -> list[Checkpoint]:
     """Train the adapters for ``settings.epochs`` epochs and return one checkpoint per epoch.
 
@@ -108,7 +109,9 @@ def warmup(
     Each step minimises the mean NLL over all response tokens of the batch. Batches are drawn
     from a per-epoch seeded permutation; dropout draws from a forked, seeded RNG. So a run is a
     function of (model, train, settings) and leaves the global RNG untouched.
-    ``should_stop`` is polled before every step; ``True`` raises ``Cancelled``.
+    ``should_stop`` is polled before every step; ``True`` raises ``Cancelled``. ``on_step``
+    gets ``(step, loss, lr)`` after each optimizer step (1-based step, the batch's mean
+    response NLL before the update, the learning rate it was taken with): the training curve.
     """
     if not train:
         raise InvalidInput("warmup needs at least one training example")
@@ -158,6 +161,8 @@ def warmup(
                     optimizer.step()
                     scheduler.step()
                     step += 1
+                    if on_step is not None:
+                        on_step(step, float(loss.detach()), lrs[-1])
                 checkpoint = _snapshot(
                     params, optimizer, epoch=epoch, step=step, mean_lr=sum(lrs) / len(lrs)
                 )

@@ -127,6 +127,7 @@ def feature_key(
 
 
 _MODEL_CACHE: dict[tuple[Any, ...], tuple[Any, Any, str]] = {}
+"""Not to be confused with ``SIFT_MODEL_CACHE_DIR``, the folder of converted GGUF models."""
 
 
 def cached_model(source: str, dtype: str, lora_settings: lora.LoraSettings) -> tuple[Any, Any, str]:
@@ -138,9 +139,7 @@ def cached_model(source: str, dtype: str, lora_settings: lora.LoraSettings) -> t
     key = (source, dtype, str(compute_device()), lora_settings)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
-        model, tokenizer = models.load_model_and_tokenizer(
-            source, dtype=getattr(torch, dtype), device=compute_device()
-        )
+        model, tokenizer = load_model(source, dtype)
         fingerprint = models.model_fingerprint(source, model)
         _MODEL_CACHE[key] = (lora.attach_lora(model, lora_settings), tokenizer, fingerprint)
     return _MODEL_CACHE[key]
@@ -181,6 +180,15 @@ def load_registered_model(model_id: str | None, dtype: str) -> tuple[Any, Any]:
         if row is None:
             raise EngineError(f"model {model_id} no longer exists")
         source = row.source
+    return load_model(source, dtype)
+
+
+def load_model(source: str, dtype: str) -> tuple[Any, Any]:
+    """``models.load_model_and_tokenizer`` on the compute device, GGUF sources converted into
+    (or read from) ``SIFT_MODEL_CACHE_DIR``."""
     return models.load_model_and_tokenizer(
-        source, dtype=getattr(torch, dtype), device=compute_device()
+        source,
+        dtype=getattr(torch, dtype),
+        device=compute_device(),
+        model_cache_dir=get_settings().model_cache_dir,
     )

@@ -37,6 +37,7 @@ from service.config import get_settings
 from service.db.models import (
     FINISHED_STATUSES,
     Curation,
+    Evaluation,
     Job,
     JobStatus,
     ScoreSet,
@@ -48,11 +49,13 @@ from service.db.session import SessionLocal
 from service.queue import enqueue, send
 from workers.contracts import (
     CURATION_RUN,
+    EVALUATION_RUN,
     SCORE_SET_RUN,
     STUDY_RUN,
     VALUATION_FEATURIZE,
     VALUATION_SCORE,
     CurationTask,
+    EvaluationTask,
     ScoreSetTask,
     StudyTask,
     ValuationTask,
@@ -211,6 +214,7 @@ def _entry_task(session: Session, job: Job) -> tuple[str, Any] | None:
         "study": (Study, STUDY_RUN, lambda i: StudyTask(study_id=i)),
         "score_set": (ScoreSet, SCORE_SET_RUN, lambda i: ScoreSetTask(score_set_id=i)),
         "curation": (Curation, CURATION_RUN, lambda i: CurationTask(curation_id=i)),
+        "evaluation": (Evaluation, EVALUATION_RUN, lambda i: EvaluationTask(evaluation_id=i)),
     }
     if job.kind not in kinds:
         return None

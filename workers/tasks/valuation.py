@@ -75,6 +75,7 @@ from workers.tasks.common import (
     feature_key,
     find_or_create_feature_set,
     load_dataset,
+    load_model,
     records_in_order,
     reward_spec_to_run,
     shard_key,
@@ -233,13 +234,29 @@ def _valuation_for_write(session: Session, valuation_id: str) -> Valuation:
     return valuation
 
 
-def _record_skipped(ctx: Context, skipped: dict[str, list[data.SkippedExample]]) -> None:
+def _record_skipped(
+    ctx: Context,
+    skipped: dict[str, list[data.SkippedExample]],
+    truncated: dict[str, list[data.TruncatedResponse]],
+) -> None:
+    """Records left out (no response token fits in max_length), then records kept with their
+    response cut part-way (``"cut": "response"``; the API reads those as ``truncated``)."""
     with _writing() as session:
         valuation = _valuation_for_write(session, ctx.valuation_id)
         valuation.skipped = [
             {"record_id": s.record_id, "dataset": name, "reason": s.reason}
             for name, items in skipped.items()
             for s in items
+        ] + [
+            {
+                "record_id": t.record_id,
+                "dataset": name,
+                "cut": "response",
+                "response_tokens": t.response_tokens,
+                "response_tokens_kept": t.response_tokens_kept,
+            }
+            for name, items in truncated.items()
+            for t in items
         ]
         session.commit()
 
@@ -250,13 +267,15 @@ def _warmup_checkpoints(
     """Train (or reuse) the warmup LoRA run; returns (checkpoint row id, checkpoint) per epoch."""
     s = ctx.settings
     warm = warmup.WarmupSettings(**s.warmup.model_dump())
-    key = content_key(
+    prompt = {} if s.system_prompt is None else {"system_prompt": s.system_prompt}
+    key = content_key(  # the system prompt only when set: keys of earlier runs stay valid
         model=fingerprint,
         pool=ctx.pool.content_hash,
         warmup=s.warmup.model_dump(),
         lora=s.lora.model_dump(),
         max_length=s.max_length,
         dtype=s.dtype,
+        **prompt,
     )
     with SessionLocal() as session:
         run = session.scalar(select(WarmupRun).where(WarmupRun.content_key == key))
@@ -427,6 +446,7 @@ def _provenance(
         param_order_hash=lora.parameter_order_hash(model),
         kind=kind,
         max_length=s.max_length,
+        system_prompt=s.system_prompt,
     )
 
 
@@ -493,23 +513,29 @@ def featurize_valuation(ctx: Context) -> None:
     s = ctx.settings
     is_policy = ctx.method in POLICY_METHODS
     ctx.job.stage("load model")
-    dtype = getattr(torch, s.dtype)
-    model, tokenizer = models.load_model_and_tokenizer(
-        ctx.model_source, dtype=dtype, device=compute_device()
-    )
+    model, tokenizer = load_model(ctx.model_source, s.dtype)
     fingerprint = models.model_fingerprint(ctx.model_source, model)
 
     ctx.job.stage("tokenize")
-    pool_tok, pool_skipped = data.tokenize_examples(tokenizer, ctx.pool.examples, s.max_length)
+    pool_tok, pool_skipped = data.tokenize_examples(
+        tokenizer, ctx.pool.examples, s.max_length, system_prompt=s.system_prompt
+    )
+    truncated = {"pool": data.truncated_responses(pool_tok)}
     if is_policy:
         probe_hash, probe_prompts, probe_skipped = _nice_probes(ctx, tokenizer)
         n_probes, n_probe_records = len(probe_prompts), len(ctx.probe_prompts[1])
     else:
         probe_tok, probe_skipped = data.tokenize_examples(
-            tokenizer, ctx.probes.examples, s.max_length
+            tokenizer, ctx.probes.examples, s.max_length, system_prompt=s.system_prompt
         )
         n_probes, n_probe_records = len(probe_tok), len(ctx.probes.examples)
-    _record_skipped(ctx, {"pool": pool_skipped, "probes": probe_skipped})
+        truncated["probes"] = data.truncated_responses(probe_tok)
+    _record_skipped(ctx, {"pool": pool_skipped, "probes": probe_skipped}, truncated)
+    if any(truncated.values()):
+        ctx.job.note(
+            f"max_length={s.max_length} cut the response of {len(truncated['pool'])} pool and "
+            f"{len(truncated.get('probes', []))} probe records part-way (see 'truncated')"
+        )
     if not pool_tok:
         raise EngineError(
             f"every pool record's response was truncated away at max_length={s.max_length}"
@@ -599,7 +625,7 @@ def _nice_probes(
     probe_hash, prompts = ctx.probe_prompts
     kept, skipped = [], []
     for probe in prompts:
-        room = s.max_length - len(nice.prompt_ids(tokenizer, probe))
+        room = s.max_length - len(nice.prompt_ids(tokenizer, probe, s.system_prompt))
         if needs_label and probe.label is None:
             raise EngineError(
                 f"probe {probe.record_id} has no response to serve as the label of a "
@@ -669,7 +695,7 @@ def _policy_feature_set(
     else:
         lora.load_adapter_state(model, ckpt.adapter_state)
         if assisted is not None:
-            samples = nice.assisted_samples(tokenizer, probes, assisted[1])
+            samples = nice.assisted_samples(tokenizer, probes, assisted[1], s.system_prompt)
             too_long = [
                 f"{x.probe_id}#{x.index}"
                 for x in samples
@@ -690,7 +716,12 @@ def _policy_feature_set(
                 seed=s.nice.seed,
             )
             samples = nice.sample_responses(
-                model, tokenizer, probes, settings, batch_size=s.nice.generation_batch_size
+                model,
+                tokenizer,
+                probes,
+                settings,
+                batch_size=s.nice.generation_batch_size,
+                system_prompt=s.system_prompt,
             )
         by_id = {p.record_id: p for p in probes}
         reward_values = rewards.compute_rewards(
@@ -854,7 +885,9 @@ def featurize_shard(ctx: Context, task: FeatureShardTask) -> None:
             )
         ckpt = _cached_checkpoint(ctx, row.checkpoint_id)
         records = _dataset_slice(row.dataset_id, task.shard_index * row.shard_size, row.shard_size)
-        tokenized, _ = data.tokenize_examples(tokenizer, records, s.max_length)
+        tokenized, _ = data.tokenize_examples(
+            tokenizer, records, s.max_length, system_prompt=s.system_prompt
+        )
         feature_set = features.featurize(
             model,
             tokenized,
@@ -1019,6 +1052,7 @@ def _feature_sets_by_epoch(
                     )
                     and _projector_matches(method, settings, row.provenance)
                     and row.provenance["max_length"] == settings.max_length
+                    and row.provenance.get("system_prompt") == settings.system_prompt
                 ]
                 if len(match) != 1:
                     raise EngineError(

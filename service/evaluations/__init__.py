@@ -1,0 +1,1 @@
+"""Evaluations: does training on a selection help (LESS tab. 2)?"""
