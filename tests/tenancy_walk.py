@@ -81,6 +81,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/warmup-runs"): "refers",
     ("GET", "/v1/warmup-runs"): "page",
     ("GET", "/v1/warmup-runs/{warmup_run_id}"): "404",
+    ("GET", "/v1/warmup-runs/{warmup_run_id}/plot.{fmt}"): "404",
     ("DELETE", "/v1/warmup-runs/{warmup_run_id}"): "404",
     ("POST", "/v1/evaluations"): "refers",
     ("GET", "/v1/evaluations"): "page",

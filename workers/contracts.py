@@ -644,6 +644,14 @@ class EvaluationSettings(BaseModel):
     training: TrainingSpec = Field(default_factory=lambda: TrainingSpec())
     lora: LoraSpec = Field(default_factory=lambda: LoraSpec())
     max_length: int = Field(512, ge=8, le=1 << 16, description="tokens per example; longer is cut")
+    system_prompt: str | None = Field(
+        None,
+        max_length=20_000,
+        description="as a valuation's: the system prompt of records without one of their own "
+        '(null keeps the chat template\'s default, a text sets it, "" drops the system turn); '
+        "applied to the training sets, the target records, the greedy responses' prompts and "
+        "the multiple-choice questions alike",
+    )
     batch_size: int = Field(8, ge=1, le=4096, description="target-set scoring batch size")
     dtype: ComputeDtype = "float32"
     max_new_tokens: int = Field(

@@ -275,6 +275,10 @@ class WarmupRun(TenantOwned, Base):
     """``{"lora": LoraSpec}`` (resolved), plus ``"warmup"`` for runs Sift trained."""
     status: Mapped[str] = mapped_column(String(16), default="running")
     n_train: Mapped[int | None] = mapped_column(Integer)
+    curve: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Sift-trained runs: ``{"step", "loss", "learning_rate"}`` (one entry per optimizer step)
+    and ``"epochs"`` (``[{"epoch", "step", "train_loss"}]``), written at every checkpoint;
+    ``None`` for uploads (trained elsewhere) and runs trained before it was recorded."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     checkpoints: Mapped[list[Checkpoint]] = relationship(

@@ -33,6 +33,10 @@ def create_valuation(
 
     The job and valuation are committed *before* the task is sent, so the worker always finds
     them. If the broker refuses the task the job is marked failed and the reply is 503.
+
+    Settings whose warmup cannot learn are a 422 naming `settings.warmup.warmup_ratio`: a
+    warmup of one optimizer step (the pool's warmup fraction fits in one batch, one epoch)
+    with `warmup_ratio` > 0 takes that step at learning rate 0.
     """
     valuation = service.create_valuation(session, body, settings)
     session.commit()

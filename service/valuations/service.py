@@ -8,6 +8,8 @@ state. Cancelling a queued job finishes it at once; a running job only gets
 
 from __future__ import annotations
 
+import math
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -26,7 +28,7 @@ from service.pagination import Page, Pagination, newest_first
 from service.tenant_secrets import service as tenant_secrets
 from service.valuations import repository
 from service.valuations.schemas import SampleRead, ScoreRead, ValuationCreate, ValuationRead
-from workers.contracts import POLICY_METHODS, REWARD_NEEDS_LABEL
+from workers.contracts import POLICY_METHODS, REWARD_NEEDS_LABEL, WarmupSpec
 from workers.outbound import OutboundRefused, check_url
 
 JOB_KIND = "valuation"
@@ -86,6 +88,35 @@ def _reward_spec(session: Session, body: ValuationCreate) -> RewardSpec | None:
     return spec
 
 
+def warmup_schedule(n_pool: int, warmup: WarmupSpec) -> tuple[int, int, int, int]:
+    """``(training examples, steps per epoch, total steps, warmup steps)`` of the warmup on a
+    pool of ``n_pool`` records, as ``workers.engine.warmup`` computes them (its
+    ``select_warmup_subset`` and ``schedule_steps``); records too long for max_length only
+    lower these."""
+    n_train = max(1, math.ceil(round(warmup.fraction * n_pool, 9)))
+    steps_per_epoch = math.ceil(n_train / warmup.batch_size)
+    total = warmup.epochs * steps_per_epoch
+    return n_train, steps_per_epoch, total, math.ceil(warmup.warmup_ratio * total)
+
+
+def _check_warmup_learns(n_pool: int, warmup: WarmupSpec) -> None:
+    """Refuse a warmup whose every step has learning rate 0: one optimizer step, spent in the
+    linear warmup from 0 (``workers.engine.warmup.check_schedule_learns`` has the
+    arithmetic). Fewer records fitting in max_length cannot add steps, so this is certain."""
+    n_train, steps_per_epoch, total, warmup_steps = warmup_schedule(n_pool, warmup)
+    if total == 1 and warmup_steps >= 1:
+        raise InvalidInput(
+            f"this warmup cannot learn: fraction {warmup.fraction} of the pool's {n_pool} "
+            f"records = {n_train} training examples, at batch_size {warmup.batch_size} "
+            f"{steps_per_epoch} step per epoch, x {warmup.epochs} epoch = {total} optimizer "
+            f"step; warmup_ratio {warmup.warmup_ratio} makes ceil({warmup.warmup_ratio} x "
+            f"{total}) = {warmup_steps} warmup step, taken at learning rate 0, and the "
+            "valuation would fail at scoring. Set warmup_ratio to 0, or train for at least 2 "
+            "steps (more epochs, a larger fraction or a smaller batch_size)",
+            field="body.settings.warmup.warmup_ratio",
+        )
+
+
 def create_valuation(session: Session, body: ValuationCreate, settings: Settings) -> Valuation:
     if not models.exists(session, body.model_id):
         raise InvalidInput(f"model {body.model_id} does not exist", field="body.model_id")
@@ -122,6 +153,8 @@ def create_valuation(session: Session, body: ValuationCreate, settings: Settings
                 "that needs no label)",
                 field=f"body.{field}",
             )
+        if field == "pool_dataset_id":
+            _check_warmup_learns(dataset.n_records, body.settings.warmup)
     job = jobs.new_job(session, JOB_KIND)
     valuation = Valuation(
         job_id=job.id,

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from typing import Annotated, Any, BinaryIO, TypeVar, cast
+from typing import Annotated, Any, BinaryIO, Literal, TypeVar, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service import deletion
 from service.auth.dependencies import BlobStoreDep, SessionDep
+from service.blobs import BlobNotFound
 from service.config import Settings, get_settings
 from service.deletion import CascadeQuery
 from service.errors import (
@@ -234,6 +235,27 @@ def list_warmup_runs(session: SessionDep, page: PaginationDep) -> Any:
 @router.get("/{warmup_run_id}", response_model=WarmupRunRead, responses=error_responses(NotFound))
 def get_warmup_run(warmup_run_id: str, session: SessionDep) -> Any:
     return service.to_read(service.get_run(session, warmup_run_id))
+
+
+@router.get(
+    "/{warmup_run_id}/plot.{fmt}",
+    response_class=Response,
+    responses={
+        200: {"content": {m: {} for m in service.PLOT_FORMATS.values()}},
+        **error_responses(NotFound, Conflict),
+    },
+)
+def get_plot(
+    warmup_run_id: str, fmt: Literal["png", "svg"], session: SessionDep, blobs: BlobStoreDep
+) -> Response:
+    """The training loss per step with each epoch's mean, and the learning rate, of a
+    Sift-trained warmup run; 409 while it trains, 404 for uploaded runs (no curve)."""
+    key = service.plot_key(session, warmup_run_id, fmt)
+    try:
+        content = blobs.get_bytes(key)
+    except BlobNotFound:
+        raise NotFound(f"the plot of warmup run {warmup_run_id} is missing ({key})") from None
+    return Response(content, media_type=service.PLOT_FORMATS[fmt])
 
 
 @router.delete(

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 from service.blobs import BlobStore
 from service.db.base import new_id
 from service.db.models import Checkpoint, WarmupRun
-from service.errors import InvalidInput, NotFound
+from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository as models
 from service.pagination import Page, Pagination, newest_first
 from service.warmup_runs import repository
@@ -32,9 +32,11 @@ from service.warmup_runs.adapters import (
     lora_layout,
     read_adapter_file,
 )
-from service.warmup_runs.schemas import CheckpointRead, LoraRead, WarmupRunRead
+from service.warmup_runs.schemas import CheckpointRead, CurveRead, LoraRead, WarmupRunRead
 
 log = logging.getLogger(__name__)
+
+PLOT_FORMATS = {"png": "image/png", "svg": "image/svg+xml"}
 
 MAX_STEP = 2**31 - 1
 """Checkpoint.step is a 32-bit integer column."""
@@ -257,7 +259,35 @@ def to_read(run: WarmupRun) -> WarmupRunRead:
             )
             for c in run.checkpoints
         ],
+        curve=None if run.curve is None else CurveRead.model_validate(run.curve),
+        plots=(
+            {fmt: f"/v1/warmup-runs/{run.id}/plot.{fmt}" for fmt in PLOT_FORMATS}
+            if _has_plot(run)
+            else None
+        ),
     )
+
+
+def _has_plot(run: WarmupRun) -> bool:
+    return run.origin == "warmup" and run.status == "complete" and run.curve is not None
+
+
+def plot_key(session: Session, run_id: str, fmt: str) -> str:
+    """Blob key of a Sift-trained run's curve figure, as ``workers.tasks.valuation.
+    warmup_plot_key`` writes it; 404 for runs without a curve, 409 while it trains."""
+    run = get_run(session, run_id)
+    if run.origin != "warmup" or run.curve is None and run.status == "complete":
+        why = (
+            "it was uploaded (trained elsewhere)"
+            if run.origin != "warmup"
+            else "it was trained before curves were recorded"
+        )
+        raise NotFound(f"warmup run {run_id} has no training curve: {why}")
+    if not _has_plot(run):
+        raise Conflict(
+            f"warmup run {run_id} has status {run.status!r}; its plot exists once it is complete"
+        )
+    return f"warmup/{run.content_key}/curve.{fmt}"
 
 
 def list_runs(session: Session, page: Pagination) -> Page[WarmupRunRead]:

@@ -182,6 +182,67 @@ def test_greedy_responses_follow_the_argmax_token_by_token(warmed: Warmed) -> No
         assert text == tokenizer.decode(new, skip_special_tokens=True)
 
 
+DEFAULT_TURN = "<|system|>\nDefault.\n"
+BRIEF_TURN = "<|system|>\nBe brief.\n"
+NO_CUT = 256  # max_length that cuts none of these prompts
+
+
+def test_system_prompt_reaches_the_choices_and_the_greedy_prompts() -> None:
+    """The builtin byte tokenizer (one token per byte) under a template that adds a default
+    system turn, as SmolLM2's does: what the model is fed grows or shrinks by exactly that
+    turn's bytes, and a set system prompt scores as the record's own system message would."""
+    model, tokenizer = _tiny()
+    model.eval()
+    tokenizer.chat_template = "{{ bos_token }}{% if messages[0]['role'] != 'system' %}" + (
+        DEFAULT_TURN + "{% endif %}" + tokenizer.chat_template.removeprefix("{{ bos_token }}")
+    )
+    fed: list[int] = []  # the sequence length of every forward, as the embedding layer sees it
+    model.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: fed.append(int(args[0].shape[-1]))
+    )
+    user = [{"role": "user", "content": "Capital of France?"}]
+    own = [{"role": "system", "content": "Be brief."}, *user]
+    choices = ["Paris", "Rome"]
+
+    def choice_length(prompt: list[dict[str, str]], system_prompt: str | None) -> int:
+        fed.clear()
+        evaluation.choice_log_likelihoods(
+            model, tokenizer, prompt, choices, max_length=NO_CUT, system_prompt=system_prompt
+        )
+        return fed[0]
+
+    dropped = choice_length(user, "")
+    assert choice_length(user, None) == dropped + len(DEFAULT_TURN)
+    assert choice_length(user, "Be brief.") == dropped + len(BRIEF_TURN)
+    assert choice_length(own, "") == choice_length(own, None) == dropped + len(BRIEF_TURN)
+    brief = evaluation.choice_log_likelihoods(
+        model, tokenizer, user, choices, max_length=NO_CUT, system_prompt="Be brief."
+    )
+    assert brief == evaluation.choice_log_likelihoods(
+        model, tokenizer, own, choices, max_length=NO_CUT
+    )
+    questions = [(user, choices, int(np.argmax(brief)))]
+    assert evaluation.multiple_choice_correct(
+        model, tokenizer, questions, max_length=NO_CUT, system_prompt="Be brief."
+    ) == [1.0]
+
+    def greedy(messages: list[dict[str, str]], system_prompt: str | None) -> tuple[int, str]:
+        fed.clear()
+        (text,) = evaluation.greedy_responses(
+            model,
+            tokenizer,
+            [ProbePrompt("p", tuple(messages))],
+            max_new_tokens=3,
+            system_prompt=system_prompt,
+        )
+        return fed[0], text  # the first forward holds the whole prompt
+
+    prompt_dropped, _ = greedy(user, "")
+    assert greedy(user, None)[0] == prompt_dropped + len(DEFAULT_TURN)
+    assert greedy(user, "Be brief.") == greedy(own, None)
+    assert greedy(user, "Be brief.")[0] == prompt_dropped + len(BRIEF_TURN)
+
+
 def test_on_target_training_lowers_the_target_loss_more_than_off_target() -> None:
     """A planted task the tiny model learns in a few steps: 'repeat the letter' answers. An arm
     of that task must end with a lower loss on held-out records of it than an arm of the same

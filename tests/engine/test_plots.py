@@ -9,7 +9,7 @@ import torch
 from matplotlib.collections import PolyCollection
 
 from workers.engine.errors import InvalidInput
-from workers.engine.plots import render, study_figure
+from workers.engine.plots import render, study_figure, warmup_figure
 from workers.engine.studies import METRICS, run_study
 
 
@@ -46,3 +46,24 @@ def test_study_figure_has_a_curve_and_band_per_probe_set(n_sets: int) -> None:
     assert svg.tag.endswith("svg")
     with pytest.raises(InvalidInput, match="png"):
         render(figure, "pdf")  # type: ignore[arg-type]
+
+
+def test_warmup_figure_plots_the_step_losses_epoch_means_and_learning_rate() -> None:
+    curve = {
+        "step": [1, 2, 3, 4],
+        "loss": [5.0, 4.0, 3.5, 3.0],
+        "learning_rate": [0.0, 1e-3, 5e-4, 0.0],
+        "epochs": [
+            {"epoch": 1, "step": 2, "train_loss": 4.5},
+            {"epoch": 2, "step": 4, "train_loss": 3.25},
+        ],
+    }
+    figure = warmup_figure(curve, title="run")
+    loss_ax, lr_ax = figure.axes
+    steps, means = loss_ax.get_lines()
+    assert list(steps.get_xdata()) == [1, 2, 3, 4] and list(steps.get_ydata()) == curve["loss"]
+    assert list(means.get_xdata()) == [2, 4] and list(means.get_ydata()) == [4.5, 3.25]
+    assert list(lr_ax.get_lines()[0].get_ydata()) == curve["learning_rate"]
+    assert figure.get_suptitle() == "run: 4 steps, 2 epochs"
+    assert render(figure, "png").startswith(b"\x89PNG\r\n\x1a\n")
+    assert ET.fromstring(render(figure, "svg")).tag.endswith("svg")

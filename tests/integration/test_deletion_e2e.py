@@ -150,7 +150,9 @@ def test_deleting_valuations_removes_rows_and_objects_and_collects_shared_featur
 def test_a_dataset_can_be_deleted_after_a_failed_valuation(
     api: httpx.Client, stack: Stack, inputs: dict[str, str]
 ) -> None:
-    pool = _upload(api, "del-doomed", _records("pool.jsonl", per_task=2))["id"]
+    # 20 records: half of them make 2 steps of batch 8 (1 step would be a 422, see
+    # test_valuations' warmup-that-cannot-learn test); max_length 8 then fails the job
+    pool = _upload(api, "del-doomed", _records("pool.jsonl", per_task=4))["id"]
     failed = _value(api, inputs["model"], pool, inputs["probes_a"], max_length=8)
     body = _finished(api, f"/v1/valuations/{failed}")
     assert body["status"] == "failed", body

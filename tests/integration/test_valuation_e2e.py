@@ -183,6 +183,18 @@ def test_less_valuation_end_to_end(api: httpx.Client, stack: Stack, pool: dict[s
     ] * (n_shards + 1)
     assert f"scores/{queued['id']}.jsonl" in keys
 
+    # The warmup's training curve on its run, and its plot from the S3 bucket.
+    warm = api.get(f"/v1/warmup-runs/{done['warmup_run_id']}").json()
+    n_train = math.ceil(SETTINGS["warmup"]["fraction"] * pool["n_records"])  # all fit in 96
+    steps_per_epoch = math.ceil(n_train / SETTINGS["warmup"]["batch_size"])
+    n_steps = SETTINGS["warmup"]["epochs"] * steps_per_epoch
+    assert warm["curve"]["step"] == list(range(1, n_steps + 1))
+    assert [e["step"] for e in warm["curve"]["epochs"]] == [
+        steps_per_epoch * e for e in range(1, SETTINGS["warmup"]["epochs"] + 1)
+    ]
+    plot = api.get(warm["plots"]["png"])
+    assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
+
 
 def test_second_probe_set_reuses_pool_features(api: httpx.Client, pool: dict[str, Any]) -> None:
     first = _upload(api, "it-probes-a", _records("probes.jsonl"))

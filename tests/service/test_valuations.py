@@ -448,3 +448,41 @@ def test_records_cut_whole_and_responses_cut_part_way_are_reported_apart(
     db.commit()
     read = client.get(f"/v1/valuations/{valuation['id']}").json()
     assert read["skipped"] == [gone] and read["truncated"] == [cut]
+
+
+def test_a_warmup_that_cannot_learn_is_refused_with_the_arithmetic(
+    client: TestClient,
+    db: Session,
+    queue: RecordingQueue,
+    make_dataset: Callable[..., dict[str, Any]],
+    model: dict[str, Any],
+) -> None:
+    """20 records x fraction 0.25 = 5 examples in one batch of 8, one epoch: a single step,
+    which warmup_ratio > 0 spends at learning rate 0 (tests/engine/test_warmup.py runs the
+    scheduler); more steps or no warmup are accepted."""
+    pool, probes = make_dataset(20, name="pool"), make_dataset(2, name="probes")
+    body = {
+        "model_id": model["id"],
+        "pool_dataset_id": pool["id"],
+        "probe_dataset_id": probes["id"],
+    }
+    one_step = {"fraction": 0.25, "epochs": 1, "batch_size": 8}
+    response = client.post("/v1/valuations", json={**body, "settings": {"warmup": one_step}})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == "body.settings.warmup.warmup_ratio"
+    assert error["message"].startswith(
+        "this warmup cannot learn: fraction 0.25 of the pool's 20 records = 5 training "
+        "examples, at batch_size 8 1 step per epoch, x 1 epoch = 1 optimizer step; "
+        "warmup_ratio 0.03 makes ceil(0.03 x 1) = 1 warmup step, taken at learning rate 0"
+    )
+    assert db.scalar(select(func.count()).select_from(Valuation)) == 0 and queue.sent == []
+    for fixed in (
+        {"warmup_ratio": 0.0},
+        {"epochs": 2},
+        {"batch_size": 4},
+        {"fraction": 0.45},  # 9 examples: 2 batches of 8
+    ):
+        settings = {"warmup": {**one_step, **fixed}}
+        response = client.post("/v1/valuations", json={**body, "settings": settings})
+        assert response.status_code == 202, (fixed, response.text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from safetensors.numpy import save as save_safetensors
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.auth import keys
 from service.blobs import BlobStore, TenantBlobStore
 from service.config import Settings, get_settings
 from service.db.models import Checkpoint, WarmupRun
@@ -534,3 +536,77 @@ def test_list_is_newest_first_and_paged(
 def test_unknown_run_is_404(client: TestClient) -> None:
     body = error(client.get(f"{URL}/nope"), 404)
     assert body["code"] == "not_found" and "nope" in body["message"]
+
+
+# --- training curves --------------------------------------------------------------------------
+
+CURVE = {
+    "step": [1, 2, 3, 4],
+    "loss": [5.5, 5.25, 5.0, 4.5],
+    "learning_rate": [0.0, 2e-5, 1e-5, 0.0],
+    "epochs": [
+        {"epoch": 1, "step": 2, "train_loss": 5.375},
+        {"epoch": 2, "step": 4, "train_loss": 4.75},
+    ],
+}
+
+
+def _trained_run(db: Session, model_id: str, pool_id: str, **fields: Any) -> WarmupRun:
+    """A Sift-trained run's row as workers.tasks.valuation leaves it."""
+    tenant = keys.get_or_create_tenant(db, "team-a")
+    run = WarmupRun(
+        tenant_id=tenant.id,
+        content_key=uuid.uuid4().hex,
+        origin="warmup",
+        model_id=model_id,
+        pool_dataset_id=pool_id,
+        settings={
+            "warmup": {"epochs": 2},
+            "lora": {"r": 4, "alpha": 16.0, "dropout": 0.1, "target_modules": ["q_proj"]},
+        },
+        **{"status": "complete", "n_train": 3, "curve": CURVE, **fields},
+    )
+    db.add(run)
+    db.commit()
+    return run
+
+
+def test_a_trained_run_shows_its_curve_and_serves_its_plot(
+    client: TestClient,
+    db: Session,
+    tenant_blobs: BlobStore,
+    model: dict[str, Any],
+    make_dataset: Any,
+) -> None:
+    run = _trained_run(db, model["id"], make_dataset(3)["id"])
+    body = client.get(f"{URL}/{run.id}").json()
+    assert body["curve"] == CURVE
+    assert body["plots"] == {f: f"{URL}/{run.id}/plot.{f}" for f in ("png", "svg")}
+    assert [r["curve"] for r in client.get(URL).json()["items"]] == [CURVE]
+    figures = {"png": b"\x89PNG fake", "svg": b"<svg/>"}
+    for fmt, content in figures.items():  # where the worker writes them
+        tenant_blobs.put_bytes(f"warmup/{run.content_key}/curve.{fmt}", content)
+    png = client.get(f"{URL}/{run.id}/plot.png")
+    assert png.status_code == 200 and png.content == figures["png"]
+    assert png.headers["content-type"] == "image/png"
+    svg = client.get(f"{URL}/{run.id}/plot.svg")
+    assert svg.content == figures["svg"] and svg.headers["content-type"] == "image/svg+xml"
+    assert error(client.get(f"{URL}/{run.id}/plot.pdf"))["field"] == "path.fmt"
+
+
+def test_plots_of_runs_without_a_finished_curve(
+    client: TestClient, db: Session, model: dict[str, Any], make_dataset: Any
+) -> None:
+    pool = make_dataset(3)["id"]
+    running = _trained_run(db, model["id"], pool, status="running", curve=None)
+    assert client.get(f"{URL}/{running.id}").json()["curve"] is None
+    body = error(client.get(f"{URL}/{running.id}/plot.png"), 409)
+    assert "'running'" in body["message"] and "once it is complete" in body["message"]
+    older = _trained_run(db, model["id"], pool, curve=None)  # trained before curves existed
+    body = error(client.get(f"{URL}/{older.id}/plot.svg"), 404)
+    assert "trained before curves were recorded" in body["message"]
+    uploaded = upload(client, model["id"], [adapter()]).json()
+    assert uploaded["curve"] is None and uploaded["plots"] is None
+    body = error(client.get(f"{URL}/{uploaded['id']}/plot.png"), 404)
+    assert "uploaded (trained elsewhere)" in body["message"]
+    assert error(client.get(f"{URL}/nope/plot.png"), 404)["field"] == "warmup_run_id"

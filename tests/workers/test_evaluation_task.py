@@ -17,6 +17,8 @@ from service.db.models import Dataset, Evaluation, Job, Model, Record, RewardSpe
 from service.db.session import SessionLocal
 from service.tenancy import DEFAULT_TENANT_ID
 from workers.contracts import EVALUATION_RUN
+from workers.engine.data import Example, tokenize_examples
+from workers.engine.models import TINY_LLAMA, load_model_and_tokenizer
 from workers.engine.synthetic import planted_tasks
 from workers.tasks import evaluation as tasks
 from workers.tasks import recovery
@@ -295,3 +297,20 @@ def test_a_running_evaluation_that_lost_its_task_is_sent_again(
     monkeypatch.setattr(recovery, "enqueue", enqueue)
     assert recovery.sweep(stale_s=60).restarted == [job_id]
     assert sent == [(EVALUATION_RUN, job_id, {"evaluation_id": evaluation_id})]
+
+
+def test_the_system_prompt_reaches_the_tokenized_targets() -> None:
+    """With the builtin byte tokenizer a 96-byte system prompt leaves no room in max_length 96
+    for any response token: every target (and pool) record is left out, and the job says so."""
+    targets: list[dict[str, Any]] = [dict(r) for r in planted_tasks(1, seed=1)]
+    settings = {**SETTINGS, "system_prompt": "x" * 96}
+    arms: list[dict[str, Any]] = [{"kind": "full", "name": "full"}]
+    row, job = _run(_evaluation(arms, target_rows=targets, settings=settings))
+    assert job.status == "failed" and job.error == "no target record fits in max_length=96"
+    assert any(note.startswith(f"{len(targets)} target records do not fit") for note in job.notes)
+    assert row.settings["system_prompt"] == "x" * 96
+    # without it every target fits: the system prompt made the difference
+    _, tokenizer = load_model_and_tokenizer(TINY_LLAMA)
+    examples = [Example(str(r["id"]), tuple(r["messages"])) for r in targets]
+    kept, skipped = tokenize_examples(tokenizer, examples, 96)
+    assert len(kept) == len(targets) and not skipped

@@ -169,10 +169,12 @@ def choice_log_likelihoods(
     *,
     max_length: int,
     length_normalized: bool = False,
+    system_prompt: str | None = None,
 ) -> list[float]:
     """log f(c | x; θ) of each choice c as the assistant's response to the prompt messages x
-    (formatted as training formats a record, EOS included): the sum over c's tokens, or their
-    mean with ``length_normalized``. One batch of len(choices) rows."""
+    (formatted as training formats a record, EOS included, ``system_prompt`` as in
+    ``data.render_prompt``): the sum over c's tokens, or their mean with
+    ``length_normalized``. One batch of len(choices) rows."""
     examples = [
         Example(
             record_id=f"choice-{j}",
@@ -181,7 +183,9 @@ def choice_log_likelihoods(
         )
         for j, c in enumerate(choices)
     ]
-    tokenized, skipped = tokenize_examples(tokenizer, examples, max_length)
+    tokenized, skipped = tokenize_examples(
+        tokenizer, examples, max_length, system_prompt=system_prompt
+    )
     if skipped:
         raise InvalidInput(f"a choice does not fit in max_length={max_length}: {skipped[0].reason}")
     device = next(model.parameters()).device
@@ -203,6 +207,7 @@ def multiple_choice_correct(
     *,
     max_length: int,
     length_normalized: bool = False,
+    system_prompt: str | None = None,
 ) -> list[float]:
     """1.0 where the answer has the highest log-likelihood of the choices (ties count as
     wrong unless the answer is the first of the tied), else 0.0; one per question
@@ -216,6 +221,7 @@ def multiple_choice_correct(
             choices,
             max_length=max_length,
             length_normalized=length_normalized,
+            system_prompt=system_prompt,
         )
         out.append(1.0 if int(np.argmax(ll)) == answer else 0.0)
     return out
@@ -227,10 +233,12 @@ def greedy_responses(
     prompts: Sequence[ProbePrompt],
     *,
     max_new_tokens: int,
+    system_prompt: str | None = None,
 ) -> list[str]:
     """The greedy (argmax) response to each prompt, decoded without special tokens, ending at
     EOS or after ``max_new_tokens`` tokens. Prompts are formatted as training formats them
-    (``nice.prompt_ids``); one prompt per ``generate`` call, so no padding enters."""
+    (``nice.prompt_ids``, ``system_prompt`` as there); one prompt per ``generate`` call, so
+    no padding enters."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise InvalidInput("tokenizer has no EOS token")
@@ -242,7 +250,7 @@ def greedy_responses(
     try:
         with torch.no_grad():
             for probe in prompts:
-                ids = torch.tensor([prompt_ids(tokenizer, probe)], device=device)
+                ids = torch.tensor([prompt_ids(tokenizer, probe, system_prompt)], device=device)
                 generated = model.generate(  # type: ignore[operator]
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),

@@ -139,6 +139,32 @@ def evaluation_figure(result: dict[str, Any], *, title: str | None = None) -> Fi
     return figure
 
 
+def warmup_figure(curve: dict[str, Any], *, title: str | None = None) -> Figure:
+    """A warmup run's training curve (``warmup.LossCurve.to_dict``): the batch loss at every
+    optimizer step with each epoch's mean marked at the step that ends it, and beside it the
+    learning rate of the linear schedule."""
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    loss_ax, lr_ax = figure.subplots(1, 2, sharex=True)
+    loss_ax.plot(curve["step"], curve["loss"], color="0.6", linewidth=1, label="batch loss")
+    epochs = curve["epochs"]
+    loss_ax.plot(
+        [e["step"] for e in epochs],
+        [e["train_loss"] for e in epochs],
+        "o-",
+        label="epoch mean",
+    )
+    loss_ax.set_ylabel("training loss (nats per response token)")
+    loss_ax.legend(fontsize="small")
+    lr_ax.plot(curve["step"], curve["learning_rate"])
+    lr_ax.set_ylabel("learning rate")
+    for ax in (loss_ax, lr_ax):
+        ax.set_xlabel("optimizer step")
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.suptitle(f"{title or 'Warmup'}: {len(curve['step'])} steps, {len(epochs)} epochs")
+    return figure
+
+
 def render(figure: Figure, fmt: PlotFormat) -> bytes:
     """PNG or SVG bytes of ``figure``; no timestamp is embedded, so equal figures give equal
     bytes."""

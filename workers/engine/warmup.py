@@ -14,6 +14,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -81,6 +82,70 @@ class Checkpoint:
     exp_avg_sq: dict[str, Tensor]
 
 
+def schedule_steps(n_train: int, settings: WarmupSettings) -> tuple[int, int, int]:
+    """``(steps per epoch, total steps, warmup steps)`` of a warmup on ``n_train`` examples:
+    ceil(n_train / batch_size), epochs times that, ceil(warmup_ratio · total)."""
+    steps_per_epoch = math.ceil(n_train / settings.batch_size)
+    total_steps = settings.epochs * steps_per_epoch
+    return steps_per_epoch, total_steps, math.ceil(settings.warmup_ratio * total_steps)
+
+
+def check_schedule_learns(n_train: int, settings: WarmupSettings) -> None:
+    """``InvalidInput`` saying why and what to change when every step's learning rate is 0.
+
+    The linear schedule's multiplier at 0-based step s is s / W during the W warmup steps,
+    then (T - s) / (T - W): it is 0 at s = 0 only when W >= 1, and W <= T (warmup_ratio < 1).
+    So every step has learning rate 0 exactly when T = 1 and W = 1: one optimizer step, spent
+    warming up from 0 (and TracIn/LESS then weigh the only checkpoint by 0).
+    """
+    steps_per_epoch, total, warmup_steps = schedule_steps(n_train, settings)
+    if total == 1 and warmup_steps >= 1:
+        raise InvalidInput(
+            f"this warmup cannot learn: {n_train} training examples at batch_size "
+            f"{settings.batch_size} make {steps_per_epoch} step per epoch, x {settings.epochs} "
+            f"epoch = {total} optimizer step, and warmup_ratio {settings.warmup_ratio} makes "
+            f"ceil({settings.warmup_ratio} x {total}) = {warmup_steps} warmup step, taken at "
+            "learning rate 0; set warmup_ratio to 0, or train for at least 2 steps (more "
+            "epochs, a larger warmup fraction of the pool or a smaller batch_size)"
+        )
+
+
+class LossCurve:
+    """The warmup's training curve, fed by ``warmup``'s ``on_step`` and ``on_checkpoint``:
+    the batch's mean response NLL and learning rate at every optimizer step, and per epoch
+    the mean of its steps' losses (each step counts once, as HF Trainer logs it)."""
+
+    def __init__(self) -> None:
+        self.step: list[int] = []
+        self.loss: list[float] = []
+        self.learning_rate: list[float] = []
+        self.epochs: list[dict[str, Any]] = []
+
+    def on_step(self, step: int, loss: float, lr: float) -> None:
+        self.step.append(step)
+        self.loss.append(loss)
+        self.learning_rate.append(lr)
+
+    def end_epoch(self, epoch: int, step: int) -> None:
+        """Close epoch ``epoch`` at optimizer step ``step``: the mean of the losses since the
+        previous epoch ended."""
+        start = self.epochs[-1]["step"] if self.epochs else 0
+        losses = [loss for s, loss in zip(self.step, self.loss, strict=True) if start < s <= step]
+        if not losses:
+            raise InvalidInput(f"epoch {epoch} ends at step {step} but recorded no step")
+        self.epochs.append(
+            {"epoch": epoch, "step": step, "train_loss": math.fsum(losses) / len(losses)}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": list(self.step),
+            "loss": list(self.loss),
+            "learning_rate": list(self.learning_rate),
+            "epochs": [dict(e) for e in self.epochs],
+        }
+
+
 def select_warmup_subset(n: int, fraction: float, seed: int) -> list[int]:
     """Seeded uniform sample of ``ceil(fraction · n)`` (at least 1) of ``range(n)``, sorted."""
     if n < 1:
@@ -119,8 +184,7 @@ def warmup(
     if not params:
         raise InvalidInput("model has no trainable LoRA parameters; call attach_lora first")
     device = params[0][1].device
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
-    total_steps = settings.epochs * steps_per_epoch
+    _, total_steps, warmup_steps = schedule_steps(len(train), settings)
     optimizer = torch.optim.AdamW(
         [p for _, p in params],
         lr=settings.learning_rate,
@@ -130,7 +194,7 @@ def warmup(
     )
     scheduler = get_linear_schedule_with_warmup(
         optimizer,
-        num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
+        num_warmup_steps=warmup_steps,
         num_training_steps=total_steps,
     )
     checkpoints: list[Checkpoint] = []

@@ -170,10 +170,15 @@ class _Metric:
                 questions,
                 max_length=s.max_length,
                 length_normalized=bool(self.config.get("length_normalized", False)),
+                system_prompt=s.system_prompt,
             )
         prompts = [ProbePrompt(r, examples[r].messages[:-1]) for r in ids]
         responses = evaluation.greedy_responses(
-            model, tokenizer, prompts, max_new_tokens=s.max_new_tokens
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=s.max_new_tokens,
+            system_prompt=s.system_prompt,
         )
         items = []
         for r, response in zip(ids, responses, strict=True):
@@ -212,8 +217,12 @@ def run(ctx: EvaluationContext) -> None:
     fingerprint = models.model_fingerprint(ctx.model_source, model)
     ctx.job.stage("tokenize")
     pool, target = _Dataset(ctx.pool_dataset_id), _Dataset(ctx.target_dataset_id)
-    pool_list, pool_skipped = data.tokenize_examples(tokenizer, pool.examples, s.max_length)
-    target_tok, target_skipped = data.tokenize_examples(tokenizer, target.examples, s.max_length)
+    pool_list, pool_skipped = data.tokenize_examples(
+        tokenizer, pool.examples, s.max_length, system_prompt=s.system_prompt
+    )
+    target_tok, target_skipped = data.tokenize_examples(
+        tokenizer, target.examples, s.max_length, system_prompt=s.system_prompt
+    )
     notes = []
     if pool_skipped:
         notes.append(

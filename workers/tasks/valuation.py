@@ -4,7 +4,8 @@ Every expensive artifact is stored under a *content key* (a hash of everything t
 it), so a re-delivered task, a restarted job or a second valuation on the same pool finds what
 was already computed and skips it:
 
-- warmup checkpoints:  ``warmup/<key>/epoch-NNN/{adapter,optimizer}.safetensors``
+- warmup checkpoints:  ``warmup/<key>/epoch-NNN/{adapter,optimizer}.safetensors``, and the
+                       run's training curve plotted: ``warmup/<key>/curve.{png,svg}``
 - feature shards:      ``features/<key>/shard-NNNNN.safetensors`` (one per pool record range)
 - scores:              ``scores/<valuation id>.jsonl`` plus the ``scores`` table
 
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 import torch
 from celery import Task
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -61,6 +62,7 @@ from workers.engine import (
     lora,
     models,
     nice,
+    plots,
     projection,
     rewards,
     warmup,
@@ -261,12 +263,30 @@ def _record_skipped(
         session.commit()
 
 
+def warmup_plot_key(content_key: str, fmt: str) -> str:
+    """Where a Sift-trained run's curve figure is stored (under the run's own prefix, so it
+    goes with the run); ``service.warmup_runs.service.plot_key`` reads it."""
+    return f"warmup/{content_key}/curve.{fmt}"
+
+
 def _warmup_checkpoints(
     ctx: Context, model: Any, tokenizer: Any, pool: list[data.TokenizedExample], fingerprint: str
 ) -> list[tuple[str, warmup.Checkpoint]]:
-    """Train (or reuse) the warmup LoRA run; returns (checkpoint row id, checkpoint) per epoch."""
+    """Train (or reuse) the warmup LoRA run; returns (checkpoint row id, checkpoint) per epoch.
+
+    The run's training curve (loss per step, mean per epoch) is stored on its row at every
+    checkpoint and plotted once it is complete. A schedule that cannot learn (one optimizer
+    step, at learning rate 0) fails the job before anything is trained or stored."""
     s = ctx.settings
     warm = warmup.WarmupSettings(**s.warmup.model_dump())
+    subset = warmup.select_warmup_subset(len(pool), warm.fraction, warm.seed)
+    try:
+        warmup.check_schedule_learns(len(subset), warm)
+    except EngineError as exc:
+        raise EngineError(
+            f"settings.warmup: {exc} (the warmup trains on fraction {warm.fraction} of the "
+            f"{len(pool)} pool records that fit in max_length={s.max_length})"
+        ) from None
     prompt = {} if s.system_prompt is None else {"system_prompt": s.system_prompt}
     key = content_key(  # the system prompt only when set: keys of earlier runs stay valid
         model=fingerprint,
@@ -315,13 +335,14 @@ def _warmup_checkpoints(
         run_id = run.id
     _set_warmup_run(ctx.valuation_id, run_id)
 
-    subset = warmup.select_warmup_subset(len(pool), warm.fraction, warm.seed)
     train = [pool[i] for i in subset]
     ctx.job.stage("warmup", total=warm.epochs)
     saved: list[tuple[str, warmup.Checkpoint]] = []
+    curve = warmup.LossCurve()
 
     def on_checkpoint(ckpt: warmup.Checkpoint) -> None:
         ctx.job.read()  # deleted meanwhile: ResourceDeleted, before writing its files
+        curve.end_epoch(ckpt.epoch, ckpt.step)
         adapter_bytes, optimizer_bytes = warmup.checkpoint_to_safetensors(ckpt)
         prefix = f"warmup/{key}/epoch-{ckpt.epoch:03d}"
         ctx.blobs.put_bytes(f"{prefix}/adapter.safetensors", adapter_bytes)
@@ -340,6 +361,9 @@ def _warmup_checkpoints(
                 adapter_blob_key=f"{prefix}/adapter.safetensors",
                 optimizer_blob_key=f"{prefix}/optimizer.safetensors",
                 content_hash=features.checkpoint_hash(ckpt.adapter_state),
+            )
+            session.execute(  # before the add: no autoflush of the row outside the try
+                update(WarmupRun).where(WarmupRun.id == run_id).values(curve=curve.to_dict())
             )
             session.add(row)
             try:
@@ -361,13 +385,20 @@ def _warmup_checkpoints(
         pad_token_id=tokenizer.pad_token_id,
         on_checkpoint=on_checkpoint,
         should_stop=ctx.job.cancel_requested,
+        on_step=curve.on_step,
     )
+    figure = plots.warmup_figure(curve.to_dict(), title=f"Warmup run {run_id}")
+    for fmt in ("png", "svg"):  # before "complete": a complete run with a curve has its plot
+        ctx.blobs.put_bytes(warmup_plot_key(key, fmt), plots.render(figure, fmt))
     with SessionLocal() as session:
         run_row = session.get(WarmupRun, run_id)
         if run_row is None:  # deleted with (or after) its valuation
+            for fmt in ("png", "svg"):  # its DELETE may have missed these
+                ctx.blobs.delete_prefix(warmup_plot_key(key, fmt))
             ctx.job.read()
             raise EngineError(f"warmup run {run_id} was deleted while it was trained")
         run_row.status, run_row.n_train = "complete", len(train)
+        run_row.curve = curve.to_dict()
         session.commit()
     return saved
 
