@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import jobs
+from service import jobs, training
 from service.blobs import BlobNotFound, BlobStore
 from service.datasets import repository as datasets
 from service.db.models import (
@@ -292,6 +292,17 @@ def create_evaluation(session: Session, blobs: BlobStore, body: EvaluationCreate
                 field=field,
             )
     arms = _arms(session, blobs, body, pool)
+    t = body.settings.training
+    sizes = {body.budget} | ({pool.n_records} if any(a["kind"] == "full" for a in arms) else set())
+    for n in sorted(sizes):
+        training.refuse_lr_zero(
+            n,
+            t.batch_size,
+            t.epochs,
+            t.warmup_ratio,
+            what=f"an arm of {n} records",
+            field="body.settings.training.warmup_ratio",
+        )
     _target_metadata(session, target, body)
     metric = body.metric.model_dump(mode="json") if body.metric is not None else None
     job = jobs.new_job(session, JOB_KIND)

@@ -13,7 +13,7 @@ import math
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import jobs
+from service import jobs, training
 from service.config import Settings
 from service.datasets import repository as datasets
 from service.db.models import (
@@ -94,9 +94,9 @@ def warmup_schedule(n_pool: int, warmup: WarmupSpec) -> tuple[int, int, int, int
     ``select_warmup_subset`` and ``schedule_steps``); records too long for max_length only
     lower these."""
     n_train = max(1, math.ceil(round(warmup.fraction * n_pool, 9)))
-    steps_per_epoch = math.ceil(n_train / warmup.batch_size)
-    total = warmup.epochs * steps_per_epoch
-    return n_train, steps_per_epoch, total, math.ceil(warmup.warmup_ratio * total)
+    return n_train, *training.schedule(
+        n_train, warmup.batch_size, warmup.epochs, warmup.warmup_ratio
+    )
 
 
 def _check_warmup_learns(n_pool: int, warmup: WarmupSpec) -> None:

@@ -340,6 +340,7 @@ def main() -> None:
     table = markdown(rows)
     print(table)
     if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
         stem = Path(args.out) / f"load-{'-'.join(args.backends)}-{args.workers}proc"
         results = {"machine": f"{os.cpu_count()} cores", "args": vars(args), "rows": rows}
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

@@ -130,7 +130,11 @@ def test_tenants_are_isolated_on_the_production_stack(
             "target_dataset_id": probes["id"],
             "budget": 2,
             "arms": [{"kind": "curation", "curation_id": curation["id"]}],
-            "settings": {"training": {"epochs": 1}, "max_length": 96, "bootstrap": 10},
+            "settings": {
+                "training": {"epochs": 1, "warmup_ratio": 0.0},
+                "max_length": 96,
+                "bootstrap": 10,
+            },
         },
     )
     assert evaluation.status_code == 202, evaluation.text

@@ -117,6 +117,12 @@ def test_create_resolves_arms_commits_then_enqueues(
             "body.target_dataset_id",
             "3 records without metadata.choices",
         ),
+        (  # 2 records, batch 16, 1 epoch: one step, the linear warmup's first, at lr 0
+            {"settings": {"training": {"epochs": 1}}},
+            "body.settings.training.warmup_ratio",
+            "this training cannot learn: an arm of 2 records = 2 training examples, at "
+            "batch_size 16 1 step per epoch, x 1 epoch = 1 optimizer step",
+        ),
     ],
 )
 def test_bad_requests_name_their_field_and_write_nothing(
@@ -254,3 +260,11 @@ def test_a_target_that_is_not_held_out_is_noted(
     ]
     clean = client.post("/v1/evaluations", json=_body(inputs)).json()
     assert clean["notes"] == []
+
+
+def test_one_step_training_is_accepted_without_warmup(
+    client: TestClient, inputs: dict[str, Any]
+) -> None:
+    settings = {"training": {"epochs": 1, "warmup_ratio": 0.0}}
+    created = client.post("/v1/evaluations", json=_body(inputs, settings=settings))
+    assert created.status_code == 202, created.json()

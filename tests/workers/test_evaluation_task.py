@@ -27,7 +27,8 @@ from workers.tasks.jobs import run_tracked
 pytestmark = pytest.mark.usefixtures("migrated")
 
 SETTINGS: dict[str, Any] = {
-    "training": {"epochs": 1, "learning_rate": 3e-3, "batch_size": 4},
+    # one step a run: warmup_ratio 0, or that step would be at learning rate 0 (the API refuses)
+    "training": {"epochs": 1, "learning_rate": 3e-3, "batch_size": 4, "warmup_ratio": 0.0},
     "max_length": 96,
     "max_new_tokens": 4,
     "bootstrap": 50,
