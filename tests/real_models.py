@@ -49,7 +49,7 @@ def model_cache_dir(
     configured = os.environ.get("SIFT_TEST_MODEL_CACHE_DIR")
     if configured:
         return Path(configured)
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
     if cache is not None:
         return Path(cache.mkdir("sift-model-cache"))
     return tmp_path_factory.mktemp("sift-model-cache")

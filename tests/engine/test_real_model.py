@@ -214,3 +214,47 @@ def test_less_ranks_a_held_out_real_target_first(smollm2_folder: Path) -> None:
         f"(chance {1 / len(SOURCES):.0%}), {time.monotonic() - started:.0f} s"
     )
     assert share >= 0.6, top  # chance is 0.2
+
+
+def test_training_on_the_target_task_lowers_its_held_out_loss_more(smollm2_folder: Path) -> None:
+    """The evaluations job's claim on the real model: fresh LoRA trained on 12 GSM8K records
+    ends with a lower loss on 8 held-out GSM8K records than the same LoRA trained identically
+    on 12 BoolQ records (paired over the held-out records: the interval of on - off < 0)."""
+    from workers.engine import evaluation
+
+    started = time.monotonic()
+    torch.manual_seed(0)
+    base, tokenizer = load_model_and_tokenizer(str(smollm2_folder))
+    pad = int(tokenizer.pad_token_id)
+
+    def tok(examples: list[Example]) -> list[TokenizedExample]:
+        out, skipped = tokenize_examples(
+            tokenizer, examples, MAX_LENGTH, system_prompt=SYSTEM_PROMPT_DROP
+        )
+        assert skipped == []
+        return out
+
+    on_target = tok(real_examples("gsm8k", 12))
+    off_target = tok(real_examples("boolq", 12))
+    held_out = tok(real_examples("gsm8k", 8, skip=100))
+    assert not {e.record_id for e in held_out} & {e.record_id for e in on_target}
+    lora = LoraSettings(r=8, alpha=32.0, dropout=0.0, target_modules=("q_proj", "v_proj"))
+    model = attach_lora(base, lora, seed=0)
+    initial = {n: p.detach().clone() for n, p in lora_parameters(model)}
+    before = evaluation.target_losses(model, held_out, batch_size=8, pad_token_id=pad)
+    settings = WarmupSettings(
+        fraction=1.0, epochs=2, learning_rate=1e-3, warmup_ratio=0.0, batch_size=4, seed=0
+    )
+    losses = {}
+    for name, train in (("on", on_target), ("off", off_target)):
+        evaluation.fine_tune(model, train, settings, initial_adapter=initial, pad_token_id=pad)
+        losses[name] = evaluation.target_losses(model, held_out, batch_size=8, pad_token_id=pad)
+    on, off = losses["on"].numpy(), losses["off"].numpy()
+    paired = evaluation.paired_difference(on, off, resamples=1000, seed=0)
+    print(
+        f"\nreal model, held-out GSM8K loss: before {before.mean():.3f}, after 12 GSM8K "
+        f"{on.mean():.3f}, after 12 BoolQ {off.mean():.3f}; on - off in "
+        f"[{paired.low:.3f}, {paired.high:.3f}], {time.monotonic() - started:.0f} s"
+    )
+    assert on.mean() < before.numpy().mean()
+    assert paired.high < 0.0, paired
