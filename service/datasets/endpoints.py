@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Awaitable, Callable
 from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from service.auth.dependencies import BlobStoreDep, PrincipalDep, SessionDep
 from service.config import Settings, get_settings
@@ -193,26 +195,42 @@ async def create_dataset(request: Request, session: SessionDep, settings: Settin
     transaction that is rolled back if any record is bad or the limit is crossed. Exact
     duplicates (same normalized messages) are skipped and listed in ``duplicates``.
     """
+    multipart = _is_multipart(request)
+    upload = service.DatasetUpload(session, "file" if multipart else "records")
+
+    async def produce() -> Dataset:
+        if multipart:
+            return await _store_multipart(request, upload, settings.max_upload_bytes)
+        limit = min(settings.max_json_upload_bytes, settings.max_upload_bytes)
+        try:
+            body = await read_body(request, limit)
+        except PayloadTooLarge as e:
+            raise PayloadTooLarge(
+                f"{e.message} (SIFT_MAX_JSON_UPLOAD_BYTES: a JSON body is read whole); send "
+                "a larger dataset as a multipart JSONL file, which streams"
+            ) from None
+        return await run_in_threadpool(_store_json, body, upload)
+
+    return await _stored(session, upload, produce)
+
+
+def _is_multipart(request: Request) -> bool:
+    """A multipart body (True) or a JSON one (False); any other type is a 415."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/json", "multipart/form-data"):
         raise UnsupportedMediaType(
             f"content type {content_type or 'none'!r}: send application/json or multipart/form-data"
         )
-    multipart = content_type == "multipart/form-data"
-    upload = service.DatasetUpload(session, "file" if multipart else "records")
+    return content_type == "multipart/form-data"
+
+
+async def _stored(
+    session: Session, upload: service.DatasetUpload, produce: Callable[[], Awaitable[Dataset]]
+) -> DatasetRead:
+    """Fill ``upload`` (``produce``), commit and read the dataset back; whatever is raised on
+    the way rolls it all back, so a rejected upload or import stores nothing."""
     try:
-        if multipart:
-            dataset = await _store_multipart(request, upload, settings.max_upload_bytes)
-        else:
-            limit = min(settings.max_json_upload_bytes, settings.max_upload_bytes)
-            try:
-                body = await read_body(request, limit)
-            except PayloadTooLarge as e:
-                raise PayloadTooLarge(
-                    f"{e.message} (SIFT_MAX_JSON_UPLOAD_BYTES: a JSON body is read whole); send "
-                    "a larger dataset as a multipart JSONL file, which streams"
-                ) from None
-            dataset = await run_in_threadpool(_store_json, body, upload)
+        dataset = await produce()
 
         def commit() -> DatasetRead:
             session.commit()
@@ -466,32 +484,18 @@ async def import_dataset(
     ``SIFT_IMPORT_HUB``). Rows become records exactly as an upload's do (the same rules,
     duplicates skipped and listed), in one transaction rolled back on the first bad row.
     """
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in ("application/json", "multipart/form-data"):
-        raise UnsupportedMediaType(
-            f"content type {content_type or 'none'!r}: send application/json or multipart/form-data"
-        )
-    multipart = content_type == "multipart/form-data"
+    multipart = _is_multipart(request)
     upload = service.DatasetUpload(session, "file" if multipart else "body.source")
-    try:
+
+    async def produce() -> Dataset:
         if multipart:
-            dataset = await _import_multipart(request, upload, settings)
-        else:
-            body = await read_body(request, MAX_MAPPING_BYTES + 8192)
-            dataset = await run_in_threadpool(
-                _import_server_side, body, upload, settings, principal.tenant_id
-            )
+            return await _import_multipart(request, upload, settings)
+        body = await read_body(request, MAX_MAPPING_BYTES + 8192)
+        return await run_in_threadpool(
+            _import_server_side, body, upload, settings, principal.tenant_id
+        )
 
-        def commit() -> DatasetRead:
-            session.commit()
-            return service.read_many(session, [dataset])[0]
-
-        return await run_in_threadpool(commit)
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        upload.close()
+    return await _stored(session, upload, produce)
 
 
 @router.get("", response_model=Page[DatasetRead])

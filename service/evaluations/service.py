@@ -88,25 +88,35 @@ def _selection_arm(
     return {"record_ids": list(selection.record_ids[:budget])}
 
 
+def _finished_on_pool(
+    what: str, row: Any, pool: Dataset, field: str, *, verb: str, output: str, ready: bool
+) -> None:
+    """``row`` (a curation or score set, ``None`` if missing) exists, works on the pool, and
+    has succeeded with its ``output`` (``ready``)."""
+    if row is None:
+        raise InvalidInput(f"{what} does not exist", field=field)
+    if row.dataset_id != pool.id:
+        raise InvalidInput(
+            f"{what} {verb} dataset {row.dataset_id}, not the pool {pool.id}", field=field
+        )
+    if row.job.status != JobStatus.succeeded or not ready:
+        raise InvalidInput(
+            f"{what} has status {row.job.status!r}; its {output} exist once it has succeeded",
+            field=field,
+        )
+
+
 def _curation_arm(
     session: Session, arm: CurationArm, pool: Dataset, budget: int, field: str
 ) -> dict[str, Any]:
     curation = session.get(Curation, arm.curation_id)
-    if curation is None:
-        raise InvalidInput(f"curation {arm.curation_id} does not exist", field=field)
-    if curation.dataset_id != pool.id:
-        raise InvalidInput(
-            f"curation {arm.curation_id} selects from dataset {curation.dataset_id}, not the "
-            f"pool {pool.id}",
-            field=field,
-        )
-    if curation.job.status != JobStatus.succeeded or curation.record_ids is None:
-        raise InvalidInput(
-            f"curation {arm.curation_id} has status {curation.job.status!r}; its records exist "
-            "once it has succeeded",
-            field=field,
-        )
-    _enough(len(curation.record_ids), budget, f"curation {arm.curation_id}", field)
+    what = f"curation {arm.curation_id}"
+    ready = curation is not None and curation.record_ids is not None
+    _finished_on_pool(
+        what, curation, pool, field, verb="selects from", output="records", ready=ready
+    )
+    assert curation is not None and curation.record_ids is not None  # checked just above
+    _enough(len(curation.record_ids), budget, what, field)
     return {"record_ids": list(curation.record_ids[:budget])}
 
 
@@ -120,20 +130,12 @@ def _score_set_arm(
     session: Session, blobs: BlobStore, arm: ScoreSetArm, pool: Dataset, budget: int, field: str
 ) -> dict[str, Any]:
     score_set = session.get(ScoreSet, arm.score_set_id)
-    if score_set is None:
-        raise InvalidInput(f"score set {arm.score_set_id} does not exist", field=field)
-    if score_set.dataset_id != pool.id:
-        raise InvalidInput(
-            f"score set {arm.score_set_id} scores dataset {score_set.dataset_id}, not the pool "
-            f"{pool.id}",
-            field=field,
-        )
-    if score_set.job.status != JobStatus.succeeded or score_set.values_blob_key is None:
-        raise InvalidInput(
-            f"score set {arm.score_set_id} has status {score_set.job.status!r}; its values "
-            "exist once it has succeeded",
-            field=field,
-        )
+    ready = score_set is not None and score_set.values_blob_key is not None
+    _finished_on_pool(
+        f"score set {arm.score_set_id}", score_set, pool, field, verb="scores", output="values",
+        ready=ready,
+    )  # fmt: skip
+    assert score_set is not None and score_set.values_blob_key is not None  # checked above
     if arm.column not in (score_set.summary or {}):
         raise InvalidInput(
             f"score set {arm.score_set_id} has no column {arm.column!r}; it has "
