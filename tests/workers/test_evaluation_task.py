@@ -315,3 +315,26 @@ def test_the_system_prompt_reaches_the_tokenized_targets() -> None:
     examples = [Example(str(r["id"]), tuple(r["messages"])) for r in targets]
     kept, skipped = tokenize_examples(tokenizer, examples, 96)
     assert len(kept) == len(targets) and not skipped
+
+
+def test_an_arm_left_one_step_at_learning_rate_0_by_max_length_fails_before_training() -> None:
+    """The API accepted 5 records at batch_size 4 (2 steps); max_length leaves 1, so 1 step,
+    the warmup's first, at learning rate 0: the job fails naming the arm, and nothing is
+    trained or scored (not even the base model)."""
+
+    def row(i: int, prompt: str) -> dict[str, Any]:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": "ok"}]
+        return {"id": f"p{i}", "messages": messages}
+
+    pool = [row(0, "short")] + [row(i, "long " * 40) for i in range(1, 5)]
+    settings = {**SETTINGS, "training": {**SETTINGS["training"], "warmup_ratio": 0.5}}
+    targets: list[dict[str, Any]] = [dict(r) for r in planted_tasks(1, seed=1)]
+    arms: list[dict[str, Any]] = [{"kind": "full", "name": "everything"}]
+    evaluation_id = _evaluation(arms, pool_rows=pool, target_rows=targets, settings=settings)
+    _, job = _run(evaluation_id)
+    assert job.status == "failed"
+    assert job.error is not None and job.error.startswith(
+        "arm 'everything': 1 of its records fit in max_length=96, and this warmup cannot learn"
+    ), job.error
+    assert any(note.startswith("4 pool records do not fit") for note in job.notes)
+    assert _blobs().list_keys(f"evaluations/{evaluation_id}/") == []

@@ -45,6 +45,18 @@ class RewardItem:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def record_label(messages: Sequence[Mapping[str, str]], metadata: Mapping[str, Any]) -> str | None:
+    """What a label reward compares a generated response with, for a probe or target record:
+    its ``metadata.label`` when that is a non-empty string (e.g. the gold letter of a
+    multiple-choice record whose response is ``"B. text"``), else its response, else None."""
+    label = metadata.get("label")
+    if isinstance(label, str) and label:
+        return label
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[-1]["content"]
+    return None
+
+
 def _check_bool(spec: object, *names: str) -> None:
     for name in names:
         if not isinstance(getattr(spec, name), bool):

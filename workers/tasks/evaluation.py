@@ -134,6 +134,29 @@ def _training_set(
     return train
 
 
+def _training_sets(
+    ctx: EvaluationContext,
+    runs: list[tuple[int, int | None]],
+    pool: _Dataset,
+    pool_tok: dict[str, data.TokenizedExample],
+    settings: warmup.WarmupSettings,
+) -> dict[tuple[int, int | None], list[data.TokenizedExample]]:
+    """Every run's training set, each checked to learn before any is trained: the API checks
+    the budget, but records cut by max_length can leave an arm one optimizer step, taken at
+    learning rate 0 (the job then fails naming the arm, with nothing trained)."""
+    sets = {}
+    for arm_index, seed in runs:
+        arm = ctx.arms[arm_index]
+        train = _training_set(ctx, arm, seed, pool, pool_tok)
+        try:
+            warmup.check_schedule_learns(len(train), settings)
+        except EngineError as exc:
+            kept = f"{len(train)} of its records fit in max_length={ctx.settings.max_length}"
+            raise EngineError(f"arm {arm['name']!r}: {kept}, and {exc}") from None
+        sets[arm_index, seed] = train
+    return sets
+
+
 class _Metric:
     """The task metric per target example, or nothing."""
 
@@ -184,13 +207,12 @@ class _Metric:
         for r, response in zip(ids, responses, strict=True):
             messages, metadata = examples[r].messages, self.target.metadata[r]
             users = [m["content"] for m in messages[:-1] if m["role"] == "user"]
-            label = metadata.get("label")
             items.append(
                 rewards.RewardItem(
                     probe_id=r,
                     prompt=users[-1] if users else "",
                     response=response,
-                    label=label if isinstance(label, str) and label else messages[-1]["content"],
+                    label=rewards.record_label(messages, metadata),
                     metadata=metadata,
                 )
             )
@@ -252,6 +274,8 @@ def run(ctx: EvaluationContext) -> None:
     initial = {n: p.detach().clone() for n, p in lora.lora_parameters(peft_model)}
     train_settings = warmup.WarmupSettings(fraction=1.0, **s.training.model_dump())
     pad = int(tokenizer.pad_token_id)
+    runs = _runs(ctx)
+    train_sets = _training_sets(ctx, runs, pool, pool_tok, train_settings)
 
     ctx.job.stage("base model")
     base_key = f"{ctx.prefix}/runs/base.json"
@@ -268,16 +292,14 @@ def run(ctx: EvaluationContext) -> None:
         ctx.job.read()
         ctx.blobs.put_bytes(base_key, json.dumps(base, separators=(",", ":")).encode())
 
-    runs = _runs(ctx)
     ctx.job.stage(TRAIN_STAGE, total=len(runs))
     stored: dict[tuple[int, int | None], dict[str, Any]] = {}
     reused = 0
     for arm_index, seed in runs:
-        arm = ctx.arms[arm_index]
         key = f"{ctx.prefix}/runs/{arm_index:02d}-{'x' if seed is None else seed}.json"
         done = _load_run(ctx.blobs, key)
         if done is None:
-            train = _training_set(ctx, arm, seed, pool, pool_tok)
+            train = train_sets[arm_index, seed]
             tuned = evaluation.fine_tune(
                 peft_model,
                 train,

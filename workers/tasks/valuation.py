@@ -185,14 +185,14 @@ class Context:
             prompts = []
             for row in rows:
                 messages = tuple({"role": m["role"], "content": m["content"]} for m in row.messages)
-                label = messages[-1]["content"] if messages[-1]["role"] == "assistant" else None
+                metadata = dict(row.metadata_ or {})
                 prompts.append(
                     nice.ProbePrompt(
                         record_id=row.record_id,
                         messages=messages,
                         subtask=row.subtask,
-                        label=label,
-                        metadata=dict(row.metadata_ or {}),
+                        label=rewards.record_label(messages, metadata),
+                        metadata=metadata,
                     )
                 )
             return dataset.content_hash, prompts
@@ -659,8 +659,8 @@ def _nice_probes(
         room = s.max_length - len(nice.prompt_ids(tokenizer, probe, s.system_prompt))
         if needs_label and probe.label is None:
             raise EngineError(
-                f"probe {probe.record_id} has no response to serve as the label of a "
-                f"{ctx.reward_spec['kind']!r} reward"
+                f"probe {probe.record_id} has no metadata.label or response to serve as the "
+                f"label of a {ctx.reward_spec['kind']!r} reward"
             )
         needed = 1 if ctx.uses_assist else s.nice.max_new_tokens
         if room < needed:
