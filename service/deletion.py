@@ -275,6 +275,7 @@ def _dataset_dependents(session: Session, dataset_id: str) -> list[Ref]:
                 Valuation.pool_dataset_id == dataset_id,
                 Valuation.probe_dataset_id == dataset_id,
                 Valuation.assist_dataset_id == dataset_id,
+                Valuation.warmup_eval_dataset_id == dataset_id,
             ),
         ),
         *_studies_reading(session, dataset_id),

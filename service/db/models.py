@@ -183,7 +183,7 @@ class RewardSpec(TenantOwned, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-METHODS = ("less", "tracin", "nice", "datainf", "nice_if")
+METHODS = ("less", "tracin", "tracin_adam", "nice", "datainf", "nice_if")
 
 
 class Sample(TenantOwned, Base):
@@ -243,6 +243,9 @@ class Valuation(TenantOwned, Base):
     """NICE only: the reward its probe samples are scored with."""
     assist_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
     """NICE-AMC only: a stronger model's responses, used instead of sampling."""
+    warmup_eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+    """A held-out set whose response loss is measured at every warmup checkpoint (the run's
+    ``curve["heldout"]``)."""
     score_blob_key: Mapped[str | None] = mapped_column(String(1024))
     n_scored: Mapped[int | None] = mapped_column(Integer)
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
@@ -278,6 +281,9 @@ class WarmupRun(TenantOwned, Base):
     curve: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """Sift-trained runs: ``{"step", "loss", "learning_rate"}`` (one entry per optimizer step)
     and ``"epochs"`` (``[{"epoch", "step", "train_loss"}]``), written at every checkpoint;
+    ``"heldout"`` once a valuation on the complete run named a held-out set: one entry per
+    (set content, max_length, system prompt), ``{"dataset_id", "content_hash", "max_length",
+    "system_prompt", "n_records", "n_skipped", "epochs": [{"epoch", "step", "loss"}]}``.
     ``None`` for uploads (trained elsewhere) and runs trained before it was recorded."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

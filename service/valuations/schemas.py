@@ -33,8 +33,11 @@ class ValuationCreate(BaseModel):
     probe_dataset_id: str = Field(description="the target-task examples (validation set)")
     method: Method = Field(
         "less",
-        description="less | tracin (gradient tracing over checkpoints), nice (policy gradient "
-        "of a reward on the probe side), datainf | nice_if (influence functions at the last "
+        description="less (LESS: Σ_e w_e cos(Adam pool feature, probe gradient)) | tracin "
+        "(TracIn as published: Σ_e η̄_e <pool gradient, probe gradient>, plain SGD gradients on "
+        "both sides) | tracin_adam (Σ_e η̄_e <Adam pool feature, probe gradient>: LESS's inner "
+        "product, what 'tracin' computed before migration 0012) | nice (policy gradient of a "
+        "reward on the probe side) | datainf | nice_if (influence functions at the last "
         "checkpoint, loss or policy gradient on the probe side)",
     )
     reward_spec_id: str | None = Field(
@@ -47,6 +50,12 @@ class ValuationCreate(BaseModel):
         description="methods 'nice' and 'nice_if' only (NICE-AMC): responses of a stronger "
         "model to use instead of sampling; each record's metadata.probe_id names the probe it "
         "answers",
+    )
+    warmup_eval_dataset_id: str | None = Field(
+        None,
+        description="a held-out set for the warmup (every record with a response): its mean "
+        "response loss at every warmup checkpoint is stored on the warmup run's "
+        "curve.heldout and plotted next to the training loss",
     )
     settings: ValuationSettings = Field(
         default_factory=lambda: ValuationSettings.model_validate({})
@@ -67,6 +76,9 @@ class ValuationRead(BaseModel):
     probe_dataset_id: str
     reward_spec_id: str | None
     assist_dataset_id: str | None
+    warmup_eval_dataset_id: str | None = Field(
+        description="the warmup's held-out set; its curve is on the warmup run"
+    )
     settings: dict[str, Any] = Field(
         description="as requested; once the worker starts, with model defaults resolved"
     )
@@ -79,7 +91,7 @@ class ValuationRead(BaseModel):
     timings: dict[str, float] = Field(description="seconds per stage")
     skipped: list[dict[str, Any]] = Field(
         description="[{record_id, dataset, reason}]: records left out, no response token fit "
-        "in max_length"
+        "in max_length (dataset: pool | probes | warmup_eval)"
     )
     truncated: list[dict[str, Any]] = Field(
         description="[{record_id, dataset, response_tokens, response_tokens_kept}]: records "

@@ -117,6 +117,24 @@ def _check_warmup_learns(n_pool: int, warmup: WarmupSpec) -> None:
         )
 
 
+def _check_warmup_eval(session: Session, dataset_id: str | None) -> None:
+    """The warmup's held-out set is scored by its response loss: every record needs one."""
+    if dataset_id is None:
+        return
+    dataset = datasets.get(session, dataset_id)
+    if dataset is None:
+        raise InvalidInput(
+            f"dataset {dataset_id} does not exist", field="body.warmup_eval_dataset_id"
+        )
+    if dataset.n_prompt_only:
+        raise InvalidInput(
+            f"dataset {dataset_id} has {dataset.n_prompt_only} records without a response; "
+            "the warmup's held-out loss is the loss of each record's response, so every "
+            "record needs one",
+            field="body.warmup_eval_dataset_id",
+        )
+
+
 def create_valuation(session: Session, body: ValuationCreate, settings: Settings) -> Valuation:
     if not models.exists(session, body.model_id):
         raise InvalidInput(f"model {body.model_id} does not exist", field="body.model_id")
@@ -155,6 +173,7 @@ def create_valuation(session: Session, body: ValuationCreate, settings: Settings
             )
         if field == "pool_dataset_id":
             _check_warmup_learns(dataset.n_records, body.settings.warmup)
+    _check_warmup_eval(session, body.warmup_eval_dataset_id)
     job = jobs.new_job(session, JOB_KIND)
     valuation = Valuation(
         job_id=job.id,
@@ -163,6 +182,7 @@ def create_valuation(session: Session, body: ValuationCreate, settings: Settings
         probe_dataset_id=body.probe_dataset_id,
         reward_spec_id=body.reward_spec_id,
         assist_dataset_id=body.assist_dataset_id,
+        warmup_eval_dataset_id=body.warmup_eval_dataset_id,
         method=body.method,
         settings=body.settings.model_dump(mode="json"),
         skipped=[],
@@ -207,6 +227,7 @@ def to_read(valuation: Valuation) -> ValuationRead:
             "probe_dataset_id": valuation.probe_dataset_id,
             "reward_spec_id": valuation.reward_spec_id,
             "assist_dataset_id": valuation.assist_dataset_id,
+            "warmup_eval_dataset_id": valuation.warmup_eval_dataset_id,
             "settings": valuation.settings,
             **jobs.job_state(job),
             # one JSON column for both cuts: records left out, and responses cut part-way

@@ -269,7 +269,8 @@ def run_target(
         )
         record(scorer, "score_set", job, top_k_of_values(api, job["id"], budget))
         arms.append({"kind": "score_set", "name": scorer, "score_set_id": job["id"]})
-    methods = ["less", "tracin", "datainf"] + (["nice"] if target == "arc_easy" else [])
+    methods = ["less", "tracin_adam", "tracin", "datainf"]  # tracin: another pool pass (SGD)
+    methods += ["nice"] if target == "arc_easy" else []
     for method in methods:
         body: dict[str, Any] = {
             "model_id": model["id"],

@@ -32,6 +32,41 @@ def reference_gradient(model: torch.nn.Module, example: TokenizedExample) -> Ten
     return torch.cat([g.reshape(-1) for g in grads])
 
 
+def reference_layer_gradients(model: torch.nn.Module, example: TokenizedExample) -> list[Tensor]:
+    """∇θ_l L(z; θ) [P_l] for every LoRA weight tensor θ_l (DataInf's layers), in float64."""
+    flat = reference_gradient(model, example).double()
+    sizes = [p.numel() for _, p in lora_parameters(model)]
+    return list(flat.split(sizes))
+
+
+def reference_datainf(
+    pool_grads: Sequence[Sequence[Tensor]],
+    probe_grads: Sequence[Sequence[Tensor]],
+    *,
+    damping: float = 0.1,
+) -> Tensor:
+    """DataInf as published (Kwon et al. 2024, eq. 5 and their code), as explicit loops.
+
+    ``pool_grads[i][l]`` is g_il [d_l], ``probe_grads[j][l]`` is v_jl [d_l]. Per layer l:
+    λ_l = damping · (1/n) Σ_i (1/d_l) Σ_k g_il[k]²  (the mean of each gradient's squared
+    coordinates, averaged over the pool), and the influence of z_k on z_j is
+        -I(z_k, z_j) = Σ_l v_jlᵀ [(1/n) Σ_i (g_il g_ilᵀ + λ_l I)⁻¹] g_kl
+    with every d_l x d_l inverse taken by ``torch.linalg.inv``. Returns [n, m].
+    """
+    n, m, n_layers = len(pool_grads), len(probe_grads), len(pool_grads[0])
+    out = torch.zeros((n, m), dtype=torch.float64)
+    for layer in range(n_layers):
+        g = [pool_grads[i][layer].double() for i in range(n)]
+        d = g[0].numel()
+        lam = damping * sum(float((gi * gi).mean()) for gi in g) / n
+        eye = torch.eye(d, dtype=torch.float64)
+        inverse = sum(torch.linalg.inv(torch.outer(gi, gi) + lam * eye) for gi in g) / n
+        for k in range(n):
+            for j in range(m):
+                out[k, j] += float(probe_grads[j][layer].double() @ inverse @ g[k])
+    return out
+
+
 def reference_adam_feature(
     g: Tensor, m: Tensor, v: Tensor, *, step: int, bias_correction: bool
 ) -> Tensor:
@@ -66,7 +101,8 @@ def reference_scores(
     """Inf(z_i, D_V) = max_j mean_{v in j} Σ_e c_e sim_e(i, v), as explicit loops.
 
     ``pool_feats[e]`` [N, d], ``probe_feats[e]`` [M, d]. less: c_e = η̄_e / Σ η̄, sim = cosine;
-    tracin: c_e = η̄_e, sim = inner product.
+    tracin: c_e = η̄_e, sim = inner product (TracIn with plain gradients as ``pool_feats``,
+    tracin_adam with Adam features).
     """
     n, m = pool_feats[0].shape[0], probe_feats[0].shape[0]
     total_lr = sum(mean_lrs)

@@ -17,10 +17,16 @@ from workers.engine.errors import InvalidInput, ProvenanceMismatch
 from workers.engine.features import FeatureSet, featurize
 from workers.engine.influence import aggregate_subtasks
 from workers.engine.lora import lora_parameters
-from workers.engine.projection import BlockHadamardProjector, Projector, split_layers
+from workers.engine.projection import (
+    BlockHadamardProjector,
+    Projector,
+    layer_input_sizes,
+    layer_widths,
+    split_layers,
+)
 
 from .conftest import Warmed, make_provenance
-from .reference import reference_gradient
+from .reference import reference_datainf, reference_gradient, reference_layer_gradients
 
 
 def _reference_datainf(pool: list[torch.Tensor], probes: list[torch.Tensor]) -> torch.Tensor:
@@ -29,7 +35,7 @@ def _reference_datainf(pool: list[torch.Tensor], probes: list[torch.Tensor]) -> 
     out = torch.zeros((n, m), dtype=torch.float64)
     for g, v in zip(pool, probes, strict=True):
         d = g.shape[1]
-        lam = 0.1 * float((g * g).sum(dim=1).mean())
+        lam = 0.1 * float((g * g).sum(dim=1).mean()) / d
         inverse = (
             sum(
                 torch.linalg.inv(torch.outer(g[i], g[i]) + lam * torch.eye(d, dtype=torch.float64))
@@ -88,7 +94,7 @@ def test_layerwise_features_are_the_exact_gradients_cut_by_layer(warmed: Warmed)
     examples = warmed.pool[:5]
     exact = _layer_features(warmed, examples, None, batch_size=3)
     sizes = layer_sizes(model)
-    assert len(sizes) == len(lora_parameters(model)) // 2  # one layer per adapted module
+    assert sizes == [[p.numel()] for _, p in lora_parameters(model)]  # one per weight tensor
     layers = split_layers(exact.features, exact.provenance.projector)
     assert [x.shape[1] for x in layers] == [sum(g) for g in sizes]
     model.eval()
@@ -98,7 +104,8 @@ def test_layerwise_features_are_the_exact_gradients_cut_by_layer(warmed: Warmed)
         assert float((got - expected).norm() / expected.norm()) < 1e-4
 
     projected = _layer_features(warmed, examples, 64, seed=2, batch_size=5)
-    assert projected.provenance.projector.endswith(":" + ",".join(["64"] * len(sizes)))
+    assert layer_widths(projected.provenance.projector) == [64] * len(sizes)
+    assert layer_input_sizes(projected.provenance.projector) == [g[0] for g in sizes]
     torch.testing.assert_close(
         projected.features,
         layerwise_projector(model, 64, 2).project(exact.features),
@@ -116,6 +123,7 @@ def test_streamed_scorer_equals_the_whole_pool_formula(warmed: Warmed) -> None:
             split_layers(probes.features, probes.provenance.projector),
             damping=damping,
             relative_damping=relative,
+            layer_dims=layer_input_sizes(pool.provenance.projector),  # d_l = P_l, not 32
         )
         shards = [_rows(pool, slice(0, 4)), _rows(pool, slice(4, 7)), _rows(pool, slice(7, 10))]
         scorer = DataInfScorer(probes, damping=damping, relative_damping=relative)
@@ -128,6 +136,52 @@ def test_streamed_scorer_equals_the_whole_pool_formula(warmed: Warmed) -> None:
         want, _ = aggregate_subtasks(expected, subtasks)
         torch.testing.assert_close(torch.cat([g.scores for g in got]), want.double())
         assert [r for g in got for r in g.record_ids] == pool.record_ids
+
+
+def _streamed(probes: FeatureSet, shards: list[FeatureSet], **kwargs: float | bool) -> torch.Tensor:
+    scorer = DataInfScorer(probes, **kwargs)  # type: ignore[arg-type]
+    for shard in shards:
+        scorer.add_norms(shard)
+    for shard in shards:
+        scorer.add_corrections(shard)
+    return torch.cat([scorer.score(shard).scores for shard in shards])
+
+
+def test_streamed_scorer_equals_datainf_as_published(warmed: Warmed) -> None:
+    """Sift's batched exact features through the streamed scorer vs an independent DataInf:
+    one example at a time by plain autograd, one layer per weight tensor, explicit inverses,
+    λ_l = 0.1 · mean squared coordinate (``reference.reference_datainf``)."""
+    model = warmed.model
+    pool_ex, probe_ex = warmed.pool[:12], warmed.probes[:6]
+    pool = _layer_features(warmed, pool_ex, None, batch_size=5)
+    probes = _layer_features(warmed, probe_ex, None, batch_size=4)
+    shards = [_rows(pool, slice(0, 5)), _rows(pool, slice(5, 12))]
+    got = _streamed(probes, shards)
+
+    model.eval()
+    expected = reference_datainf(
+        [reference_layer_gradients(model, ex) for ex in pool_ex],
+        [reference_layer_gradients(model, ex) for ex in probe_ex],
+    )
+    subtasks = [ex.subtask or "default" for ex in probe_ex]
+    want = torch.tensor(
+        [
+            max(
+                float(expected[k, [j for j, s in enumerate(subtasks) if s == task]].mean())
+                for task in set(subtasks)
+            )
+            for k in range(len(pool_ex))
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+    # a width no smaller than every tensor rotates each layer instead of compressing it
+    widest = max(p.numel() for _, p in lora_parameters(model))
+    rotated = [_layer_features(warmed, pool_ex, widest, batch_size=6)]
+    rotated_probes = _layer_features(warmed, probe_ex, widest, batch_size=6)
+    torch.testing.assert_close(
+        _streamed(rotated_probes, rotated), got, rtol=1e-4, atol=1e-6 * float(got.abs().max())
+    )
 
 
 def _rows(features: FeatureSet, rows: slice) -> FeatureSet:

@@ -168,3 +168,26 @@ def test_sentence_transformers_wiring(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert calls["normalize_embeddings"] is True and calls["batch_size"] == 8
     with pytest.raises(InvalidInput, match="local directory"):
         sentence_transformer_embeddings(["a"], tmp_path / "missing")
+
+
+@pytest.mark.real_model
+def test_minilm_embeddings_equal_plain_mean_pooling(minilm_folder: Path) -> None:
+    """The real all-MiniLM-L6-v2 through sentence-transformers equals the model card's own
+    recipe written with transformers alone: mean of the last hidden state over the attention
+    mask, then L2 normalisation."""
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = [example_text(e) for e in _examples()]
+    got = sentence_transformer_embeddings(texts, minilm_folder, batch_size=2)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_folder, local_files_only=True)
+    model = AutoModel.from_pretrained(minilm_folder, local_files_only=True).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    expected = torch.nn.functional.normalize(mean, dim=1)
+    assert got.shape == (len(texts), 384)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    similarity = got @ got.T
+    assert torch.allclose(similarity.diagonal(), torch.ones(len(texts)), atol=1e-5)

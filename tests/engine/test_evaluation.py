@@ -305,3 +305,46 @@ def test_evaluation_figure_renders_every_arm() -> None:
     assert b"LESS top" in svg and b"before training" in svg
     png = plots.render(plots.evaluation_figure(result, title="demo"), "png")
     assert png.startswith(b"\x89PNG") and png == plots.render(figure, "png")
+
+
+def _merged_base_model(adapter_state: dict[str, torch.Tensor], scale: float) -> torch.nn.Module:
+    """The tiny Llama as loaded, with each LoRA pair merged by hand: W + scale · B A (no peft)."""
+    base, _ = load_model_and_tokenizer(TINY_LLAMA)
+    weights = dict(base.named_parameters())
+    for name, a in adapter_state.items():
+        if ".lora_A." not in name:
+            continue
+        b = adapter_state[name.replace(".lora_A.", ".lora_B.")]
+        module = name.removeprefix("base_model.model.").split(".lora_A.")[0]
+        with torch.no_grad():
+            weights[f"{module}.weight"].add_(scale * (b @ a))
+    return base.eval()
+
+
+def test_heldout_loss_per_epoch_equals_each_checkpoint_merged_by_hand(warmed: Warmed) -> None:
+    """At each checkpoint: the mean over held-out examples of the mean response NLL, from a
+    plain forward of the base model with that checkpoint's adapters merged into its weights;
+    the model gets its own adapters back."""
+    model, heldout = warmed.model, warmed.probes
+    before = {name: p.detach().clone() for name, p in lora_parameters(model)}
+    model.train()
+    got = evaluation.heldout_loss_per_epoch(
+        model,
+        heldout,
+        warmed.checkpoints,
+        batch_size=2,
+        pad_token_id=int(warmed.tokenizer.pad_token_id),
+    )
+    assert [(e["epoch"], e["step"]) for e in got] == [(c.epoch, c.step) for c in warmed.checkpoints]
+    for entry, ckpt in zip(got, warmed.checkpoints, strict=True):
+        merged = _merged_base_model(ckpt.adapter_state, scale=16.0 / 4)  # alpha / r
+        slow = [_plain_response_loss(merged, ex.input_ids, ex.labels) for ex in heldout]
+        assert entry["loss"] == pytest.approx(statistics.fmean(slow), rel=1e-5)
+    assert got[0]["loss"] != pytest.approx(got[1]["loss"], rel=1e-4)  # the epochs differ
+    assert model.training  # dropout back on, as the caller left it
+    for name, p in lora_parameters(model):
+        assert torch.equal(p, before[name])
+    with pytest.raises(InvalidInput, match="at least one held-out example"):
+        evaluation.heldout_loss_per_epoch(
+            model, [], warmed.checkpoints, batch_size=2, pad_token_id=0
+        )

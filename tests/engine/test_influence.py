@@ -1,4 +1,5 @@
-"""LESS / TracIn scores vs explicit loops, provenance checks, and projection fidelity."""
+"""LESS / TracIn (as published, and on Adam features) scores vs explicit loops, provenance
+checks, and projection fidelity."""
 
 from __future__ import annotations
 
@@ -46,37 +47,45 @@ def _two_subtask_probes(warmed: Warmed) -> list:
     ]
 
 
-@pytest.mark.parametrize("method", ["less", "tracin"])
-def test_scores_match_explicit_loops(warmed: Warmed, method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "pool_kind", "aggregation"),
+    [  # valuation method, its pool features, score_shard's aggregation (valuation glue)
+        ("less", "adam", "less"),
+        ("tracin", "sgd", "tracin"),  # TracIn as published: plain gradients on both sides
+        ("tracin_adam", "adam", "tracin"),
+    ],
+)
+def test_scores_match_explicit_loops(
+    warmed: Warmed, method: str, pool_kind: str, aggregation: str
+) -> None:
     pool, probes = warmed.pool[:6], _two_subtask_probes(warmed)
     projector = IdentityProjector(sum(p.numel() for _, p in lora_parameters(warmed.model)))
-    pool_sets = [_features(warmed, pool, "adam", e, projector) for e in range(2)]
+    pool_sets = [_features(warmed, pool, pool_kind, e, projector) for e in range(2)]
     probe_sets = [_features(warmed, probes, "sgd", e, projector) for e in range(2)]
     mean_lrs = [c.mean_lr for c in warmed.checkpoints]
-    got = score_shard(pool_sets, probe_sets, mean_lrs, method=method)  # type: ignore[arg-type]
+    got = score_shard(pool_sets, probe_sets, mean_lrs, method=aggregation)  # type: ignore[arg-type]
 
     ref_pool, ref_probes = [], []
     for ckpt in warmed.checkpoints:
         load_adapter_state(warmed.model, ckpt.adapter_state)
         warmed.model.eval()
         m, v = flat_moments(warmed.model, ckpt)
+        grads = [reference_gradient(warmed.model, ex).double() for ex in pool]
         ref_pool.append(
             torch.stack(
-                [
+                grads
+                if method == "tracin"
+                else [
                     reference_adam_feature(
-                        reference_gradient(warmed.model, ex).double(),
-                        m.double(),
-                        v.double(),
-                        step=ckpt.step,
-                        bias_correction=False,
+                        g, m.double(), v.double(), step=ckpt.step, bias_correction=False
                     )
-                    for ex in pool
+                    for g in grads
                 ]
             )
         )
         ref_probes.append(torch.stack([reference_gradient(warmed.model, ex) for ex in probes]))
     expected = reference_scores(
-        ref_pool, ref_probes, [ex.subtask for ex in probes], mean_lrs, method=method
+        ref_pool, ref_probes, [ex.subtask for ex in probes], mean_lrs, method=aggregation
     )
     assert got.record_ids == [ex.record_id for ex in pool]
     assert set(got.per_subtask) == {"a", "b"}

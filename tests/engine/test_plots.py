@@ -67,3 +67,36 @@ def test_warmup_figure_plots_the_step_losses_epoch_means_and_learning_rate() -> 
     assert figure.get_suptitle() == "run: 4 steps, 2 epochs"
     assert render(figure, "png").startswith(b"\x89PNG\r\n\x1a\n")
     assert ET.fromstring(render(figure, "svg")).tag.endswith("svg")
+
+
+def test_warmup_figure_draws_each_heldout_set_at_the_epoch_ends() -> None:
+    curve = {
+        "step": [1, 2, 3, 4],
+        "loss": [5.0, 4.0, 3.5, 3.0],
+        "learning_rate": [0.0, 1e-3, 5e-4, 0.0],
+        "epochs": [
+            {"epoch": 1, "step": 2, "train_loss": 4.5},
+            {"epoch": 2, "step": 4, "train_loss": 3.25},
+        ],
+        "heldout": [
+            {
+                "dataset_id": f"ds-{name}",
+                "n_records": 3,
+                "epochs": [
+                    {"epoch": 1, "step": 2, "loss": first},
+                    {"epoch": 2, "step": 4, "loss": first - 0.5},
+                ],
+            }
+            for name, first in (("a", 4.8), ("b", 4.9))
+        ],
+    }
+    figure = warmup_figure(curve, title="run")
+    loss_ax = figure.axes[0]
+    _, _, a, b = loss_ax.get_lines()
+    assert list(a.get_xdata()) == [2, 4] and list(a.get_ydata()) == [4.8, 4.3]
+    assert list(b.get_ydata()) == [4.9, 4.4]
+    legend = loss_ax.get_legend()
+    assert legend is not None
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[2:] == ["held-out ds-a (3 records)", "held-out ds-b (3 records)"]
+    assert a.get_marker() == "s"

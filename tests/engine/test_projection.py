@@ -13,6 +13,7 @@ from workers.engine.projection import (
     LayerwiseProjector,
     RademacherProjector,
     dense_rademacher_matrix,
+    layer_input_sizes,
     layer_widths,
     split_layers,
     sylvester_hadamard,
@@ -181,6 +182,18 @@ def test_exact_layerwise_projector_is_the_identity_with_layer_widths() -> None:
         layer_widths("srht-blocks:v1")
     with pytest.raises(InvalidInput, match="do not match"):
         split_layers(torch.zeros(2, 14), proj.spec())
+
+
+def test_layerwise_spec_records_parameter_counts_and_caps_widths() -> None:
+    proj = LayerwiseProjector([[300], [4096], [64]], 256, seed=1)
+    assert layer_widths(proj.spec()) == [256, 256, 64]  # a layer no wider is not padded
+    assert layer_input_sizes(proj.spec()) == [300, 4096, 64]
+    x = torch.randn(4, 64, dtype=torch.float64)
+    flat = torch.cat([torch.zeros(4, 4396), x], 1).float()
+    small = split_layers(proj.project(flat), proj.spec())[2].double()
+    torch.testing.assert_close(small @ small.T, x @ x.T, rtol=1e-5, atol=1e-5)  # a rotation
+    with pytest.raises(InvalidInput, match="layerwise:v2"):  # per-module v1 features retired
+        layer_widths("layerwise:v1:srht-blocks:v1:64,64")
 
 
 def test_block_hadamard_plan_is_drawn_once_per_process() -> None:

@@ -258,3 +258,23 @@ def test_training_on_the_target_task_lowers_its_held_out_loss_more(smollm2_folde
     )
     assert on.mean() < before.numpy().mean()
     assert paired.high < 0.0, paired
+
+
+def test_rds_with_minilm_ranks_a_held_out_real_target_first(minilm_folder: Path) -> None:
+    """RDS (seed 003's SentenceBERT importance) with the real all-MiniLM-L6-v2 on the same
+    5-source real pool: cosine to 6 held-out GSM8K probes puts GSM8K first."""
+    from workers.engine.embeddings import example_text, sentence_transformer_embeddings
+    from workers.engine.importance import rds_scores
+
+    pool = [ex for task in SOURCES for ex in real_examples(task, N_PER_SOURCE)]
+    probes = real_examples("gsm8k", N_PROBES, skip=N_PER_SOURCE + 50)
+
+    def embed(examples: list[Example]) -> torch.Tensor:
+        return sentence_transformer_embeddings([example_text(e) for e in examples], minilm_folder)
+
+    scores, _ = rds_scores(embed(pool), embed(probes), [p.subtask for p in probes])
+    ids = [e.record_id for e in pool]
+    top = [ids[i] for i in rank(ids, scores)[:N_PER_SOURCE]]
+    share = sum(rid.startswith("gsm8k-") for rid in top) / N_PER_SOURCE
+    print(f"\nRDS (MiniLM): {share:.0%} of its top {N_PER_SOURCE} from gsm8k (chance 20%)")
+    assert share >= 0.8, top

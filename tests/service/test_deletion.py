@@ -299,6 +299,22 @@ def test_cascade_deletes_a_datasets_dependents_and_cancels_live_ones(
     assert client.get(f"/v1/datasets/{running['probe_dataset_id']}").status_code == 200
 
 
+def test_a_warmup_held_out_set_is_a_dependent_of_its_valuations(
+    client: TestClient, db: Session, make_dataset: Maker, make_valuation: Maker
+) -> None:
+    heldout = make_dataset(2, name="heldout")
+    valuation = make_valuation(warmup_eval_dataset_id=heldout["id"])
+    finish_valuation(db, valuation["id"])
+    message = _conflict(client.delete(f"/v1/datasets/{heldout['id']}"))
+    assert f"valuation {valuation['id']} (succeeded)" in message, message
+    assert client.get(f"/v1/datasets/{heldout['id']}").status_code == 200
+
+    response = client.delete(f"/v1/datasets/{heldout['id']}", params={"cascade": "true"})
+    assert response.status_code == 204, response.text
+    assert client.get(f"/v1/valuations/{valuation['id']}").status_code == 404
+    assert client.get(f"/v1/datasets/{valuation['pool_dataset_id']}").status_code == 200
+
+
 def test_a_live_valuation_is_cancelled_by_its_deletion(
     client: TestClient, db: Session, make_valuation: Maker
 ) -> None:

@@ -95,3 +95,42 @@ def test_rows_from_before_tenancy_belong_to_the_default_tenant(tmp_path: Path) -
         principal = keys.authenticate(session, key)
         assert principal is not None and principal.tenant_id == DEFAULT_TENANT_ID
     engine.dispose()
+
+
+def test_tracin_valuations_from_before_0012_become_tracin_adam(tmp_path: Path) -> None:
+    """Before 0012 ``tracin`` scored Adam pool features; 0012 renames those valuations
+    ``tracin_adam`` (what they computed), and downgrading renames them back."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = alembic_config(database_url=url)
+    command.upgrade(config, "0011")
+    engine = create_engine(url)
+    now, tenant = "CURRENT_TIMESTAMP", "'default'"
+    rows = [
+        f"INSERT INTO models (id, name, source, created_at, tenant_id) "
+        f"VALUES ('m', 'tiny', 'builtin:tiny-llama', {now}, {tenant})",
+        f"INSERT INTO datasets (id, name, n_records, n_duplicates, duplicates, content_hash, "
+        f"created_at, tenant_id) VALUES ('d', 'd', 1, 0, '[]', 'h', {now}, {tenant})",
+    ]
+    for vid, method in (("v1", "tracin"), ("v2", "less")):
+        rows += [
+            f"INSERT INTO jobs (id, kind, status, progress_done, progress_total, notes, "
+            f"timings, cancel_requested, created_at, tenant_id) VALUES ('{vid}', 'valuation', "
+            f"'succeeded', 0, 0, '[]', '{{}}', 0, {now}, {tenant})",
+            f"INSERT INTO valuations (id, job_id, model_id, pool_dataset_id, probe_dataset_id, "
+            f"method, settings, skipped, created_at, tenant_id) VALUES ('{vid}', '{vid}', 'm', "
+            f"'d', 'd', '{method}', '{{}}', '[]', {now}, {tenant})",
+        ]
+    with engine.begin() as conn:
+        for row in rows:
+            conn.execute(text(row))
+
+    def methods() -> dict[str, str]:
+        with engine.begin() as conn:
+            return dict(conn.execute(text("SELECT id, method FROM valuations")).all())
+
+    command.upgrade(config, "head")
+    assert methods() == {"v1": "tracin_adam", "v2": "less"}
+    command.downgrade(config, "0011")
+    assert methods() == {"v1": "tracin", "v2": "less"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -29,11 +30,12 @@ def test_create_commits_then_enqueues(
     assert client.get(f"/v1/valuations/{valuation['id']}").json() == valuation
 
 
-def test_settings_and_method_are_validated_and_stored(make_valuation: Any) -> None:
+@pytest.mark.parametrize("method", ["tracin", "tracin_adam"])
+def test_settings_and_method_are_validated_and_stored(make_valuation: Any, method: str) -> None:
     valuation = make_valuation(
-        method="tracin", settings={"projection": {"dim": 64}, "warmup": {"epochs": 2}}
+        method=method, settings={"projection": {"dim": 64}, "warmup": {"epochs": 2}}
     )
-    assert valuation["method"] == "tracin"
+    assert valuation["method"] == method
     assert valuation["settings"]["projection"]["dim"] == 64
     assert valuation["settings"]["warmup"]["epochs"] == 2
     assert valuation["settings"]["lora"]["r"] is None  # resolved later by the worker
@@ -197,7 +199,7 @@ def test_prompt_only_datasets_are_refused_for_loss_based_methods(
 
     full = upload("full", [{"prompt": "a", "response": "b"}])
     prompts = upload("prompts", [{"prompt": "a", "response": "b"}, {"prompt": "only"}])
-    for method in ("less", "tracin", "datainf"):
+    for method in ("less", "tracin", "tracin_adam", "datainf"):
         for field, body in (
             ("body.probe_dataset_id", {"pool_dataset_id": full, "probe_dataset_id": prompts}),
             ("body.pool_dataset_id", {"pool_dataset_id": prompts, "probe_dataset_id": full}),
@@ -486,3 +488,34 @@ def test_a_warmup_that_cannot_learn_is_refused_with_the_arithmetic(
         settings = {"warmup": {**one_step, **fixed}}
         response = client.post("/v1/valuations", json={**body, "settings": settings})
         assert response.status_code == 202, (fixed, response.text)
+
+
+def test_a_warmup_held_out_set_is_validated_and_stored(
+    client: TestClient, db: Session, queue: RecordingQueue, model: dict[str, Any]
+) -> None:
+    full = _dataset(client, "full", [{"prompt": "a", "response": "b"}])
+    prompts = _dataset(client, "prompts", [{"prompt": "a", "response": "b"}, {"prompt": "only"}])
+    good = {"model_id": model["id"], "pool_dataset_id": full, "probe_dataset_id": full}
+    for value, status, message in (
+        ("nope", 422, "dataset nope does not exist"),
+        (prompts, 422, "1 records without a response"),
+        (5, 422, "string"),
+    ):
+        response = client.post("/v1/valuations", json={**good, "warmup_eval_dataset_id": value})
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["field"] == "body.warmup_eval_dataset_id", error
+        assert message in error["message"], error
+    assert db.scalar(select(func.count()).select_from(Valuation)) == 0
+    assert db.scalar(select(func.count()).select_from(Job)) == 0
+    assert queue.sent == []
+
+    response = client.post("/v1/valuations", json={**good, "warmup_eval_dataset_id": full})
+    assert response.status_code == 202, response.text
+    valuation = response.json()
+    assert valuation["warmup_eval_dataset_id"] == full
+    row = db.get(Valuation, valuation["id"])
+    assert row is not None and row.warmup_eval_dataset_id == full
+    assert client.get(f"/v1/valuations/{valuation['id']}").json() == valuation
+    without = client.post("/v1/valuations", json=good).json()
+    assert without["warmup_eval_dataset_id"] is None

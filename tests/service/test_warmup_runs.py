@@ -580,9 +580,9 @@ def test_a_trained_run_shows_its_curve_and_serves_its_plot(
 ) -> None:
     run = _trained_run(db, model["id"], make_dataset(3)["id"])
     body = client.get(f"{URL}/{run.id}").json()
-    assert body["curve"] == CURVE
+    assert body["curve"] == {**CURVE, "heldout": []}  # no held-out set measured on it
     assert body["plots"] == {f: f"{URL}/{run.id}/plot.{f}" for f in ("png", "svg")}
-    assert [r["curve"] for r in client.get(URL).json()["items"]] == [CURVE]
+    assert [r["curve"] for r in client.get(URL).json()["items"]] == [body["curve"]]
     figures = {"png": b"\x89PNG fake", "svg": b"<svg/>"}
     for fmt, content in figures.items():  # where the worker writes them
         tenant_blobs.put_bytes(f"warmup/{run.content_key}/curve.{fmt}", content)
@@ -592,6 +592,29 @@ def test_a_trained_run_shows_its_curve_and_serves_its_plot(
     svg = client.get(f"{URL}/{run.id}/plot.svg")
     assert svg.content == figures["svg"] and svg.headers["content-type"] == "image/svg+xml"
     assert error(client.get(f"{URL}/{run.id}/plot.pdf"))["field"] == "path.fmt"
+
+
+def test_a_trained_run_shows_the_heldout_loss_per_epoch(
+    client: TestClient, db: Session, model: dict[str, Any], make_dataset: Any
+) -> None:
+    heldout = {
+        "dataset_id": make_dataset(2, name="heldout")["id"],
+        "content_hash": "c" * 64,
+        "max_length": 64,
+        "system_prompt": None,
+        "n_records": 2,
+        "n_skipped": 0,
+        "epochs": [{"epoch": 1, "step": 2, "loss": 5.5}, {"epoch": 2, "step": 4, "loss": 5.0}],
+    }
+    run = _trained_run(
+        db, model["id"], make_dataset(3)["id"], curve={**CURVE, "heldout": [heldout]}
+    )
+    assert client.get(f"{URL}/{run.id}").json()["curve"]["heldout"] == [heldout]
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    curve = schemas["service__warmup_runs__schemas__CurveRead"]  # evaluations have a CurveRead
+    assert "warmup_eval_dataset_id" in curve["properties"]["heldout"]["description"]
+    assert set(schemas["HeldoutRead"]["properties"]) == set(heldout)
+    assert "warmup_eval_dataset_id" in schemas["ValuationCreate"]["properties"]
 
 
 def test_plots_of_runs_without_a_finished_curve(

@@ -10,8 +10,9 @@ The pipeline, one module per step (seed 002 §2 and app. F; Xia et al. 2024):
                    plain gradients for validation probes.
  5. ``projection`` random projection R^P -> R^d (d ~ 8192) with a seeded Rademacher Π.
  6. ``features``   steps 4-5 over a dataset, stored with the provenance that makes them comparable.
- 7. ``influence``  Inf(z_i, z_v) = Σ_e w_e cos(·,·) (LESS) or Σ_e η̄_e <·,·> (TracIn);
-                   mean over each validation subtask, max over subtasks.
+ 7. ``influence``  Inf(z_i, z_v) = Σ_e w_e cos(·,·) (LESS) or Σ_e η̄_e <·,·> (TracIn on
+                   plain gradients; ``tracin_adam`` on Adam pool features); mean over each
+                   validation subtask, max over subtasks. ``datainf``: influence functions.
  8. ``selection``  top-k, top-fraction or threshold on the scores, deterministic ties.
 
 Errors are the classes of ``errors``; ``synthetic`` builds a planted-task pool for tests/demos.

@@ -1,8 +1,9 @@
 """DataInf influence (seed 002 app. E.3; Kwon et al. 2024) and NICE-IF.
 
 Influence functions weight gradients by an inverse Hessian; DataInf makes that affordable for
-LoRA by working layer by layer (a LoRA-adapted module's A and B together are one layer l) with
-the damped empirical Fisher H_l = (1/n) Σ_i g_il g_ilᵀ + λ_l I and the swap
+LoRA by working layer by layer (each LoRA weight tensor, lora_A or lora_B of an adapted module,
+is one layer l, as in DataInf's code) with the damped empirical Fisher
+H_l = (1/n) Σ_i g_il g_ilᵀ + λ_l I and the swap
 
     (1/n Σ_i g_il g_ilᵀ + λ_l I)⁻¹  ≈  (1/n) Σ_i (g_il g_ilᵀ + λ_l I)⁻¹
                                     =  1/(n λ_l) Σ_i (I - g_il g_ilᵀ / (λ_l + ‖g_il‖²))
@@ -13,8 +14,17 @@ probe's loss more; the sign LESS uses), i.e.
 
     Σ_l 1/(n λ_l) [ n v_lᵀ g_kl - C_l g_kl ],   C_l = Σ_i (v_lᵀ g_il) g_ilᵀ / (λ_l + ‖g_il‖²).
 
-λ_l = ``damping`` · mean_i ‖g_il‖² (DataInf's default, damping 0.1) or, with
-``relative_damping=False``, λ_l = ``damping`` (seed 002 E.3 uses 1e-4 on 2048-d projections).
+λ_l = ``damping`` · (n d_l)⁻¹ Σ_i ‖g_il‖², the mean squared gradient coordinate of the layer
+(DataInf's code, damping 0.1: a tenth of the mean eigenvalue tr(G_l)/d_l of the layer's
+uncentred Fisher G_l = (1/n) Σ_i g_il g_ilᵀ), or, with ``relative_damping=False``,
+λ_l = ``damping`` (seed 002 E.3 uses 1e-4 on 2048-d projections). d_l is the layer's
+parameter count P_l, also when its gradients are projected to w_l < P_l columns: the
+projection keeps ‖g_il‖² and v_lᵀ g_il (JL), so the same λ_l makes the projected score
+estimate the exact one; dividing by w_l instead would scale λ_l by P_l / w_l (36x for a
+73,728-parameter tensor at 2048 columns), shrink the Hessian term toward a rescaled TracIn,
+and rank further from exact DataInf at every width measured (docs/benchmarks.md). (Sift
+formerly used λ_l = damping · mean_i ‖g_il‖² over whole modules, d_l times larger: it ranked
+like Σ_l v_lᵀ g_l / λ_l, a per-layer-scaled TracIn, Spearman 0.996-0.998, and was dropped.)
 
 Gradients g (pool, loss) and v (probes: loss for DataInf, NICE's policy gradient for NICE-IF)
 are taken at one checkpoint (the last) and projected layer by layer
@@ -36,21 +46,13 @@ from workers.engine.errors import InvalidInput, ProvenanceMismatch
 from workers.engine.features import FeatureSet
 from workers.engine.influence import DEFAULT_SUBTASK, ShardScores, aggregate_subtasks
 from workers.engine.lora import lora_parameters
-from workers.engine.projection import LayerwiseProjector, split_layers
+from workers.engine.projection import LayerwiseProjector, layer_input_sizes, split_layers
 
 
 def layer_sizes(model: PeftModel) -> list[list[int]]:
-    """Sizes of the ``lora_parameters`` tensors grouped by adapted module (its lora_A, lora_B):
-    DataInf's layers. Groups are consecutive runs of ``lora_parameters``."""
-    groups: list[tuple[str, list[int]]] = []
-    for name, param in lora_parameters(model):
-        module = name.split(".lora_", 1)[0]
-        if not groups or groups[-1][0] != module:
-            if any(module == seen for seen, _ in groups):
-                raise InvalidInput(f"LoRA tensors of {module} are not consecutive")
-            groups.append((module, []))
-        groups[-1][1].append(param.numel())
-    return [sizes for _, sizes in groups]
+    """DataInf's layers as ``LayerwiseProjector`` groups: one per ``lora_parameters`` tensor
+    (each module's lora_A and lora_B apart, as DataInf's code treats every weight tensor)."""
+    return [[param.numel()] for _, param in lora_parameters(model)]
 
 
 def layerwise_projector(
@@ -66,10 +68,14 @@ def datainf_scores(
     *,
     damping: float = 0.1,
     relative_damping: bool = True,
+    layer_dims: Sequence[int] | None = None,
 ) -> Tensor:
     """Helpfulness [N, M] of each pool example for each probe, the whole pool at once (module
-    docstring): the reference the streaming ``DataInfScorer`` is tested against."""
-    scorer = _LayerScorer(probe_layers, damping=damping, relative_damping=relative_damping)
+    docstring): the reference the streaming ``DataInfScorer`` is tested against.
+    ``layer_dims``: d_l per layer (default: the layers' widths, i.e. unprojected features)."""
+    scorer = _LayerScorer(
+        probe_layers, damping=damping, relative_damping=relative_damping, layer_dims=layer_dims
+    )
     scorer.add_norms(pool_layers)
     scorer.add_corrections(pool_layers)
     return scorer.scores(pool_layers)
@@ -79,7 +85,12 @@ class _LayerScorer:
     """The three streamed passes on per-layer tensors (no provenance)."""
 
     def __init__(
-        self, probe_layers: Sequence[Tensor], *, damping: float, relative_damping: bool
+        self,
+        probe_layers: Sequence[Tensor],
+        *,
+        damping: float,
+        relative_damping: bool,
+        layer_dims: Sequence[int] | None = None,
     ) -> None:
         if not probe_layers:
             raise InvalidInput("need a non-empty list of layers")
@@ -90,6 +101,10 @@ class _LayerScorer:
         if self.m == 0 or any(v.shape[0] != self.m for v in self.probes):
             raise InvalidInput("need at least one probe, with a row in every layer")
         self.damping, self.relative = damping, relative_damping
+        dims = [v.shape[1] for v in self.probes] if layer_dims is None else list(layer_dims)
+        if len(dims) != len(self.probes) or min(dims) < 1:
+            raise InvalidInput(f"need one d_l >= 1 for each of {len(self.probes)} layers: {dims}")
+        self.dims = torch.tensor(dims, dtype=torch.float64)  # d_l [L]
         self.n = 0
         self.sq_sums = torch.zeros(len(self.probes), dtype=torch.float64)
         self.lambdas: Tensor | None = None
@@ -121,7 +136,7 @@ class _LayerScorer:
             if self.n == 0:
                 raise InvalidInput("need at least one pool example")
             if self.relative:
-                self.lambdas = self.damping * self.sq_sums / self.n
+                self.lambdas = self.damping * self.sq_sums / (self.n * self.dims)
             else:
                 self.lambdas = torch.full_like(self.sq_sums, self.damping)
         return self.lambdas
@@ -164,7 +179,8 @@ class DataInfScorer:
     Call ``add_norms`` on every pool shard, then ``add_corrections`` on every shard, then
     ``score`` on each shard. Every shard must have the probes' provenance (but its kind) and
     a layerwise projector; probes are aggregated like LESS (mean within a subtask, max over
-    subtasks).
+    subtasks). d_l for λ_l is each layer's parameter count, read from the projector spec
+    (module docstring).
     """
 
     def __init__(
@@ -175,7 +191,10 @@ class DataInfScorer:
         self.provenance = probes.provenance
         self.probe_subtasks = [s if s is not None else DEFAULT_SUBTASK for s in probes.subtasks]
         self._layers = _LayerScorer(
-            self._split(probes), damping=damping, relative_damping=relative_damping
+            self._split(probes),
+            damping=damping,
+            relative_damping=relative_damping,
+            layer_dims=layer_input_sizes(probes.provenance.projector),
         )
 
     def _split(self, features: FeatureSet) -> list[Tensor]:

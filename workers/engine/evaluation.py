@@ -7,7 +7,8 @@ every arm — with the warmup trainer (``warmup.warmup``: AdamW, linear schedule
 loss), then scores a held-out target set D_T = {z_1..z_N}:
 
 - the response loss L(z_i; θ_arm) = -P_i⁻¹ Σ_p log f(y_i^p | x_i, y_i^<p; θ_arm) (seed 002 §2),
-  per example (``target_losses``);
+  per example (``target_losses``); the same loss at every checkpoint of a warmup, averaged
+  over a held-out set, is the warmup's held-out curve (``heldout_loss_per_epoch``);
 - optionally a task metric m_i ∈ [0, 1] per example: multiple-choice accuracy by comparing the
   choices' log-likelihoods (``multiple_choice_correct``), or a reward of the greedy response
   (``greedy_responses`` + ``workers.engine.rewards``: exact match, numeric, python_tests, ...).
@@ -19,7 +20,8 @@ the N evaluation examples of the seed-averaged values v̄_i = S⁻¹ Σ_s V_si
 Against a reference arm (e.g. random k) each arm also gets the paired difference of the
 seed-averaged values, v̄_i - v̄_i^ref, with its bootstrap interval (``paired_difference``).
 
-Shapes: ``target_losses`` -> [N] float64; ``bootstrap_interval`` takes [N].
+Shapes: ``target_losses`` -> [N] float64; ``heldout_loss_per_epoch`` -> one loss per
+checkpoint; ``bootstrap_interval`` takes [N].
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from transformers import PreTrainedTokenizerBase
 
 from workers.engine import warmup
 from workers.engine.data import Example, TokenizedExample, collate, tokenize_examples
-from workers.engine.errors import InvalidInput
+from workers.engine.errors import Cancelled, InvalidInput
 from workers.engine.gradients import response_losses
-from workers.engine.lora import load_adapter_state
+from workers.engine.lora import load_adapter_state, lora_parameters
 from workers.engine.nice import ProbePrompt, prompt_ids
 
 # --- training sets -----------------------------------------------------------------------------
@@ -127,6 +129,39 @@ def target_losses(
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def heldout_loss_per_epoch(
+    model: PeftModel,
+    examples: Sequence[TokenizedExample],
+    checkpoints: Sequence[warmup.Checkpoint],
+    *,
+    batch_size: int,
+    pad_token_id: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """A warmup's held-out curve: at each checkpoint θ^e, the mean over the N held-out
+    examples of L(z_i; θ^e) (``target_losses``: each example's mean response NLL, so every
+    example counts once), as ``[{"epoch", "step", "loss"}]`` in checkpoint order.
+
+    Each checkpoint's adapter is loaded into ``model`` in turn; the adapters it held before are
+    put back afterwards. ``should_stop`` is polled before each checkpoint (``Cancelled``)."""
+    if not examples:
+        raise InvalidInput("a held-out curve needs at least one held-out example")
+    before = {name: p.detach().clone() for name, p in lora_parameters(model)}
+    out: list[dict[str, Any]] = []
+    try:
+        for ckpt in checkpoints:
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"held-out loss cancelled at epoch {ckpt.epoch}")
+            load_adapter_state(model, ckpt.adapter_state)
+            losses = target_losses(
+                model, examples, batch_size=batch_size, pad_token_id=pad_token_id
+            )
+            out.append({"epoch": ckpt.epoch, "step": ckpt.step, "loss": float(losses.mean())})
+    finally:
+        load_adapter_state(model, before)
+    return out
 
 
 MC_CHOICES, MC_ANSWER = "choices", "answer"

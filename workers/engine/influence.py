@@ -3,7 +3,11 @@
 Per pair, summed over the E warmup checkpoints (seed 002 §2.1 and app. F):
     tracin: Inf(z_i, z_v) = Σ_e η̄_e <φ_e(z_i), ψ_e(z_v)>
     less  : Inf(z_i, z_v) = Σ_e w_e cos(φ_e(z_i), ψ_e(z_v)),   w_e = η̄_e / Σ_e' η̄_e'
-with φ_e the pool features (Adam or SGD) and ψ_e the probe features (SGD), projected. Then
+with φ_e the pool features and ψ_e the probe features (SGD gradients), projected. The
+``method`` here is only this aggregation; what φ_e is belongs to the valuation method: plain
+SGD gradients for TracIn as published (Pruthi et al. 2020, TracInCP: valuation method
+``tracin``), LESS's Adam features Γ(z_i) for ``tracin_adam`` (LESS's Adam influence before its
+cosine, seed 002 app. F) and for ``less``. Then
 (§2.2) Inf(z_i, D_V) = max_j |D_V^(j)|⁻¹ Σ_{z_v ∈ D_V^(j)} Inf(z_i, z_v): the mean over each
 subtask's probes, the max over subtasks. Shapes: N pool records, M probes, d features.
 """

@@ -141,8 +141,9 @@ def evaluation_figure(result: dict[str, Any], *, title: str | None = None) -> Fi
 
 def warmup_figure(curve: dict[str, Any], *, title: str | None = None) -> Figure:
     """A warmup run's training curve (``warmup.LossCurve.to_dict``): the batch loss at every
-    optimizer step with each epoch's mean marked at the step that ends it, and beside it the
-    learning rate of the linear schedule."""
+    optimizer step with each epoch's mean marked at the step that ends it, each held-out set's
+    loss at the epochs' ends on the same axes (``curve["heldout"]``, when measured), and beside
+    it the learning rate of the linear schedule."""
     figure = Figure(figsize=(11, 4), layout="constrained")
     loss_ax, lr_ax = figure.subplots(1, 2, sharex=True)
     loss_ax.plot(curve["step"], curve["loss"], color="0.6", linewidth=1, label="batch loss")
@@ -151,9 +152,16 @@ def warmup_figure(curve: dict[str, Any], *, title: str | None = None) -> Figure:
         [e["step"] for e in epochs],
         [e["train_loss"] for e in epochs],
         "o-",
-        label="epoch mean",
+        label="epoch mean (train)",
     )
-    loss_ax.set_ylabel("training loss (nats per response token)")
+    for entry in curve.get("heldout") or []:
+        loss_ax.plot(
+            [e["step"] for e in entry["epochs"]],
+            [e["loss"] for e in entry["epochs"]],
+            "s--",
+            label=f"held-out {entry['dataset_id']} ({entry['n_records']} records)",
+        )
+    loss_ax.set_ylabel("loss (nats per response token)")
     loss_ax.legend(fontsize="small")
     lr_ax.plot(curve["step"], curve["learning_rate"])
     lr_ax.set_ylabel("learning rate")

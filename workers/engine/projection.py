@@ -415,20 +415,24 @@ def _draw_block(
     return _Block(offset, length, size, signs.to(device), index.to(device))
 
 
-LAYERWISE_SPEC = "layerwise:v1"
-"""Spec prefix of ``LayerwiseProjector``: ``layerwise:v1:<inner spec>:<w_1>,...,<w_L>``."""
+LAYERWISE_SPEC = "layerwise:v2"
+"""Spec prefix of ``LayerwiseProjector``:
+``layerwise:v2:<inner spec>:<w_1>,...,<w_L>:<P_1>,...,<P_L>`` (projected widths, then each
+layer's parameter count). v1 (one layer per adapted module, no parameter counts) is retired:
+features stored under it are never matched to a v2 valuation."""
 
 
 class LayerwiseProjector(Projector):
-    """Block-diagonal Π: each layer (a group of consecutive segments, e.g. one adapted module's
-    lora_A and lora_B) is projected alone, and the L results are laid side by side.
+    """Block-diagonal Π: each layer (a group of consecutive segments; DataInf's layers are one
+    LoRA weight tensor each) is projected alone, and the L results are laid side by side.
 
     DataInf (seed 002 app. E.3) needs per-layer gradients: its Hessian is block diagonal by
     layer, so inner products must be kept per layer rather than summed over the model. Layer
-    l gets its own ``BlockHadamardProjector`` to ``dim_per_layer`` columns, seeded from
-    (seed, l); ``dim_per_layer=None`` keeps each layer exact (Π_l = I, tests and tiny models).
-    The spec records the layer widths, so ``layer_widths`` can split stored features without
-    the model.
+    l (P_l parameters) gets its own ``BlockHadamardProjector`` to w_l = min(``dim_per_layer``,
+    P_l) columns, seeded from (seed, l): a layer no wider than ``dim_per_layer`` is rotated,
+    not compressed (exact geometry when P_l is a power of two). ``dim_per_layer=None`` keeps
+    each layer exact (Π_l = I, tests and tiny models). The spec records w_l and P_l, so
+    ``layer_widths`` / ``layer_input_sizes`` read stored features without the model.
     """
 
     _layout_free = False
@@ -453,8 +457,11 @@ class LayerwiseProjector(Projector):
         self.input_dim = sum(self.segments)
         self.seed = seed
         self.dtype = dtype
+        self.layer_sizes = tuple(sum(group) for group in layers)
         self._inner: list[Projector] = [
-            BlockHadamardProjector(group, dim_per_layer, _layer_seed(seed, layer), dtype=dtype)
+            BlockHadamardProjector(
+                group, min(dim_per_layer, sum(group)), _layer_seed(seed, layer), dtype=dtype
+            )
             if dim_per_layer is not None
             else IdentityProjector(sum(group), segments=group, dtype=dtype)
             for layer, group in enumerate(layers)
@@ -470,7 +477,12 @@ class LayerwiseProjector(Projector):
         ]
 
     def spec(self) -> str:
-        return f"{LAYERWISE_SPEC}:{self._inner_spec}:" + ",".join(map(str, self.widths))
+        return (
+            f"{LAYERWISE_SPEC}:{self._inner_spec}:"
+            + ",".join(map(str, self.widths))
+            + ":"
+            + ",".join(map(str, self.layer_sizes))
+        )
 
     def project_segment(self, index: int, x: Tensor) -> Tensor:
         out = torch.zeros((x.shape[0], self.dim), dtype=self.dtype, device=x.device)
@@ -489,17 +501,30 @@ def _layer_seed(seed: int, layer: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def layer_widths(spec: str) -> list[int]:
-    """Per-layer widths of features made by a ``LayerwiseProjector`` with this spec."""
+def _layer_fields(spec: str) -> tuple[list[int], list[int]]:
     if not spec.startswith(LAYERWISE_SPEC + ":"):
-        raise InvalidInput(f"features were not projected layer by layer (projector {spec!r})")
+        raise InvalidInput(
+            f"features were not projected layer by layer as {LAYERWISE_SPEC} (projector {spec!r})"
+        )
     try:
-        widths = [int(w) for w in spec.rsplit(":", 1)[1].split(",")]
+        widths_field, sizes_field = spec.rsplit(":", 2)[1:]
+        widths = [int(w) for w in widths_field.split(",")]
+        sizes = [int(p) for p in sizes_field.split(",")]
     except ValueError as exc:
         raise InvalidInput(f"malformed layerwise projector spec {spec!r}") from exc
-    if not widths or min(widths) < 1:
+    if not widths or min(widths) < 1 or len(sizes) != len(widths) or min(sizes) < 1:
         raise InvalidInput(f"malformed layerwise projector spec {spec!r}")
-    return widths
+    return widths, sizes
+
+
+def layer_widths(spec: str) -> list[int]:
+    """Per-layer widths w_l of features made by a ``LayerwiseProjector`` with this spec."""
+    return _layer_fields(spec)[0]
+
+
+def layer_input_sizes(spec: str) -> list[int]:
+    """Per-layer parameter counts P_l (the unprojected d_l) behind features of this spec."""
+    return _layer_fields(spec)[1]
 
 
 def split_layers(features: Tensor, spec: str) -> list[Tensor]:

@@ -5,7 +5,8 @@ it), so a re-delivered task, a restarted job or a second valuation on the same p
 was already computed and skips it:
 
 - warmup checkpoints:  ``warmup/<key>/epoch-NNN/{adapter,optimizer}.safetensors``, and the
-                       run's training curve plotted: ``warmup/<key>/curve.{png,svg}``
+                       run's training curve plotted: ``warmup/<key>/curve.{png,svg}`` (with
+                       the held-out loss of each held-out set measured on the run)
 - feature shards:      ``features/<key>/shard-NNNNN.safetensors`` (one per pool record range)
 - scores:              ``scores/<valuation id>.jsonl`` plus the ``scores`` table
 
@@ -56,6 +57,7 @@ from workers.engine import (
     assist,
     data,
     datainf,
+    evaluation,
     features,
     http,
     influence,
@@ -92,8 +94,8 @@ FEATURIZE_STAGE = "featurize"
 
 TINY_LORA = {"r": 8, "alpha": 32.0}
 LESS_LORA = {"r": 128, "alpha": 512.0}
-TINY_DIM_PER_LAYER = 64
-DIM_PER_LAYER = 2048  # seed 002 app. E.3
+TINY_DIM_PER_LAYER = 512  # builtin LoRA tensors (r=8) kept whole: exact DataInf
+DIM_PER_LAYER = 1024  # per LoRA tensor: the width of 2048 per module (docs/benchmarks.md)
 
 
 def resolve_settings(requested: dict[str, Any], source: str) -> ValuationSettings:
@@ -139,6 +141,7 @@ class Context:
             self.pool_dataset_id: str = valuation.pool_dataset_id
             self.probe_dataset_id: str = valuation.probe_dataset_id
             self.assist_dataset_id: str | None = valuation.assist_dataset_id
+            self.warmup_eval_dataset_id: str | None = valuation.warmup_eval_dataset_id
             self.reward_spec: dict[str, Any] | None = None
             """As stored (sealed headers shown as names): what content keys hash."""
             self.reward_to_run: dict[str, Any] | None = None
@@ -158,6 +161,13 @@ class Context:
     @cached_property
     def probes(self) -> LoadedDataset:
         return load_dataset(self.probe_dataset_id)
+
+    @cached_property
+    def warmup_eval(self) -> LoadedDataset | None:
+        """The warmup's held-out set, if the valuation names one."""
+        if self.warmup_eval_dataset_id is None:
+            return None
+        return load_dataset(self.warmup_eval_dataset_id)
 
     @cached_property
     def assisted_responses(self) -> tuple[str, dict[str, list[str]]] | None:
@@ -410,6 +420,91 @@ def _set_warmup_run(valuation_id: str, run_id: str) -> None:
         session.commit()
 
 
+def _heldout_entry(curve: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The curve's held-out entry for this (content, max_length, system prompt), if any."""
+    for entry in curve.get("heldout") or []:
+        if all(entry.get(k) == v for k, v in identity.items()):
+            return dict(entry)
+    return None
+
+
+def _heldout_curve(
+    ctx: Context,
+    model: Any,
+    tokenizer: Any,
+    saved: Sequence[tuple[str, warmup.Checkpoint]],
+    examples: Sequence[data.TokenizedExample],
+    n_skipped: int,
+) -> None:
+    """The held-out loss at every checkpoint of the valuation's (complete) warmup run, stored
+    on the run's curve under ``heldout`` and plotted with it. Runs are shared by content, so
+    the entry is keyed by the held-out set's content, max_length and system prompt: one that
+    is already there is reused, not computed again."""
+    s, dataset = ctx.settings, ctx.warmup_eval
+    if dataset is None:
+        return
+    identity = {
+        "content_hash": dataset.content_hash,
+        "max_length": s.max_length,
+        "system_prompt": s.system_prompt,
+    }
+    with SessionLocal() as session:
+        run_id = session.scalar(
+            select(Valuation.warmup_run_id).where(Valuation.id == ctx.valuation_id)
+        )
+        run = session.get(WarmupRun, run_id) if run_id is not None else None
+        if run is None:
+            ctx.job.read()
+            raise EngineError(f"the warmup run of valuation {ctx.valuation_id} no longer exists")
+        curve = run.curve
+    if curve is None:
+        ctx.job.note(
+            f"warmup run {run_id} was trained before curves were recorded: no held-out loss "
+            f"of dataset {dataset.id} is stored on it"
+        )
+        return
+    if _heldout_entry(curve, identity) is not None:
+        ctx.job.note(f"reused the held-out loss of dataset {dataset.id} on warmup run {run_id}")
+        return
+    ctx.job.stage("held-out loss")
+    epochs = evaluation.heldout_loss_per_epoch(
+        model,
+        examples,
+        [ckpt for _, ckpt in saved],
+        batch_size=min(s.batch_size, _BATCH_SIZE_THAT_FITS.get(ctx.model_source, s.batch_size)),
+        pad_token_id=tokenizer.pad_token_id,
+        should_stop=ctx.job.cancel_requested,
+    )
+    entry = {
+        "dataset_id": dataset.id,
+        **identity,
+        "n_records": len(examples),
+        "n_skipped": n_skipped,
+        "epochs": epochs,
+    }
+    with _writing() as session:  # read-modify-write of the shared curve: the row is locked
+        row = session.get(WarmupRun, run_id, with_for_update=True, populate_existing=True)
+        if row is None or row.curve is None:
+            ctx.job.read()
+            raise EngineError(
+                f"warmup run {run_id} was deleted while its held-out loss was computed"
+            )
+        if _heldout_entry(row.curve, identity) is None:  # else a concurrent valuation added it
+            curve = {**row.curve, "heldout": [*(row.curve.get("heldout") or []), entry]}
+            figure = plots.warmup_figure(curve, title=f"Warmup run {run_id}")
+            for fmt in ("png", "svg"):  # under the lock: the last figure written is the last curve
+                ctx.blobs.put_bytes(
+                    warmup_plot_key(row.content_key, fmt), plots.render(figure, fmt)
+                )
+            row.curve = curve
+            session.commit()
+    ctx.job.note(
+        f"held-out loss of dataset {dataset.id} ({len(examples)} records) at the "
+        f"{len(epochs)} checkpoints of warmup run {run_id}: "
+        + ", ".join(f"epoch {e['epoch']} {e['loss']:.4g}" for e in epochs)
+    )
+
+
 def _policy_inputs(
     reward_spec: dict[str, Any], settings: ValuationSettings, assist_hash: str | None
 ) -> dict[str, Any]:
@@ -445,8 +540,9 @@ def _projector(model: Any, settings: ValuationSettings, method: str) -> projecti
 
 
 def _pool_kind(method: str) -> str:
-    """Influence functions use plain loss gradients of the pool; TracIn/LESS Adam features."""
-    return "sgd" if method in LAYERWISE_METHODS else "adam"
+    """Plain loss gradients of the pool for TracIn (as published) and influence functions;
+    Adam features for LESS, tracin_adam and NICE."""
+    return "sgd" if method == "tracin" or method in LAYERWISE_METHODS else "adam"
 
 
 def _probe_kind(method: str) -> str:
@@ -561,8 +657,26 @@ def featurize_valuation(ctx: Context) -> None:
         )
         n_probes, n_probe_records = len(probe_tok), len(ctx.probes.examples)
         truncated["probes"] = data.truncated_responses(probe_tok)
-    _record_skipped(ctx, {"pool": pool_skipped, "probes": probe_skipped}, truncated)
-    if any(truncated.values()):
+    skipped = {"pool": pool_skipped, "probes": probe_skipped}
+    heldout_tok: list[data.TokenizedExample] = []
+    if ctx.warmup_eval is not None:  # the warmup's held-out set, valued like the probes
+        heldout_tok, skipped["warmup_eval"] = data.tokenize_examples(
+            tokenizer, ctx.warmup_eval.examples, s.max_length, system_prompt=s.system_prompt
+        )
+        truncated["warmup_eval"] = data.truncated_responses(heldout_tok)
+    _record_skipped(ctx, skipped, truncated)
+    if heldout_tok and (skipped["warmup_eval"] or truncated["warmup_eval"]):
+        ctx.job.note(
+            f"warmup_eval: left out {len(skipped['warmup_eval'])} held-out records that did not "
+            f"fit in max_length={s.max_length} and cut the response of "
+            f"{len(truncated['warmup_eval'])} part-way (see 'skipped' and 'truncated')"
+        )
+    if ctx.warmup_eval is not None and not heldout_tok:
+        raise EngineError(
+            f"no record of the warmup_eval dataset {ctx.warmup_eval.id} fits in "
+            f"max_length={s.max_length} (see 'skipped')"
+        )
+    if truncated["pool"] or truncated.get("probes"):
         ctx.job.note(
             f"max_length={s.max_length} cut the response of {len(truncated['pool'])} pool and "
             f"{len(truncated.get('probes', []))} probe records part-way (see 'truncated')"
@@ -580,9 +694,10 @@ def featurize_valuation(ctx: Context) -> None:
         )
 
     peft_model = lora.attach_lora(model, _lora_settings(s))
-    checkpoints = _checkpoints_used(
-        ctx.method, _warmup_checkpoints(ctx, peft_model, tokenizer, pool_tok, fingerprint)
-    )
+    saved = _warmup_checkpoints(ctx, peft_model, tokenizer, pool_tok, fingerprint)
+    if ctx.warmup_eval is not None:
+        _heldout_curve(ctx, peft_model, tokenizer, saved, heldout_tok, len(skipped["warmup_eval"]))
+    checkpoints = _checkpoints_used(ctx.method, saved)
 
     total = len(checkpoints) * (len(ctx.pool.examples) + n_probe_records)
     ctx.job.stage(FEATURIZE_STAGE, total=total)
@@ -1015,11 +1130,13 @@ def _projector_matches(
     if method in LAYERWISE_METHODS:
         spec = provenance["projector"]
         if not spec.startswith(f"{projection.LAYERWISE_SPEC}:"):
-            return False
-        widths = projection.layer_widths(spec)
-        return set(widths) == {settings.datainf.dim_per_layer}
+            return False  # flat, or an older layer grouping (layerwise:v1: one per module)
+        width = settings.datainf.dim_per_layer
+        return width is not None and projection.layer_widths(spec) == [
+            min(width, size) for size in projection.layer_input_sizes(spec)
+        ]
     return (
-        not provenance["projector"].startswith(f"{projection.LAYERWISE_SPEC}:")
+        not provenance["projector"].startswith("layerwise:")
         and provenance["dim"] == settings.projection.dim
     )
 
@@ -1146,8 +1263,8 @@ def _tracin_scores(
     """LESS / TracIn / NICE: one pass, each shard against the probes at every checkpoint."""
     ctx.job.stage("score", total=n_shards)
     device = compute_device()
-    # NICE aggregates exactly like LESS; only its probe features (policy gradients) differ
-    aggregation = "less" if ctx.method == "nice" else ctx.method
+    # NICE aggregates exactly like LESS, tracin_adam like TracIn; only their features differ
+    aggregation = {"nice": "less", "tracin_adam": "tracin"}.get(ctx.method, ctx.method)
     for pool in _stream_pool(ctx, pool_sets, n_shards):
         yield influence.score_shard(
             pool,
