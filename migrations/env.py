@@ -62,7 +62,18 @@ def run_migrations_online() -> None:
     engine = make_engine(database_url())
     try:
         with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # A batch ALTER on SQLite rebuilds the table (copy, drop, rename); with
+                # foreign keys on, the drop would cascade to every row that refers to it
+                # (a valuation's scores, selections, samples). The pragma is a no-op inside
+                # a transaction, so it goes to the driver before SQLAlchemy begins one.
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
             _configure(connection)
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:  # leaving the block rolls the migration back
+                    raise RuntimeError(f"migrations left broken foreign keys: {broken[:5]}")
             connection.commit()
     finally:
         engine.dispose()

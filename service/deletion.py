@@ -403,7 +403,7 @@ def _valuations(session: Session, ids: list[str]) -> list[str]:
         Valuation,
         ids,
         parts=(Score.valuation_id, Sample.valuation_id, Selection.valuation_id),
-        blob_prefix=lambda i: f"scores/{i}.jsonl",
+        blob_prefix=lambda i: f"scores/{i}",  # .jsonl and -hist.png (ids have one length)
     )
 
 

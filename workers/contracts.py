@@ -98,10 +98,24 @@ BUILTIN_MODELS: dict[str, str] = {
 }
 """Models built in code, needing no files or hub (tests and the demo)."""
 
-Method = Literal["less", "tracin", "tracin_adam", "nice", "datainf", "nice_if"]
+Method = Literal[
+    "less",
+    "tracin",
+    "tracin_adam",
+    "nice",
+    "datainf",
+    "nice_if",
+    "self_influence",
+    "self_influence_adam",
+]
 """``tracin``: TracIn as published (plain gradients on both sides); ``tracin_adam``: LESS's
 Adam pool features against plain probe gradients, inner product (what ``tracin`` meant before
-migration 0012, which renamed the valuations computed that way)."""
+migration 0012, which renamed the valuations computed that way); ``self_influence`` and
+``self_influence_adam``: TracIn's self-influence Σ_e η̄_e ‖φ_e(z)‖² of each pool record, on its
+plain gradients or its Adam features (no probes; ``workers.engine.self_influence``)."""
+SELF_INFLUENCE_METHODS: tuple[str, ...] = ("self_influence", "self_influence_adam")
+"""Methods that value each pool record by itself: they take no probe dataset, and reuse the
+pool features of a ``tracin`` (SGD) or ``less`` / ``tracin_adam`` (Adam) valuation."""
 POLICY_METHODS: tuple[str, ...] = ("nice", "nice_if")
 """Methods whose probe side is NICE's policy gradient of a reward (they need a reward spec)."""
 LAYERWISE_METHODS: tuple[str, ...] = ("datainf", "nice_if")

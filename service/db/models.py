@@ -183,7 +183,16 @@ class RewardSpec(TenantOwned, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-METHODS = ("less", "tracin", "tracin_adam", "nice", "datainf", "nice_if")
+METHODS = (
+    "less",
+    "tracin",
+    "tracin_adam",
+    "nice",
+    "datainf",
+    "nice_if",
+    "self_influence",
+    "self_influence_adam",
+)
 
 
 class Sample(TenantOwned, Base):
@@ -234,8 +243,9 @@ class Valuation(TenantOwned, Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
     pool_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
-    probe_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
-    method: Mapped[str] = mapped_column(String(16))
+    probe_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), index=True)
+    """None for the self-influence methods, which have no probes."""
+    method: Mapped[str] = mapped_column(String(32))
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     """``ValuationSettings.model_dump()`` as requested; the worker writes back resolved values."""
     warmup_run_id: Mapped[str | None] = mapped_column(ForeignKey("warmup_runs.id"))
@@ -248,6 +258,9 @@ class Valuation(TenantOwned, Base):
     ``curve["heldout"]``)."""
     score_blob_key: Mapped[str | None] = mapped_column(String(1024))
     n_scored: Mapped[int | None] = mapped_column(Integer)
+    score_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """``workers.engine.summaries.column_summary`` of the scores, with ``plot_blob_key`` (the
+    histogram as a PNG); None until scored (and for valuations scored before 0013)."""
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     """``[{"record_id", "dataset", "reason"}]``: records the worker could not score."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -360,6 +373,7 @@ class Selection(TenantOwned, Base):
     __tablename__ = "selections"
     __table_args__ = (
         CheckConstraint(_in("rule", ("top_k", "top_fraction", "threshold")), name="rule"),
+        CheckConstraint(_in('"order"', ("desc", "asc")), name="order"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -368,9 +382,11 @@ class Selection(TenantOwned, Base):
     )
     rule: Mapped[str] = mapped_column(String(16))
     value: Mapped[float] = mapped_column(Float)
+    order: Mapped[str] = mapped_column(String(4), default="desc", server_default="desc")
+    """desc: the highest scores (best ranks) first; asc: the lowest first."""
     n_selected: Mapped[int] = mapped_column(Integer)
     record_ids: Mapped[list[str]] = mapped_column(JSON)
-    """Selected pool record ids in rank order."""
+    """Selected pool record ids in the order taken."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -98,6 +98,14 @@ class DistributionRead(ColumnSummary):
     column: str
 
 
+class ValuationDistributionRead(ColumnSummary):
+    """A valuation's scores as a distribution: the same summary and histogram as a score
+    set's column (``workers.engine.summaries.column_summary``, 20 equal-width bins)."""
+
+    valuation_id: str
+    method: str
+
+
 class DiversityReportRead(BaseModel):
     """Dataset-level diversity of a knn set's embeddings (seed 003 §4.1-4.2)."""
 

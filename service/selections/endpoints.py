@@ -23,7 +23,8 @@ router = APIRouter(tags=["selections"])
 )
 def create_selection(valuation_id: str, body: SelectionCreate, session: SessionDep) -> Any:
     """Select pool records of a succeeded valuation by rank (top_k, top_fraction) or score
-    (threshold); ties are already broken by rank."""
+    (threshold); ties are already broken by rank. ``order`` "asc" takes the lowest scores
+    (e.g. the least self-influence), worst rank first."""
     selection = service.create_selection(session, valuation_id, body)
     session.commit()
     return selection

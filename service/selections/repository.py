@@ -19,21 +19,27 @@ def count_scores(session: Session, valuation_id: str) -> int:
     return session.scalar(stmt) or 0
 
 
-def record_ids_below_rank(session: Session, valuation_id: str, rank: int) -> list[str]:
-    stmt = (
-        select(Score.record_id)
-        .where(Score.valuation_id == valuation_id, Score.rank < rank)
-        .order_by(Score.rank)
-    )
+def record_ids_by_rank(
+    session: Session, valuation_id: str, count: int, *, ascending: bool
+) -> list[str]:
+    """The ``count`` best ranks, best first; ``ascending``: the ``count`` worst, worst first."""
+    if ascending:
+        where = Score.rank >= count_scores(session, valuation_id) - count
+        order = Score.rank.desc()
+    else:
+        where, order = Score.rank < count, Score.rank
+    stmt = select(Score.record_id).where(Score.valuation_id == valuation_id, where).order_by(order)
     return list(session.scalars(stmt))
 
 
-def record_ids_at_least(session: Session, valuation_id: str, threshold: float) -> list[str]:
-    stmt = (
-        select(Score.record_id)
-        .where(Score.valuation_id == valuation_id, Score.score >= threshold)
-        .order_by(Score.rank)
-    )
+def record_ids_past(
+    session: Session, valuation_id: str, threshold: float, *, ascending: bool
+) -> list[str]:
+    """Every score >= ``threshold`` best rank first; ``ascending``: every score <= it, worst
+    rank first."""
+    where = Score.score <= threshold if ascending else Score.score >= threshold
+    order = Score.rank.desc() if ascending else Score.rank
+    stmt = select(Score.record_id).where(Score.valuation_id == valuation_id, where).order_by(order)
     return list(session.scalars(stmt))
 
 

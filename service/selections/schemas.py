@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Rule = Literal["top_k", "top_fraction", "threshold"]
+Order = Literal["desc", "asc"]
 ExportFormat = Literal["jsonl"]
 """The export formats of selections and curations (an enum in the OpenAPI document)."""
 
@@ -19,6 +20,7 @@ class SelectionCreate(BaseModel):
                 {"rule": "top_fraction", "value": 0.05},
                 {"rule": "top_k", "value": 1000},
                 {"rule": "threshold", "value": 0.0},
+                {"rule": "top_k", "value": 50, "order": "asc"},
             ]
         },
     )
@@ -31,6 +33,12 @@ class SelectionCreate(BaseModel):
         allow_inf_nan=False,
         description="k (an integer >= 1), a fraction in (0, 1], or a score threshold",
     )
+    order: Order = Field(
+        "desc",
+        description="desc: the highest scores (top_k / top_fraction take the best ranks, "
+        "threshold every score >= value); asc: the lowest (the worst ranks, every score <= "
+        "value), lowest first. Ties fall by record id either way, as the ranks do",
+    )
 
 
 class SelectionRead(BaseModel):
@@ -40,6 +48,10 @@ class SelectionRead(BaseModel):
     valuation_id: str
     rule: str
     value: float
+    order: Order
     n_selected: int
-    record_ids: list[str] = Field(description="selected pool record ids, best rank first")
+    record_ids: list[str] = Field(
+        description="selected pool record ids in the order taken: best rank first (desc), "
+        "worst rank first (asc)"
+    )
     created_at: datetime

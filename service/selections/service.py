@@ -1,7 +1,9 @@
 """Selection rules: a subset of a succeeded valuation's pool, by rank or by score.
 
 Ranks are 0-based and total (the worker breaks score ties deterministically), so every rule is
-a prefix or filter of the rank order and the result is reproducible.
+a prefix or filter of the rank order and the result is reproducible. ``order`` "asc" takes
+the other end (the worst ranks, the scores at or below a threshold) in reverse rank order:
+the lowest score first, ties in reverse record-id order, the exact reverse of "desc".
 """
 
 from __future__ import annotations
@@ -43,16 +45,22 @@ def create_selection(session: Session, valuation_id: str, body: SelectionCreate)
     validate_rule(body.rule, body.value)
     valuation = valuations.get_valuation(session, valuation_id)
     valuations.require_succeeded(valuation)
+    ascending = body.order == "asc"
     if body.rule == "threshold":
-        record_ids = repository.record_ids_at_least(session, valuation_id, body.value)
+        record_ids = repository.record_ids_past(
+            session, valuation_id, body.value, ascending=ascending
+        )
     else:
         n_scored = repository.count_scores(session, valuation_id)
         cutoff = rank_cutoff(body.rule, body.value, n_scored)
-        record_ids = repository.record_ids_below_rank(session, valuation_id, cutoff)
+        record_ids = repository.record_ids_by_rank(
+            session, valuation_id, cutoff, ascending=ascending
+        )
     selection = Selection(
         valuation_id=valuation_id,
         rule=body.rule,
         value=body.value,
+        order=body.order,
         n_selected=len(record_ids),
         record_ids=record_ids,
     )

@@ -10,8 +10,14 @@ from service.config import Settings, get_settings
 from service.errors import Conflict, NotFound, ServiceUnavailable, error_responses
 from service.pagination import Page, PaginationDep
 from service.queue import QueueDep
+from service.score_sets.schemas import ValuationDistributionRead
 from service.valuations import service
-from service.valuations.schemas import SampleRead, ScoreRead, ValuationCreate, ValuationRead
+from service.valuations.schemas import (
+    SampleRead,
+    ScoreRead,
+    ValuationCreate,
+    ValuationRead,
+)
 from workers.contracts import VALUATION_FEATURIZE, ValuationTask
 
 router = APIRouter(prefix="/valuations", tags=["valuations"])
@@ -113,3 +119,24 @@ def list_scores(valuation_id: str, session: SessionDep, page: PaginationDep) -> 
 def list_samples(valuation_id: str, session: SessionDep, page: PaginationDep) -> Any:
     """NICE only: every sampled response with its reward, by checkpoint, probe and sample."""
     return service.list_samples(session, valuation_id, page)
+
+
+@router.get(
+    "/{valuation_id}/distribution",
+    response_model=ValuationDistributionRead,
+    responses=error_responses(NotFound, Conflict),
+)
+def get_distribution(valuation_id: str, session: SessionDep) -> Any:
+    """The scores' count, mean, std, min, max, quantiles and 20-bin histogram (e.g. where the
+    self-influence tail starts); 409 until the valuation has succeeded."""
+    return service.distribution(session, valuation_id)
+
+
+@router.get(
+    "/{valuation_id}/distribution.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **error_responses(NotFound, Conflict)},
+)
+def get_distribution_png(valuation_id: str, session: SessionDep, blobs: BlobStoreDep) -> Response:
+    """The scores' histogram as a PNG; 409 until the valuation has succeeded."""
+    return Response(service.distribution_png(session, blobs, valuation_id), media_type="image/png")

@@ -30,7 +30,11 @@ class ValuationCreate(BaseModel):
 
     model_id: str
     pool_dataset_id: str = Field(description="the records to value (training candidates)")
-    probe_dataset_id: str = Field(description="the target-task examples (validation set)")
+    probe_dataset_id: str | None = Field(
+        None,
+        description="the target-task examples (validation set); required by every method but "
+        "self_influence and self_influence_adam, which take none",
+    )
     method: Method = Field(
         "less",
         description="less (LESS: Σ_e w_e cos(Adam pool feature, probe gradient)) | tracin "
@@ -38,7 +42,11 @@ class ValuationCreate(BaseModel):
         "both sides) | tracin_adam (Σ_e η̄_e <Adam pool feature, probe gradient>: LESS's inner "
         "product, what 'tracin' computed before migration 0012) | nice (policy gradient of a "
         "reward on the probe side) | datainf | nice_if (influence functions at the last "
-        "checkpoint, loss or policy gradient on the probe side)",
+        "checkpoint, loss or policy gradient on the probe side) | self_influence (TracIn's "
+        "self-influence Σ_e η̄_e ‖pool gradient‖², no probes: the highest ranks first are the "
+        "likeliest mislabelled or harmful records) | self_influence_adam (Σ_e η̄_e ‖Adam pool "
+        "feature‖²); both reuse the stored pool features of a tracin (SGD) or less / "
+        "tracin_adam (Adam) valuation with the same model, pool and settings",
     )
     reward_spec_id: str | None = Field(
         None,
@@ -73,7 +81,7 @@ class ValuationRead(BaseModel):
     method: str
     model_id: str
     pool_dataset_id: str
-    probe_dataset_id: str
+    probe_dataset_id: str | None = Field(description="null for the self-influence methods")
     reward_spec_id: str | None
     assist_dataset_id: str | None
     warmup_eval_dataset_id: str | None = Field(
@@ -123,4 +131,7 @@ class ScoreRead(BaseModel):
     rank: int = Field(description="0-based; 0 is the most valuable record")
     record_id: str
     score: float
-    per_subtask: dict[str, float]
+    per_subtask: dict[str, float] = Field(
+        description="the score's mean over each probe subtask's probes; empty for the "
+        "self-influence methods (no probes)"
+    )

@@ -9,11 +9,13 @@ state. Cancelling a queued job finishes it at once; a running job only gets
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import jobs, training
+from service.blobs import BlobNotFound, BlobStore
 from service.config import Settings
 from service.datasets import repository as datasets
 from service.db.models import (
@@ -25,10 +27,21 @@ from service.db.models import (
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import repository as models
 from service.pagination import Page, Pagination, newest_first
+from service.score_sets.schemas import ValuationDistributionRead
 from service.tenant_secrets import service as tenant_secrets
 from service.valuations import repository
-from service.valuations.schemas import SampleRead, ScoreRead, ValuationCreate, ValuationRead
-from workers.contracts import POLICY_METHODS, REWARD_NEEDS_LABEL, WarmupSpec
+from service.valuations.schemas import (
+    SampleRead,
+    ScoreRead,
+    ValuationCreate,
+    ValuationRead,
+)
+from workers.contracts import (
+    POLICY_METHODS,
+    REWARD_NEEDS_LABEL,
+    SELF_INFLUENCE_METHODS,
+    WarmupSpec,
+)
 from workers.outbound import OutboundRefused, check_url
 
 JOB_KIND = "valuation"
@@ -88,6 +101,22 @@ def _reward_spec(session: Session, body: ValuationCreate) -> RewardSpec | None:
     return spec
 
 
+def _check_probes_given(body: ValuationCreate) -> None:
+    """Every method scores against probes but the self-influence ones, which must get none."""
+    if body.method in SELF_INFLUENCE_METHODS:
+        if body.probe_dataset_id is not None:
+            raise InvalidInput(
+                f"method {body.method!r} values each pool record by itself and takes no "
+                "probe_dataset_id; leave it out",
+                field="body.probe_dataset_id",
+            )
+    elif body.probe_dataset_id is None:
+        raise InvalidInput(
+            f"method {body.method!r} needs a probe_dataset_id (the target-task examples)",
+            field="body.probe_dataset_id",
+        )
+
+
 def warmup_schedule(n_pool: int, warmup: WarmupSpec) -> tuple[int, int, int, int]:
     """``(training examples, steps per epoch, total steps, warmup steps)`` of the warmup on a
     pool of ``n_pool`` records, as ``workers.engine.warmup`` computes them (its
@@ -138,6 +167,7 @@ def _check_warmup_eval(session: Session, dataset_id: str | None) -> None:
 def create_valuation(session: Session, body: ValuationCreate, settings: Settings) -> Valuation:
     if not models.exists(session, body.model_id):
         raise InvalidInput(f"model {body.model_id} does not exist", field="body.model_id")
+    _check_probes_given(body)
     reward = _reward_spec(session, body)
     endpoint = body.settings.nice.assist_endpoint
     if endpoint is not None:  # the worker calls it: same rules as workers.outbound
@@ -150,6 +180,8 @@ def create_valuation(session: Session, body: ValuationCreate, settings: Settings
             ) from exc
     for field in ("pool_dataset_id", "probe_dataset_id"):
         dataset_id = getattr(body, field)
+        if dataset_id is None:  # self-influence: no probes (_check_probes_given)
+            continue
         dataset = datasets.get(session, dataset_id)
         if dataset is None:
             raise InvalidInput(f"dataset {dataset_id} does not exist", field=f"body.{field}")
@@ -288,3 +320,37 @@ def list_scores(session: Session, valuation_id: str, page: Pagination) -> Page[S
         limit=page.limit,
         offset=page.offset,
     )
+
+
+def _score_summary(valuation: Valuation) -> dict[str, Any]:
+    require_succeeded(valuation)
+    if valuation.score_summary is None:
+        raise Conflict(
+            f"valuation {valuation.id} was scored before score distributions were stored; "
+            "run it again (its warmup and features are reused) for one"
+        )
+    return valuation.score_summary
+
+
+def distribution(session: Session, valuation_id: str) -> ValuationDistributionRead:
+    """Count, mean, std, min, max, quantiles and histogram of the scores (409 until scored)."""
+    valuation = get_valuation(session, valuation_id)
+    summary = _score_summary(valuation)
+    return ValuationDistributionRead.model_validate(
+        {
+            **{k: v for k, v in summary.items() if k != "plot_blob_key"},
+            "valuation_id": valuation.id,
+            "method": valuation.method,
+            "plot": f"/v1/valuations/{valuation.id}/distribution.png",
+        }
+    )
+
+
+def distribution_png(session: Session, blobs: BlobStore, valuation_id: str) -> bytes:
+    key = _score_summary(get_valuation(session, valuation_id))["plot_blob_key"]
+    try:
+        return blobs.get_bytes(key)
+    except BlobNotFound:
+        raise NotFound(
+            f"the histogram of valuation {valuation_id} is missing from the blob store ({key})"
+        ) from None

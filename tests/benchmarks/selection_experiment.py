@@ -226,6 +226,7 @@ def run_target(
     source_of: dict[str, str],
     entry: dict[str, Any],
     save: Callable[[], None],
+    options: argparse.Namespace,
 ) -> None:
     """Every selection method for one target, its precision, then the evaluations job."""
     share = manifest["sources"][target]["pool"] / manifest["pool"]
@@ -269,8 +270,7 @@ def run_target(
         )
         record(scorer, "score_set", job, top_k_of_values(api, job["id"], budget))
         arms.append({"kind": "score_set", "name": scorer, "score_set_id": job["id"]})
-    methods = ["less", "tracin_adam", "tracin", "datainf"]  # tracin: another pool pass (SGD)
-    methods += ["nice"] if target == "arc_easy" else []
+    methods = [m for m in options.methods if m != "nice" or target == "arc_easy"]
     for method in methods:
         body: dict[str, Any] = {
             "model_id": model["id"],
@@ -289,7 +289,11 @@ def run_target(
             json={"rule": "top_k", "value": budget},
         )
         arms.append({"kind": "selection", "name": method, "selection_id": selection["id"]})
-    arms += [{"kind": "random", "name": "random", "seeds": [0, 1, 2]}, {"kind": "full"}]
+    if not options.evaluate:
+        return
+    arms.append({"kind": "random", "name": "random", "seeds": [0, 1, 2]})
+    if options.full:
+        arms.append({"kind": "full"})
     evaluation = {
         "name": f"experiment-{target}-evaluation",
         "model_id": model["id"],
@@ -317,7 +321,7 @@ def run_target(
     print_table(target, entry)
 
 
-def run(api: Api, data: Path, out: Path, targets: list[str]) -> dict[str, Any]:
+def run(api: Api, data: Path, out: Path, options: argparse.Namespace) -> dict[str, Any]:
     manifest = build_data(data)
     budget = round(0.05 * manifest["pool"])
     model = api.named("models", "smollm2-135m") or api.call(
@@ -336,6 +340,8 @@ def run(api: Api, data: Path, out: Path, targets: list[str]) -> dict[str, Any]:
         "valuation_settings": SETTINGS,
         "nice": NICE,
         "training": TRAINING,
+        "methods": options.methods,
+        "full_arm": options.full,
         "targets": {},
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -344,7 +350,7 @@ def run(api: Api, data: Path, out: Path, targets: list[str]) -> dict[str, Any]:
     def save() -> None:
         path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
-    for target in targets:
+    for target in options.targets:
         entry = report["targets"].setdefault(target, {})
         run_target(
             api,
@@ -357,6 +363,7 @@ def run(api: Api, data: Path, out: Path, targets: list[str]) -> dict[str, Any]:
             source_of=source_of,
             entry=entry,
             save=save,
+            options=options,
         )
     print(f"wrote {path}")
     return report
@@ -401,15 +408,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/experiments"))
     parser.add_argument("--url", default=None, help="a running Sift (SIFT_API_KEY); else local")
     parser.add_argument("--target", action="append", choices=TARGETS, help="default: both")
+    parser.add_argument(
+        "--methods",
+        default="less,tracin_adam,tracin,datainf,nice",
+        type=lambda text: text.split(","),
+        help="gradient methods (nice: ARC-Easy only); tracin and datainf each featurize the "
+        "pool once more (plain, and per-layer gradients)",
+    )
+    parser.add_argument(
+        "--no-evaluation",
+        dest="evaluate",
+        action="store_false",
+        help="selection precision only: no evaluations job",
+    )
+    parser.add_argument(
+        "--no-full",
+        dest="full",
+        action="store_false",
+        help="leave out the full-pool arm (the costliest: the whole pool trained per target)",
+    )
     args = parser.parse_args(argv)
-    targets = args.target or list(TARGETS)
+    args.targets = args.target or list(TARGETS)
     data = args.state / "data"
     started = time.monotonic()
     if args.url:
-        run(Api(args.url, os.environ["SIFT_API_KEY"]), data, args.out, targets)
+        run(Api(args.url, os.environ["SIFT_API_KEY"]), data, args.out, args)
     else:
         with local_server(args.state) as (url, key):
-            run(Api(url, key), data, args.out, targets)
+            run(Api(url, key), data, args.out, args)
     print(f"done in {time.monotonic() - started:.0f}s")
 
 

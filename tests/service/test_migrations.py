@@ -134,3 +134,106 @@ def test_tracin_valuations_from_before_0012_become_tracin_adam(tmp_path: Path) -
     assert methods() == {"v1": "tracin_adam", "v2": "less"}
     command.downgrade(config, "0011")
     assert methods() == {"v1": "tracin", "v2": "less"}
+
+
+def test_self_influence_valuations_have_no_probes_and_block_the_downgrade(tmp_path: Path) -> None:
+    """0013 lets a self-influence valuation have no probe set (NULL) and selections take the
+    lowest scores (order asc; earlier ones read desc); 0012 can express neither, so the
+    downgrade refuses while they exist and restores NOT NULL once they are gone."""
+    import pytest
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    url = f"sqlite:///{tmp_path / 'si.db'}"
+    config = alembic_config(database_url=url)
+    command.upgrade(config, "0012")
+    engine = create_engine(url)
+    now, tenant = "CURRENT_TIMESTAMP", "'default'"
+
+    def valuation(vid: str, method: str, probes: str) -> list[str]:
+        return [
+            f"INSERT INTO jobs (id, kind, status, progress_done, progress_total, notes, "
+            f"timings, cancel_requested, created_at, tenant_id) VALUES ('{vid}', 'valuation', "
+            f"'succeeded', 0, 0, '[]', '{{}}', 0, {now}, {tenant})",
+            f"INSERT INTO valuations (id, job_id, model_id, pool_dataset_id, probe_dataset_id, "
+            f"method, settings, skipped, created_at, tenant_id) VALUES ('{vid}', '{vid}', 'm', "
+            f"'d', {probes}, '{method}', '{{}}', '[]', {now}, {tenant})",
+        ]
+
+    def run(*rows: str) -> None:
+        with engine.begin() as conn:
+            for row in rows:
+                conn.execute(text(row))
+
+    run(
+        f"INSERT INTO models (id, name, source, created_at, tenant_id) "
+        f"VALUES ('m', 'tiny', 'builtin:tiny-llama', {now}, {tenant})",
+        f"INSERT INTO datasets (id, name, n_records, n_duplicates, duplicates, content_hash, "
+        f"created_at, tenant_id) VALUES ('d', 'd', 1, 0, '[]', 'h', {now}, {tenant})",
+        *valuation("v1", "less", "'d'"),
+        "INSERT INTO selections (id, valuation_id, rule, value, n_selected, record_ids, "
+        f"created_at, tenant_id) VALUES ('s1', 'v1', 'top_k', 1, 0, '[]', {now}, {tenant})",
+        "INSERT INTO scores (valuation_id, record_id, rank, score, per_subtask, tenant_id) "
+        f"VALUES ('v1', 'r', 0, 1.0, '{{}}', {tenant})",
+    )
+
+    def kept() -> tuple[int, int]:  # SQLite rebuilds valuations: its scores and selections stay
+        with engine.begin() as conn:
+            return tuple(  # type: ignore[return-value]
+                conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+                for t in ("scores", "selections")
+            )
+
+    with pytest.raises(IntegrityError):
+        run(*valuation("v0", "less", "NULL"))
+    command.upgrade(config, "head")
+    run(*valuation("v2", "self_influence_adam", "NULL"))
+    with engine.begin() as conn:
+        assert conn.execute(text('SELECT "order" FROM selections')).scalar() == "desc"
+    assert kept() == (1, 1)
+    with pytest.raises(RuntimeError, match="1 self-influence valuations"):
+        command.downgrade(config, "0012")
+    run("DELETE FROM valuations WHERE id = 'v2'", "DELETE FROM jobs WHERE id = 'v2'")
+    command.downgrade(config, "0012")
+    assert kept() == (1, 1)
+    with pytest.raises(IntegrityError):
+        run(*valuation("v3", "less", "NULL"))
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT method FROM valuations")).scalars().all() == ["less"]
+
+
+def test_sqlite_table_rebuilds_keep_the_rows_that_refer_to_the_table(tmp_path: Path) -> None:
+    """0011-0013 rebuild ``valuations`` on SQLite (batch ALTER: copy, drop, rename); the
+    drop must not cascade to the valuation's scores and selections."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = alembic_config(database_url=url)
+    command.upgrade(config, "0010")
+    engine = create_engine(url)
+    now, tenant = "CURRENT_TIMESTAMP", "'default'"
+    rows = [
+        f"INSERT INTO models (id, name, source, created_at, tenant_id) "
+        f"VALUES ('m', 'tiny', 'builtin:tiny-llama', {now}, {tenant})",
+        f"INSERT INTO datasets (id, name, n_records, n_duplicates, duplicates, content_hash, "
+        f"created_at, tenant_id) VALUES ('d', 'd', 1, 0, '[]', 'h', {now}, {tenant})",
+        f"INSERT INTO jobs (id, kind, status, progress_done, progress_total, notes, timings, "
+        f"cancel_requested, created_at, tenant_id) VALUES ('v', 'valuation', 'succeeded', 0, "
+        f"0, '[]', '{{}}', 0, {now}, {tenant})",
+        f"INSERT INTO valuations (id, job_id, model_id, pool_dataset_id, probe_dataset_id, "
+        f"method, settings, skipped, created_at, tenant_id) VALUES ('v', 'v', 'm', 'd', 'd', "
+        f"'less', '{{}}', '[]', {now}, {tenant})",
+        f"INSERT INTO scores (valuation_id, record_id, rank, score, per_subtask, tenant_id) "
+        f"VALUES ('v', 'r0', 0, 0.5, '{{}}', {tenant})",
+        f"INSERT INTO selections (id, valuation_id, rule, value, n_selected, record_ids, "
+        f"created_at, tenant_id) VALUES ('s', 'v', 'top_k', 1, 1, '[\"r0\"]', {now}, {tenant})",
+    ]
+    with engine.begin() as conn:
+        for row in rows:
+            conn.execute(text(row))
+    command.upgrade(config, "head")
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT record_id, score FROM scores")).all() == [("r0", 0.5)]
+        assert conn.execute(text("SELECT id, record_ids FROM selections")).all() == [
+            ("s", '["r0"]')
+        ]

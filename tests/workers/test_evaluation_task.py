@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,6 +96,7 @@ def _evaluation(
     pool_rows: list[dict[str, Any]] | None = None,
     target_rows: list[dict[str, Any]] | None = None,
     settings: dict[str, Any] = SETTINGS,
+    source: str = "builtin:tiny-llama",
 ) -> str:
     """An evaluation row (queued); with the python_tests metric unless ``target_rows`` are
     given (then no metric)."""
@@ -102,7 +104,7 @@ def _evaluation(
     target = _dataset("target", target_rows or _sandbox_targets())
     with_metric = target_rows is None
     with SessionLocal() as session:
-        model = Model(tenant_id=DEFAULT_TENANT_ID, name="tiny", source="builtin:tiny-llama")
+        model = Model(tenant_id=DEFAULT_TENANT_ID, name="model", source=source)
         spec = RewardSpec(
             tenant_id=DEFAULT_TENANT_ID,
             name="tests",
@@ -338,3 +340,23 @@ def test_an_arm_left_one_step_at_learning_rate_0_by_max_length_fails_before_trai
     ), job.error
     assert any(note.startswith("4 pool records do not fit") for note in job.notes)
     assert _blobs().list_keys(f"evaluations/{evaluation_id}/") == []
+
+
+@pytest.mark.real_model
+def test_an_evaluation_of_a_gguf_model_converts_it_through_the_model_cache(
+    smollm2_gguf: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model registered as a GGUF file (SmolLM2) is read through SIFT_MODEL_CACHE_DIR by the
+    evaluation worker, as by valuations: the job runs and names the GGUF fingerprint."""
+    monkeypatch.setenv("SIFT_MODEL_CACHE_DIR", str(model_cache_dir))
+    get_settings.cache_clear()
+    rows: list[dict[str, Any]] = [dict(r) for r in planted_tasks(1, seed=0)][:4]
+    targets: list[dict[str, Any]] = [dict(r) for r in planted_tasks(1, seed=1)][:2]
+    arms: list[dict[str, Any]] = [{"kind": "full", "name": "full"}]
+    row, job = _run(
+        _evaluation(arms, pool_rows=rows, target_rows=targets, source=str(smollm2_gguf))
+    )
+    assert job.status == "succeeded", job.error
+    assert row.result is not None
+    assert row.result["provenance"]["model"].startswith("gguf:sha256:")
+    assert row.result["arms"][0]["n_train"] == len(rows)

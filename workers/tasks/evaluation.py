@@ -19,7 +19,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
 from celery import Task
 from sqlalchemy import select
 
@@ -33,7 +32,12 @@ from workers.contracts import EVALUATION_RUN, EvaluationSettings, EvaluationTask
 from workers.engine import data, evaluation, lora, models, plots, rewards, warmup
 from workers.engine.errors import EngineError
 from workers.engine.nice import ProbePrompt
-from workers.tasks.common import compute_device, example_of, reward_spec_to_run, tenant_blobs
+from workers.tasks.common import (
+    example_of,
+    load_model,
+    reward_spec_to_run,
+    tenant_blobs,
+)
 from workers.tasks.jobs import JobTracker, ResourceDeleted, run_tracked
 from workers.tasks.valuation import LESS_LORA, TINY_LORA
 
@@ -233,9 +237,7 @@ def _load_run(blobs: BlobStore, key: str) -> dict[str, Any] | None:
 def run(ctx: EvaluationContext) -> None:
     s = ctx.settings
     ctx.job.stage("load model")
-    model, tokenizer = models.load_model_and_tokenizer(
-        ctx.model_source, dtype=getattr(torch, s.dtype), device=compute_device()
-    )
+    model, tokenizer = load_model(ctx.model_source, s.dtype)  # GGUF: via the model cache
     fingerprint = models.model_fingerprint(ctx.model_source, model)
     ctx.job.stage("tokenize")
     pool, target = _Dataset(ctx.pool_dataset_id), _Dataset(ctx.target_dataset_id)

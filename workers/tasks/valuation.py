@@ -45,6 +45,7 @@ from workers.contracts import (
     LAYERWISE_METHODS,
     POLICY_METHODS,
     REWARD_NEEDS_LABEL,
+    SELF_INFLUENCE_METHODS,
     VALUATION_FEATURIZE,
     VALUATION_FEATURIZE_SHARD,
     VALUATION_SCORE,
@@ -67,6 +68,8 @@ from workers.engine import (
     plots,
     projection,
     rewards,
+    self_influence,
+    summaries,
     warmup,
 )
 from workers.engine.errors import Cancelled, EngineError
@@ -139,7 +142,8 @@ class Context:
             self.model_source: str = model.source
             self.model_id: str = model.id
             self.pool_dataset_id: str = valuation.pool_dataset_id
-            self.probe_dataset_id: str = valuation.probe_dataset_id
+            self.probe_dataset_id: str | None = valuation.probe_dataset_id
+            """None for the self-influence methods (no probes)."""
             self.assist_dataset_id: str | None = valuation.assist_dataset_id
             self.warmup_eval_dataset_id: str | None = valuation.warmup_eval_dataset_id
             self.reward_spec: dict[str, Any] | None = None
@@ -160,6 +164,8 @@ class Context:
 
     @cached_property
     def probes(self) -> LoadedDataset:
+        if self.probe_dataset_id is None:
+            raise EngineError(f"method {self.method!r} has no probes")
         return load_dataset(self.probe_dataset_id)
 
     @cached_property
@@ -187,6 +193,8 @@ class Context:
     @cached_property
     def probe_prompts(self) -> tuple[str, list[nice.ProbePrompt]]:
         """NICE's view of the probes (prompt-only records allowed) and the dataset's hash."""
+        if self.probe_dataset_id is None:
+            raise EngineError(f"method {self.method!r} has no probes")
         with SessionLocal() as session:
             dataset = session.get(Dataset, self.probe_dataset_id)
             if dataset is None:
@@ -540,9 +548,15 @@ def _projector(model: Any, settings: ValuationSettings, method: str) -> projecti
 
 
 def _pool_kind(method: str) -> str:
-    """Plain loss gradients of the pool for TracIn (as published) and influence functions;
-    Adam features for LESS, tracin_adam and NICE."""
-    return "sgd" if method == "tracin" or method in LAYERWISE_METHODS else "adam"
+    """Plain loss gradients of the pool for TracIn (as published), its self-influence and
+    influence functions; Adam features for LESS, tracin_adam, self_influence_adam and NICE."""
+    sgd = ("tracin", "self_influence", *LAYERWISE_METHODS)
+    return "sgd" if method in sgd else "adam"
+
+
+def _has_probes(method: str) -> bool:
+    """Self-influence values each pool record by itself: no probe features at all."""
+    return method not in SELF_INFLUENCE_METHODS
 
 
 def _probe_kind(method: str) -> str:
@@ -648,7 +662,10 @@ def featurize_valuation(ctx: Context) -> None:
         tokenizer, ctx.pool.examples, s.max_length, system_prompt=s.system_prompt
     )
     truncated = {"pool": data.truncated_responses(pool_tok)}
-    if is_policy:
+    probe_skipped: list[data.SkippedExample] = []
+    if not _has_probes(ctx.method):
+        n_probes, n_probe_records = 0, 0
+    elif is_policy:
         probe_hash, probe_prompts, probe_skipped = _nice_probes(ctx, tokenizer)
         n_probes, n_probe_records = len(probe_prompts), len(ctx.probe_prompts[1])
     else:
@@ -685,7 +702,7 @@ def featurize_valuation(ctx: Context) -> None:
         raise EngineError(
             f"every pool record's response was truncated away at max_length={s.max_length}"
         )
-    if not n_probes:
+    if not n_probes and _has_probes(ctx.method):
         raise EngineError(f"no probe fits in max_length={s.max_length} (see 'skipped')")
     if pool_skipped or probe_skipped:
         ctx.job.note(
@@ -721,7 +738,7 @@ def featurize_valuation(ctx: Context) -> None:
                 )
             )
         sets = [(ctx.pool, _pool_kind(ctx.method), s.shard_size)]
-        if not is_policy:  # policy probe features were made above, with the samples
+        if _has_probes(ctx.method) and not is_policy:  # policy ones: made above
             sets.append(
                 (ctx.probes, _probe_kind(ctx.method), _probe_shard_size(len(ctx.probes.examples)))
             )
@@ -1146,15 +1163,15 @@ def _feature_sets_by_epoch(
 ) -> tuple[list[float], list[FeatureSetRow], list[FeatureSetRow]]:
     """Pool and probe feature-set rows for this valuation, one each per checkpoint it uses
     (every checkpoint; the last one for influence functions) in epoch order, found by content
-    key (they may have been computed for an identical upload)."""
+    key (they may have been computed for an identical upload); no probe rows for the
+    self-influence methods."""
     with SessionLocal() as session:
         valuation = session.get(Valuation, valuation_id)
         if valuation is None:
             raise ResourceDeleted(f"valuation {valuation_id} was deleted")
         method = valuation.method
         pool = session.get(Dataset, valuation.pool_dataset_id)
-        probes = session.get(Dataset, valuation.probe_dataset_id)
-        assert pool is not None and probes is not None
+        assert pool is not None
         policy = None
         if method in POLICY_METHODS:
             spec = session.get(RewardSpecRow, valuation.reward_spec_id)
@@ -1163,12 +1180,15 @@ def _feature_sets_by_epoch(
             policy = _policy_inputs(dict(spec.spec), settings, assist_hash)
         roles = {  # role -> (kind, dataset hash, shard size)
             "pool": (_pool_kind(method), pool.content_hash, settings.shard_size),
-            "probes": (
+        }
+        if _has_probes(method):
+            probes = session.get(Dataset, valuation.probe_dataset_id)
+            assert probes is not None
+            roles["probes"] = (
                 _probe_kind(method),
                 probes.content_hash,
                 _probe_shard_size(probes.n_records),
-            ),
-        }
+            )
         ckpts = _checkpoints_used(
             method,
             session.scalars(
@@ -1210,7 +1230,7 @@ def _feature_sets_by_epoch(
                 session.expunge(match[0])
                 found[role].append(match[0])
             lrs.append(ckpt.mean_lr)
-        return lrs, found["pool"], found["probes"]
+        return lrs, found["pool"], found.get("probes", [])
 
 
 def _load_features(blobs: BlobStore, row: FeatureSetRow, index: int) -> features.FeatureSet:
@@ -1275,6 +1295,16 @@ def _tracin_scores(
         )
 
 
+def _self_influence_scores(
+    ctx: Context, lrs: list[float], pool_sets: Sequence[FeatureSetRow], n_shards: int
+) -> Iterator[influence.ShardScores]:
+    """Self-influence: one pass, each shard's own features at every checkpoint, no probes."""
+    ctx.job.stage("score", total=n_shards)
+    device = compute_device()
+    for pool in _stream_pool(ctx, pool_sets, n_shards):
+        yield self_influence.self_influence(pool, lrs, device=device)
+
+
 def _datainf_scores(
     ctx: Context,
     pool_set: FeatureSetRow,
@@ -1312,11 +1342,12 @@ def score_valuation(ctx: Context) -> None:
     n_shards = pool_sets[0].n_shards
     if any(row.n_shards != n_shards for row in pool_sets):
         raise EngineError("pool feature sets disagree on sharding across checkpoints")
-    shards = (
-        _datainf_scores(ctx, pool_sets[-1], probes[-1], n_shards)
-        if ctx.method in LAYERWISE_METHODS
-        else _tracin_scores(ctx, lrs, pool_sets, probes, n_shards)
-    )
+    if ctx.method in SELF_INFLUENCE_METHODS:
+        shards = _self_influence_scores(ctx, lrs, pool_sets, n_shards)
+    elif ctx.method in LAYERWISE_METHODS:
+        shards = _datainf_scores(ctx, pool_sets[-1], probes[-1], n_shards)
+    else:
+        shards = _tracin_scores(ctx, lrs, pool_sets, probes, n_shards)
     record_ids: list[str] = []
     scores: list[float] = []
     per_subtask: dict[str, list[float]] = {}
@@ -1353,16 +1384,22 @@ def score_valuation(ctx: Context) -> None:
         )
     score_key = f"scores/{ctx.valuation_id}.jsonl"
     ctx.blobs.put_bytes(score_key, ("\n".join(lines) + "\n").encode())
+    summary = summaries.column_summary(scores)  # the distribution view: as score sets have
+    plot_key = f"scores/{ctx.valuation_id}-hist.png"
+    figure = plots.histogram_figure(summary, column="score", title=f"{ctx.method} scores")
+    ctx.blobs.put_bytes(plot_key, plots.render(figure, "png"))
     with _writing() as session:  # replace, never append: a re-run writes the same rows
         try:
             valuation = _valuation_for_write(session, ctx.valuation_id)
-        except ResourceDeleted:  # its DELETE removed the files already, or missed this one
+        except ResourceDeleted:  # its DELETE removed the files already, or missed these
             ctx.blobs.delete_prefix(score_key)
+            ctx.blobs.delete_prefix(plot_key)
             raise
         session.execute(delete(Score).where(Score.valuation_id == ctx.valuation_id))
         if rows:
             session.execute(Score.__table__.insert(), rows)
         valuation.score_blob_key, valuation.n_scored = score_key, len(rows)
+        valuation.score_summary = summary | {"plot_blob_key": plot_key}
         session.commit()
     ctx.job.succeed()
 

@@ -1,0 +1,76 @@
+"""Self-influence of pool examples: how much each example's own loss moves when it is trained on.
+
+TracIn's self-influence (Pruthi et al. 2020, §3 and §5.4 "finding mislabelled examples"),
+summed over the E warmup checkpoints like TracInCP:
+
+    self_influence      : SI(z) = Σ_e η̄_e <φ_e(z), φ_e(z)> = Σ_e η̄_e ‖φ_e(z)‖²
+
+with η̄_e the checkpoint's mean learning rate (the c_e of ``influence.score_shard``'s tracin)
+and φ_e(z) the pool feature of z at θ^e: its plain SGD loss gradient ∇ℓ(z; θ^e) (method
+``self_influence``: TracIn(z, z) as published), or LESS's Adam feature Γ_e(z) = m'/sqrt(v'+ε)
+(method ``self_influence_adam``: the same sum with both sides of TracIn's inner product
+Adam-preconditioned, as ``tracin_adam`` preconditions the pool side; Pruthi et al. app. A
+TracIn for Adam weighs the update direction the same way). ``⟨∇ℓ, Γ⟩``, the first-order change
+of z's loss under its own Adam step, would need both feature kinds of every record; ‖Γ‖²
+needs only the Adam features a ``less`` or ``tracin_adam`` valuation already stored.
+
+Features are projected (φ ↦ Πφ, Π with E[ΠᵀΠ] = I: block SRHT or Rademacher), so ‖Πφ‖²
+estimates ‖φ‖² (Johnson–Lindenstrauss: relative error O(1/√d)). No probes: there is no
+per-subtask breakdown. A high score flags a record the model fits poorly and that pulls the
+parameters hard (mislabelled, off-distribution, duplicated-with-conflicting-answer); rank
+descending to inspect the most suspicious first. Shapes: N pool records, d features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from workers.engine.errors import InvalidInput, ProvenanceMismatch
+from workers.engine.features import FeatureSet
+from workers.engine.influence import ShardScores
+
+
+def self_influence(
+    pool_by_ckpt: Sequence[FeatureSet],
+    mean_lrs: Sequence[float],
+    *,
+    device: torch.device | str | None = None,
+) -> ShardScores:
+    """SI(z_i) [N] for the pool records of one shard (module docstring), float64 on the CPU.
+
+    ``pool_by_ckpt[e]`` and ``mean_lrs[e]`` belong to checkpoint e. The sets must agree on
+    record ids and on every provenance field but the checkpoint, which must differ between
+    checkpoints (each term needs its own θ^e). ``per_subtask`` is empty: there are no probes.
+    """
+    n_ckpt = len(pool_by_ckpt)
+    if n_ckpt == 0 or len(mean_lrs) != n_ckpt:
+        raise InvalidInput(
+            f"need one pool set and mean LR per checkpoint; got {n_ckpt}, {len(mean_lrs)}"
+        )
+    lrs = [float(lr) for lr in mean_lrs]
+    if any(not torch.isfinite(torch.tensor(lr)) or lr < 0 for lr in lrs):
+        raise InvalidInput(f"mean learning rates must be finite and >= 0: {lrs}")
+    first = pool_by_ckpt[0]
+    for e, this in enumerate(pool_by_ckpt[1:], start=1):
+        if this.provenance.checkpoint == first.provenance.checkpoint:
+            raise ProvenanceMismatch(
+                f"pool features of checkpoints 0 and {e} have the same adapter "
+                f"{first.provenance.checkpoint}: each term of the sum needs its own θ^e"
+            )
+        other = {**this.provenance.to_dict(), "checkpoint": first.provenance.checkpoint}
+        try:
+            first.provenance.require_compatible(
+                type(first.provenance).from_dict(other), allow_kind_difference=False
+            )
+        except ProvenanceMismatch as exc:
+            raise ProvenanceMismatch(f"pool features, checkpoint 0 vs {e}: {exc}") from exc
+        if this.record_ids != first.record_ids:
+            raise ProvenanceMismatch(f"pool record ids differ between checkpoints 0 and {e}")
+    scores = torch.zeros(len(first.record_ids), dtype=torch.float64)
+    for feature_set, lr in zip(pool_by_ckpt, lrs, strict=True):
+        phi = feature_set.features.to(device) if device else feature_set.features
+        squared_norms = phi.to(torch.float64).pow(2).sum(dim=1)  # ‖φ_e(z_i)‖² [N]
+        scores += lr * squared_norms.cpu()
+    return ShardScores(record_ids=list(first.record_ids), scores=scores, per_subtask={})
