@@ -52,6 +52,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/valuations/{valuation_id}/cancel"): "404",
     ("GET", "/v1/valuations/{valuation_id}/scores"): "404",
     ("GET", "/v1/valuations/{valuation_id}/samples"): "404",
+    ("GET", "/v1/valuations/{valuation_id}/distribution"): "404",
+    ("GET", "/v1/valuations/{valuation_id}/distribution.png"): "404",
     ("POST", "/v1/valuations/{valuation_id}/selections"): "404",
     ("GET", "/v1/selections/{selection_id}"): "404",
     ("DELETE", "/v1/selections/{selection_id}"): "404",
