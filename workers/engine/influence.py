@@ -139,6 +139,27 @@ def aggregate_subtasks(
     return scores.cpu(), {name: values.cpu() for name, values in per_subtask.items()}
 
 
+def require_checkpoints_aligned(name: str, sets: Sequence[FeatureSet]) -> None:
+    """One dataset's features at successive checkpoints: each set at its own adapter θ^e,
+    otherwise the same provenance and the same record ids (TracIn's sum over checkpoints)."""
+    first = sets[0]
+    for e, this in enumerate(sets[1:], start=1):
+        if this.provenance.checkpoint == first.provenance.checkpoint:
+            raise ProvenanceMismatch(
+                f"{name} features of checkpoints 0 and {e} have the same adapter "
+                f"{first.provenance.checkpoint}: each term of the sum needs its own θ^e"
+            )
+        other_fields = {**this.provenance.to_dict(), "checkpoint": first.provenance.checkpoint}
+        try:
+            first.provenance.require_compatible(
+                type(first.provenance).from_dict(other_fields), allow_kind_difference=False
+            )
+        except ProvenanceMismatch as exc:
+            raise ProvenanceMismatch(f"{name} features, checkpoint 0 vs {e}: {exc}") from exc
+        if this.record_ids != first.record_ids:
+            raise ProvenanceMismatch(f"{name} record ids differ between checkpoints 0 and {e}")
+
+
 def _require_aligned(
     pool_by_ckpt: Sequence[FeatureSet], probes_by_ckpt: Sequence[FeatureSet]
 ) -> None:
@@ -149,26 +170,10 @@ def _require_aligned(
             pool.provenance.require_compatible(probes.provenance, allow_kind_difference=True)
         except ProvenanceMismatch as exc:
             raise ProvenanceMismatch(f"checkpoint {e}, pool vs probes: {exc}") from exc
-        if e == 0:
-            continue
-        for name, sets in (("pool", pool_by_ckpt), ("probe", probes_by_ckpt)):
-            first, this = sets[0], sets[e]
-            if this.provenance.checkpoint == first.provenance.checkpoint:
-                raise ProvenanceMismatch(
-                    f"{name} features of checkpoints 0 and {e} have the same adapter "
-                    f"{first.provenance.checkpoint}: each term of the sum needs its own θ^e"
-                )
-            other_fields = {**this.provenance.to_dict(), "checkpoint": first.provenance.checkpoint}
-            try:
-                first.provenance.require_compatible(
-                    type(first.provenance).from_dict(other_fields), allow_kind_difference=False
-                )
-            except ProvenanceMismatch as exc:
-                raise ProvenanceMismatch(f"{name} features, checkpoint 0 vs {e}: {exc}") from exc
-            if this.record_ids != first.record_ids:
-                raise ProvenanceMismatch(f"{name} record ids differ between checkpoints 0 and {e}")
-        if probes_by_ckpt[e].subtasks != probes_by_ckpt[0].subtasks:
+        if probes.subtasks != probes_by_ckpt[0].subtasks:
             raise ProvenanceMismatch(f"probe subtasks differ between checkpoints 0 and {e}")
+    require_checkpoints_aligned("pool", pool_by_ckpt)
+    require_checkpoints_aligned("probe", probes_by_ckpt)
 
 
 def rank(record_ids: Sequence[str], scores: Sequence[float] | Tensor) -> list[int]:

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 
 import torch
 
-from workers.engine.errors import InvalidInput, ProvenanceMismatch
+from workers.engine.errors import InvalidInput
 from workers.engine.features import FeatureSet
-from workers.engine.influence import ShardScores
+from workers.engine.influence import ShardScores, require_checkpoints_aligned
 
 
 def self_influence(
@@ -52,22 +52,8 @@ def self_influence(
     lrs = [float(lr) for lr in mean_lrs]
     if any(not torch.isfinite(torch.tensor(lr)) or lr < 0 for lr in lrs):
         raise InvalidInput(f"mean learning rates must be finite and >= 0: {lrs}")
+    require_checkpoints_aligned("pool", pool_by_ckpt)
     first = pool_by_ckpt[0]
-    for e, this in enumerate(pool_by_ckpt[1:], start=1):
-        if this.provenance.checkpoint == first.provenance.checkpoint:
-            raise ProvenanceMismatch(
-                f"pool features of checkpoints 0 and {e} have the same adapter "
-                f"{first.provenance.checkpoint}: each term of the sum needs its own θ^e"
-            )
-        other = {**this.provenance.to_dict(), "checkpoint": first.provenance.checkpoint}
-        try:
-            first.provenance.require_compatible(
-                type(first.provenance).from_dict(other), allow_kind_difference=False
-            )
-        except ProvenanceMismatch as exc:
-            raise ProvenanceMismatch(f"pool features, checkpoint 0 vs {e}: {exc}") from exc
-        if this.record_ids != first.record_ids:
-            raise ProvenanceMismatch(f"pool record ids differ between checkpoints 0 and {e}")
     scores = torch.zeros(len(first.record_ids), dtype=torch.float64)
     for feature_set, lr in zip(pool_by_ckpt, lrs, strict=True):
         phi = feature_set.features.to(device) if device else feature_set.features
