@@ -117,9 +117,11 @@ SELF_INFLUENCE_METHODS: tuple[str, ...] = ("self_influence", "self_influence_ada
 """Methods that value each pool record by itself: they take no probe dataset, and reuse the
 pool features of a ``tracin`` (SGD) or ``less`` / ``tracin_adam`` (Adam) valuation."""
 POLICY_METHODS: tuple[str, ...] = ("nice", "nice_if")
-"""Methods whose probe side is NICE's policy gradient of a reward (they need a reward spec)."""
-LAYERWISE_METHODS: tuple[str, ...] = ("datainf", "nice_if")
-"""Influence-function methods: per-layer projected gradients at the last checkpoint only."""
+"""Methods whose probe side is NICE's policy gradient of a reward (they need a reward spec).
+
+What the API validates with. Each method is defined in the engine (``workers.engine.methods``:
+its features, checkpoints, projection, scorer), which the API process may not import;
+tests/workers/test_valuation_methods.py holds ``Method`` and these two equal to it."""
 ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
 

@@ -5,7 +5,6 @@ same table from the resumed job, and nothing written for an evaluation deleted m
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,10 @@ import pytest
 
 from service.blobs import TenantBlobStore, blob_store_from_settings
 from service.config import get_settings
-from service.db.models import Dataset, Evaluation, Job, Model, Record, RewardSpec
+from service.db.models import Evaluation, Job, Model, RewardSpec
 from service.db.session import SessionLocal
 from service.tenancy import DEFAULT_TENANT_ID
+from tests.workers.conftest import insert_dataset
 from workers.contracts import EVALUATION_RUN
 from workers.engine.data import Example, tokenize_examples
 from workers.engine.models import TINY_LLAMA, load_model_and_tokenizer
@@ -46,31 +46,9 @@ TARGETS = [
 
 def _dataset(name: str, rows: list[dict[str, Any]]) -> str:
     with SessionLocal() as session:
-        dataset = Dataset(
-            tenant_id=DEFAULT_TENANT_ID,
-            name=name,
-            n_records=len(rows),
-            content_hash=uuid.uuid4().hex,
-            duplicates=[],
-        )
-        session.add(dataset)
-        session.flush()
-        for i, row in enumerate(rows):
-            session.add(
-                Record(
-                    tenant_id=DEFAULT_TENANT_ID,
-                    dataset_id=dataset.id,
-                    record_id=row["id"],
-                    position=i,
-                    subtask=None,
-                    messages=row["messages"],
-                    metadata_=row.get("metadata", {}),
-                    raw=row,
-                    content_hash=uuid.uuid4().hex,
-                )
-            )
+        dataset_id = insert_dataset(session, name, rows)
         session.commit()
-        return dataset.id
+        return dataset_id
 
 
 def _sandbox_targets() -> list[dict[str, Any]]:

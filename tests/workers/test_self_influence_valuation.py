@@ -6,24 +6,18 @@ features; a self-influence valuation of the same model, pool and settings then r
 
 from __future__ import annotations
 
-import hashlib
-import json
-import uuid
-from typing import Any
-
 import pytest
 import torch
 
 from service.blobs import TenantBlobStore, blob_store_from_settings
 from service.config import get_settings
-from service.db.models import Checkpoint, Dataset, FeatureSet, Job, Model, Record, Score, Valuation
+from service.db.models import Checkpoint, FeatureSet, Model, Score, Valuation
 from service.db.session import SessionLocal
 from service.tenancy import DEFAULT_TENANT_ID
-from workers.contracts import VALUATION_FEATURIZE_SHARD, VALUATION_SCORE, FeatureShardTask
+from tests.workers.conftest import insert_dataset, run_valuation
+from workers.contracts import VALUATION_FEATURIZE_SHARD, VALUATION_SCORE
 from workers.engine import features, models
 from workers.engine.synthetic import planted_tasks
-from workers.tasks import valuation as tasks
-from workers.tasks.jobs import run_tracked
 
 pytestmark = pytest.mark.usefixtures("migrated")
 
@@ -36,39 +30,16 @@ SETTINGS = {
 }
 
 
-def _dataset(session: Any, name: str, rows: list[dict[str, Any]]) -> str:
-    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-    dataset = Dataset(
-        tenant_id=DEFAULT_TENANT_ID, name=name, n_records=len(rows), content_hash=digest,
-        duplicates=[],
-    )  # fmt: skip
-    session.add(dataset)
-    session.flush()
-    for i, row in enumerate(rows):
-        session.add(
-            Record(
-                tenant_id=DEFAULT_TENANT_ID,
-                dataset_id=dataset.id,
-                record_id=row["id"],
-                position=i,
-                subtask=None,
-                messages=row["messages"],
-                metadata_={},
-                raw=row,
-                content_hash=uuid.uuid4().hex,
-            )  # fmt: skip
-        )
-    return dataset.id
-
-
 @pytest.fixture()
 def made() -> dict[str, str]:
     with SessionLocal() as session:
         model = Model(tenant_id=DEFAULT_TENANT_ID, name="tiny", source=models.TINY_LLAMA)
         session.add(model)
+        pool = [dict(r) for r in planted_tasks(3, seed=0)[:12]]
+        probes = [dict(r) for r in planted_tasks(1, seed=3)]
         ids = {
-            "pool": _dataset(session, "pool", [dict(r) for r in planted_tasks(3, seed=0)[:12]]),
-            "probes": _dataset(session, "probes", [dict(r) for r in planted_tasks(1, seed=3)]),
+            "pool": insert_dataset(session, "pool", pool),
+            "probes": insert_dataset(session, "probes", probes),
         }
         session.commit()
         return ids | {"model": model.id}
@@ -80,39 +51,14 @@ def _value(
     """Create a valuation and run it to the end, its shard and scoring tasks inline; its id
     and the names of the tasks it sent."""
     probes = None if method.startswith("self_influence") else made["probes"]
-    with SessionLocal() as session:
-        job = Job(tenant_id=DEFAULT_TENANT_ID, kind="valuation", status="queued")
-        session.add(job)
-        session.flush()
-        valuation = Valuation(
-            tenant_id=DEFAULT_TENANT_ID, job_id=job.id, model_id=made["model"],
-            pool_dataset_id=made["pool"], probe_dataset_id=probes, method=method,
-            settings=SETTINGS, skipped=[],
-        )  # fmt: skip
-        session.add(valuation)
-        session.commit()
-        valuation_id = valuation.id
-    queue: list[tuple[str, Any]] = []
-    monkeypatch.setattr(tasks, "enqueue", lambda name, payload, **_: queue.append((name, payload)))
-    ctx = tasks.Context(valuation_id)
-    run_tracked(ctx.job, lambda: tasks.featurize_valuation(ctx))
-    sent = []
-    while queue:
-        name, payload = queue.pop(0)
-        sent.append(name)
-        ctx = tasks.Context(valuation_id)
-        if name == VALUATION_FEATURIZE_SHARD:
-            assert isinstance(payload, FeatureShardTask)
-            body = lambda c=ctx, p=payload: tasks.featurize_shard(c, p)  # noqa: E731
-        else:
-            assert name == VALUATION_SCORE
-            body = lambda c=ctx: tasks.score_valuation(c)  # noqa: E731
-        run_tracked(ctx.job, body, already_running=True)
-    with SessionLocal() as session:
-        row = session.get(Valuation, valuation_id)
-        assert row is not None
-        assert row.job.status == "succeeded", (row.job.error, row.job.notes)
-    return valuation_id, sent
+    return run_valuation(
+        monkeypatch,
+        method=method,
+        model_id=made["model"],
+        pool_id=made["pool"],
+        probe_id=probes,
+        settings=SETTINGS,
+    )
 
 
 def _stored_self_influence(valuation_id: str, kind: str) -> dict[str, float]:

@@ -4,7 +4,6 @@ it; a warmup that cannot learn fails the job before anything is trained or store
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -14,9 +13,10 @@ from sqlalchemy import func, select
 
 from service.blobs import TenantBlobStore, blob_store_from_settings
 from service.config import get_settings
-from service.db.models import Dataset, Job, Model, Record, Valuation, WarmupRun
+from service.db.models import Job, Model, Valuation, WarmupRun
 from service.db.session import SessionLocal
 from service.tenancy import DEFAULT_TENANT_ID, tenant_scope
+from tests.workers.conftest import insert_dataset
 from workers.engine import data, lora, models
 from workers.engine.data import collate
 from workers.engine.synthetic import planted_tasks
@@ -31,37 +31,17 @@ N_POOL = 10  # planted_tasks(2): two records of each of five tasks
 def _valuation(warmup: dict[str, Any]) -> str:
     rows = [dict(r) for r in planted_tasks(2, seed=0)]
     with SessionLocal() as session:
-        dataset = Dataset(
-            tenant_id=DEFAULT_TENANT_ID,
-            name="pool",
-            n_records=len(rows),
-            content_hash=uuid.uuid4().hex,
-            duplicates=[],
-        )
+        dataset_id = insert_dataset(session, "pool", rows)
         model = Model(tenant_id=DEFAULT_TENANT_ID, name="tiny", source=models.TINY_LLAMA)
         job = Job(tenant_id=DEFAULT_TENANT_ID, kind="valuation", status="running")
-        session.add_all([dataset, model, job])
+        session.add_all([model, job])
         session.flush()
-        for i, row in enumerate(rows):
-            session.add(
-                Record(
-                    tenant_id=DEFAULT_TENANT_ID,
-                    dataset_id=dataset.id,
-                    record_id=row["id"],
-                    position=i,
-                    subtask=None,
-                    messages=row["messages"],
-                    metadata_={},
-                    raw=row,
-                    content_hash=uuid.uuid4().hex,
-                )
-            )
         valuation = Valuation(
             tenant_id=DEFAULT_TENANT_ID,
             job_id=job.id,
             model_id=model.id,
-            pool_dataset_id=dataset.id,
-            probe_dataset_id=dataset.id,
+            pool_dataset_id=dataset_id,
+            probe_dataset_id=dataset_id,
             method="less",
             settings={"warmup": warmup, "lora": {"r": 4, "alpha": 16.0}, "max_length": 64},
             skipped=[],

@@ -6,10 +6,7 @@ content reuses the entry, one with another set adds a second entry, and the plot
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
-import uuid
 from typing import Any
 
 import pytest
@@ -21,6 +18,7 @@ from service.db.models import Checkpoint, Dataset, Job, Model, Record, Valuation
 from service.db.session import SessionLocal
 from service.tenancy import DEFAULT_TENANT_ID
 from service.warmup_runs import service as warmup_runs
+from tests.workers.conftest import insert_dataset
 from workers.engine import data, evaluation, lora, models, warmup
 from workers.engine.synthetic import planted_tasks
 from workers.tasks import valuation as tasks
@@ -43,34 +41,6 @@ TOO_LONG = {
 }
 
 
-def _dataset(session: Any, name: str, rows: list[dict[str, Any]]) -> str:
-    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-    dataset = Dataset(
-        tenant_id=DEFAULT_TENANT_ID,
-        name=name,
-        n_records=len(rows),
-        content_hash=digest,  # the same rows: the same content, as uploads hash them
-        duplicates=[],
-    )
-    session.add(dataset)
-    session.flush()
-    for i, row in enumerate(rows):
-        session.add(
-            Record(
-                tenant_id=DEFAULT_TENANT_ID,
-                dataset_id=dataset.id,
-                record_id=row["id"],
-                position=i,
-                subtask=None,
-                messages=row["messages"],
-                metadata_={},
-                raw=row,
-                content_hash=uuid.uuid4().hex,
-            )
-        )
-    return dataset.id
-
-
 @pytest.fixture()
 def made() -> dict[str, str]:
     """A pool and a probe set, two copies of one held-out set (one record too long) and
@@ -80,11 +50,13 @@ def made() -> dict[str, str]:
         session.add(model)
         heldout = [dict(r) for r in planted_tasks(1, seed=1, id_prefix="h")] + [TOO_LONG]
         ids = {
-            "pool": _dataset(session, "pool", [dict(r) for r in planted_tasks(2, seed=0)]),
-            "probes": _dataset(session, "probes", [dict(r) for r in planted_tasks(1, seed=3)]),
-            "heldout": _dataset(session, "heldout", heldout),
-            "twin": _dataset(session, "twin", heldout),
-            "other": _dataset(
+            "pool": insert_dataset(session, "pool", [dict(r) for r in planted_tasks(2, seed=0)]),
+            "probes": insert_dataset(
+                session, "probes", [dict(r) for r in planted_tasks(1, seed=3)]
+            ),
+            "heldout": insert_dataset(session, "heldout", heldout),
+            "twin": insert_dataset(session, "twin", heldout),
+            "other": insert_dataset(
                 session, "other", [dict(r) for r in planted_tasks(1, seed=2, id_prefix="o")]
             ),
         }

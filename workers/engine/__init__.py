@@ -15,6 +15,10 @@ The pipeline, one module per step (seed 002 §2 and app. F; Xia et al. 2024):
                    validation subtask, max over subtasks. ``datainf``: influence functions.
  8. ``selection``  top-k, top-fraction or threshold on the scores, deterministic ties.
 
+Each valuation method (LESS, TracIn, NICE, DataInf, self-influence, ...) is one
+``valuation_method.ValuationMethod`` declared next to its formula: the features it reads, the
+checkpoints, the projection, its scorer over the streamed pool; ``methods`` lists them.
+
 Errors are the classes of ``errors``; ``synthetic`` builds a planted-task pool for tests/demos.
 This package imports nothing heavy at import time; its submodules need torch, transformers, peft.
 """

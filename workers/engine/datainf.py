@@ -36,7 +36,7 @@ then C_l, then the scores.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from peft import PeftModel
@@ -47,6 +47,7 @@ from workers.engine.features import FeatureSet
 from workers.engine.influence import DEFAULT_SUBTASK, ShardScores, aggregate_subtasks
 from workers.engine.lora import lora_parameters
 from workers.engine.projection import LayerwiseProjector, layer_input_sizes, split_layers
+from workers.engine.valuation_method import ScoringInput, ValuationMethod
 
 
 def layer_sizes(model: PeftModel) -> list[list[int]]:
@@ -222,3 +223,75 @@ class DataInfScorer:
         pairs = self._layers.scores(self._pool_layers(pool))
         scores, per_subtask = aggregate_subtasks(pairs, self.probe_subtasks)
         return ShardScores(list(pool.record_ids), scores, per_subtask)
+
+
+# --- the methods (``workers.engine.valuation_method``) --------------------------------------------
+
+
+def streamed_scores(inputs: ScoringInput) -> Iterator[ShardScores]:
+    """Three passes over the stored pool at the last checkpoint: λ_l, then C_l, then scores."""
+    spec = inputs.settings["datainf"]
+    scorer = DataInfScorer(
+        inputs.probes[-1], damping=spec["damping"], relative_damping=spec["relative_damping"]
+    )
+    for shard in inputs.pool():
+        scorer.add_norms(shard[-1])
+    lambdas = scorer.lambdas
+    inputs.note(
+        f"DataInf damping λ over {len(lambdas)} layers: min {min(lambdas):.3g}, "
+        f"max {max(lambdas):.3g}"
+    )
+    for shard in inputs.pool():
+        scorer.add_corrections(shard[-1])
+    for shard in inputs.pool():
+        yield scorer.score(shard[-1])
+
+
+_COST = (
+    "featurize: one forward and backward pass per record at the last checkpoint only, pool and "
+    "probes; score: three passes over the stored pool (λ, the correction C, the scores), "
+    "O(N·M·w) per pass for w stored columns"
+)
+
+DATAINF = ValuationMethod(
+    name="datainf",
+    title="DataInf",
+    pool_features="sgd",
+    probe_features="sgd",
+    checkpoints="last",
+    projection="layerwise",
+    score=streamed_scores,
+    pool_passes=3,
+    formula=(
+        "Inf(z_k, D_V) = max_j mean_{z_v ∈ D_V^(j)} Σ_l 1/(n λ_l) [n v_lᵀ g_kl - C_l g_kl], "
+        "C_l = Σ_i (v_lᵀ g_il) g_ilᵀ / (λ_l + ‖g_il‖²), "
+        "λ_l = damping · Σ_i ‖g_il‖² / (n P_l) (damping 0.1); "
+        "g_il = Π_l ∇_l ℓ(z_i; θ^E), v_l = Π_l ∇_l ℓ(z_v; θ^E), l over LoRA weight tensors"
+    ),
+    reference="Kwon et al. 2024, DataInf (seed 002 §2.1, app. E.3)",
+    cost=_COST,
+    good_for=(
+        "an influence function (inverse-Hessian-weighted) at the trained adapter: discounts "
+        "directions every record pushes, which TracIn's inner product counts"
+    ),
+    settings=("datainf",),
+)
+
+NICE_IF = ValuationMethod(
+    name="nice_if",
+    title="NICE-IF",
+    pool_features="sgd",
+    probe_features="policy",
+    checkpoints="last",
+    projection="layerwise",
+    score=streamed_scores,
+    pool_passes=3,
+    formula=(
+        "DataInf's score with v_l = Π_l ψ_l(x_v; θ^E), NICE's policy gradient of the reward "
+        "in place of the probe's loss gradient"
+    ),
+    reference="Wang et al., NICE (seed 002 §3.2, app. E.3)",
+    cost=_COST + "; probes: NICE's sampling and rewards at the last checkpoint",
+    good_for="DataInf's influence on a reward without a gradient (as NICE is to LESS)",
+    settings=("nice", "datainf"),
+)

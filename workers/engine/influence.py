@@ -14,7 +14,7 @@ subtask's probes, the max over subtasks. Shapes: N pool records, M probes, d fea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +23,7 @@ from torch import Tensor
 
 from workers.engine.errors import InvalidInput, ProvenanceMismatch
 from workers.engine.features import FeatureSet
+from workers.engine.valuation_method import ScoringInput, ValuationMethod
 
 DEFAULT_SUBTASK = "default"
 """Subtask of probes whose ``subtask`` is None."""
@@ -186,3 +187,79 @@ def rank(record_ids: Sequence[str], scores: Sequence[float] | Tensor) -> list[in
     if len(set(record_ids)) != len(record_ids):
         raise InvalidInput("record ids must be unique to rank deterministically")
     return sorted(range(len(values)), key=lambda i: (-values[i], record_ids[i]))
+
+
+# --- the methods scored with this aggregation (``workers.engine.valuation_method``) -------------
+
+
+def streamed(aggregation: Method) -> Callable[[ScoringInput], Iterator[ShardScores]]:
+    """One pass: each pool shard against the probes at every checkpoint used."""
+
+    def score(inputs: ScoringInput) -> Iterator[ShardScores]:
+        for shard in inputs.pool():
+            yield score_shard(
+                shard, inputs.probes, inputs.mean_lrs, method=aggregation, device=inputs.device
+            )
+
+    return score
+
+
+ONE_PASS_COST = (
+    "featurize: one forward and backward pass per record and checkpoint, pool and probes; "
+    "score: N·M·d multiply-adds per checkpoint, one pass over the stored pool"
+)
+
+LESS = ValuationMethod(
+    name="less",
+    title="LESS",
+    pool_features="adam",
+    probe_features="sgd",
+    checkpoints="all",
+    projection="flat",
+    score=streamed("less"),
+    formula=(
+        "Inf(z, D_V) = max_j mean_{z_v ∈ D_V^(j)} Σ_e w_e cos(Π Γ_e(z), Π ∇ℓ(z_v; θ^e)), "
+        "w_e = η̄_e / Σ_e' η̄_e'"
+    ),
+    reference="Xia et al. 2024, LESS (seed 002 §2, app. F)",
+    cost=ONE_PASS_COST,
+    good_for=(
+        "targeted instruction tuning: the records whose Adam step moves the model most towards "
+        "the probes' task; the cosine discounts gradient size (short responses' large "
+        "gradients), LESS's reason for it"
+    ),
+)
+
+TRACIN = ValuationMethod(
+    name="tracin",
+    title="TracIn",
+    pool_features="sgd",
+    probe_features="sgd",
+    checkpoints="all",
+    projection="flat",
+    score=streamed("tracin"),
+    formula=("Inf(z, D_V) = max_j mean_{z_v ∈ D_V^(j)} Σ_e η̄_e ⟨Π ∇ℓ(z; θ^e), Π ∇ℓ(z_v; θ^e)⟩"),
+    reference="Pruthi et al. 2020, TracInCP (seed 002 §2.1)",
+    cost=ONE_PASS_COST,
+    good_for=(
+        "TracIn as published, to compare with TracIn elsewhere: the first-order drop of the "
+        "probes' loss from SGD steps on z over the warmup run"
+    ),
+)
+
+TRACIN_ADAM = ValuationMethod(
+    name="tracin_adam",
+    title="TracIn with Adam pool features",
+    pool_features="adam",
+    probe_features="sgd",
+    checkpoints="all",
+    projection="flat",
+    score=streamed("tracin"),
+    formula=("Inf(z, D_V) = max_j mean_{z_v ∈ D_V^(j)} Σ_e η̄_e ⟨Π Γ_e(z), Π ∇ℓ(z_v; θ^e)⟩"),
+    reference="seed 002 app. F (LESS's Adam influence before its cosine)",
+    cost=ONE_PASS_COST,
+    good_for=(
+        "the first-order drop of the probes' loss from the Adam step on z; keeps the gradient "
+        "size LESS's cosine discards (what `tracin` computed before migration 0012)"
+    ),
+)

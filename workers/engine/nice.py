@@ -32,7 +32,9 @@ from transformers import PreTrainedTokenizerBase
 from workers.engine.data import IGNORE_INDEX, TokenizedExample, render_prompt
 from workers.engine.errors import InvalidInput
 from workers.engine.features import FEATURE_DTYPES, FeatureSet, Provenance, featurize
+from workers.engine.influence import streamed
 from workers.engine.projection import Projector
+from workers.engine.valuation_method import ValuationMethod
 from workers.engine.warmup import Checkpoint
 
 Weighting = Literal["reinforce", "baseline", "rejection"]
@@ -302,3 +304,30 @@ def as_training_row(sample: Sample) -> TokenizedExample:
         n_response_tokens=len(sample.response_ids),
         truncated=False,
     )
+
+
+NICE = ValuationMethod(
+    name="nice",
+    title="NICE",
+    pool_features="adam",
+    probe_features="policy",
+    checkpoints="all",
+    projection="flat",
+    score=streamed("less"),  # LESS's aggregation, ψ in place of the probe gradient
+    formula=(
+        "Inf(z, D_V) = max_j mean_{x_v ∈ D_V^(j)} Σ_e w_e cos(Π Γ_e(z), Π ψ(x_v; θ^e)), "
+        "ψ(x; θ^e) = Σ_m w_m · (-∇ log f(ŷ_m | x; θ^e)), ŷ_m ~ f(·|x; θ^e) (or an assist "
+        "model, NICE-AMC), w_m from the rewards r(x, ŷ_m)"
+    ),
+    reference="Wang et al., NICE (seed 002 §3.1, §3.3, app. C)",
+    cost=(
+        "featurize: the pool as for LESS; per probe and checkpoint, M sampled responses "
+        "(generation, settings.nice) and their rewards, then one backward pass per rewarded "
+        "sample; score: as LESS"
+    ),
+    good_for=(
+        "a target measured by a reward that has no gradient (a pass rate, exact match, a "
+        "reward model, a judge): probes may be prompts without responses"
+    ),
+    settings=("nice",),
+)

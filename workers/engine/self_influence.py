@@ -23,13 +23,14 @@ descending to inspect the most suspicious first. Shapes: N pool records, d featu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from workers.engine.errors import InvalidInput
 from workers.engine.features import FeatureSet
 from workers.engine.influence import ShardScores, require_checkpoints_aligned
+from workers.engine.valuation_method import ScoringInput, ValuationMethod
 
 
 def self_influence(
@@ -60,3 +61,49 @@ def self_influence(
         squared_norms = phi.to(torch.float64).pow(2).sum(dim=1)  # ‖φ_e(z_i)‖² [N]
         scores += lr * squared_norms.cpu()
     return ShardScores(record_ids=list(first.record_ids), scores=scores, per_subtask={})
+
+
+# --- the methods (``workers.engine.valuation_method``) --------------------------------------------
+
+
+def streamed_scores(inputs: ScoringInput) -> Iterator[ShardScores]:
+    """One pass: each pool shard's own features at every checkpoint; no probes."""
+    for shard in inputs.pool():
+        yield self_influence(shard, inputs.mean_lrs, device=inputs.device)
+
+
+_COST = (
+    "featurize: one forward and backward pass per pool record and checkpoint, none if a "
+    "valuation of the same pool and settings stored them; score: N·d per checkpoint, one pass"
+)
+
+SELF_INFLUENCE = ValuationMethod(
+    name="self_influence",
+    title="Self-influence",
+    pool_features="sgd",
+    probe_features=None,
+    checkpoints="all",
+    projection="flat",
+    score=streamed_scores,
+    formula="SI(z) = Σ_e η̄_e ‖Π ∇ℓ(z; θ^e)‖²",
+    reference="Pruthi et al. 2020, TracIn self-influence (§3, §5.4)",
+    cost=_COST + " (reuses a `tracin` valuation's pool features)",
+    good_for=(
+        "no probes: records the model fits badly and that pull the parameters hard "
+        "(mislabelled, off-distribution, conflicting duplicates), most suspicious first"
+    ),
+)
+
+SELF_INFLUENCE_ADAM = ValuationMethod(
+    name="self_influence_adam",
+    title="Self-influence with Adam features",
+    pool_features="adam",
+    probe_features=None,
+    checkpoints="all",
+    projection="flat",
+    score=streamed_scores,
+    formula="SI(z) = Σ_e η̄_e ‖Π Γ_e(z)‖²",
+    reference="Pruthi et al. 2020 §3 and app. A (TracIn for Adam), on LESS's Adam features",
+    cost=_COST + " (reuses a `less` or `tracin_adam` valuation's pool features)",
+    good_for="as `self_influence`, weighing each coordinate as the Adam warmup run moved it",
+)

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from celery import Task
@@ -42,10 +42,7 @@ from service.queue import celery_app, enqueue
 from service.tenant_secrets import service as tenant_secrets
 from workers.contracts import (
     GPU_QUEUE,
-    LAYERWISE_METHODS,
-    POLICY_METHODS,
     REWARD_NEEDS_LABEL,
-    SELF_INFLUENCE_METHODS,
     VALUATION_FEATURIZE,
     VALUATION_FEATURIZE_SHARD,
     VALUATION_SCORE,
@@ -63,16 +60,17 @@ from workers.engine import (
     http,
     influence,
     lora,
+    methods,
     models,
     nice,
     plots,
     projection,
     rewards,
-    self_influence,
     summaries,
     warmup,
 )
 from workers.engine.errors import Cancelled, EngineError
+from workers.engine.valuation_method import Projection, ScoringInput, ValuationMethod
 from workers.tasks.common import (
     LoadedDataset,
     cached_model,
@@ -91,7 +89,6 @@ from workers.tasks.common import (
 from workers.tasks.jobs import JobTracker, ResourceDeleted, run_tracked
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 FEATURIZE_STAGE = "featurize"
 
@@ -138,12 +135,13 @@ class Context:
             self.valuation_id = valuation_id
             self.tenant_id: str = valuation.tenant_id
             self.job = JobTracker(valuation.job_id)
-            self.method: str = valuation.method
+            self.method: ValuationMethod = methods.get(valuation.method)
+            """What the method reads and how it scores (``workers.engine.valuation_method``)."""
             self.model_source: str = model.source
             self.model_id: str = model.id
             self.pool_dataset_id: str = valuation.pool_dataset_id
             self.probe_dataset_id: str | None = valuation.probe_dataset_id
-            """None for the self-influence methods (no probes)."""
+            """None for a method without probes (self-influence)."""
             self.assist_dataset_id: str | None = valuation.assist_dataset_id
             self.warmup_eval_dataset_id: str | None = valuation.warmup_eval_dataset_id
             self.reward_spec: dict[str, Any] | None = None
@@ -165,7 +163,7 @@ class Context:
     @cached_property
     def probes(self) -> LoadedDataset:
         if self.probe_dataset_id is None:
-            raise EngineError(f"method {self.method!r} has no probes")
+            raise EngineError(f"method {self.method.name!r} has no probes")
         return load_dataset(self.probe_dataset_id)
 
     @cached_property
@@ -182,7 +180,7 @@ class Context:
         if self.assist_dataset_id:
             return _assisted_responses(self.assist_dataset_id)
         endpoint = self.settings.nice.assist_endpoint
-        if endpoint is not None and self.method in POLICY_METHODS:
+        if endpoint is not None and self.method.probe_features == "policy":
             return _endpoint_responses(self, endpoint)
         return None
 
@@ -194,7 +192,7 @@ class Context:
     def probe_prompts(self) -> tuple[str, list[nice.ProbePrompt]]:
         """NICE's view of the probes (prompt-only records allowed) and the dataset's hash."""
         if self.probe_dataset_id is None:
-            raise EngineError(f"method {self.method!r} has no probes")
+            raise EngineError(f"method {self.method.name!r} has no probes")
         with SessionLocal() as session:
             dataset = session.get(Dataset, self.probe_dataset_id)
             if dataset is None:
@@ -534,10 +532,10 @@ def _shards(records: Sequence[data.Example], size: int) -> list[list[data.Exampl
     return [list(records[i : i + size]) for i in range(0, len(records), size)] or [[]]
 
 
-def _projector(model: Any, settings: ValuationSettings, method: str) -> projection.Projector:
-    """The production Π: block SRHT over the model's LoRA tensors (see ``projection``); for
-    the influence-function methods one block SRHT per layer, side by side."""
-    if method in LAYERWISE_METHODS:
+def _projector(model: Any, settings: ValuationSettings, layout: Projection) -> projection.Projector:
+    """The production Π of a method's ``projection``: one block SRHT over the model's LoRA
+    tensors (see ``projection``), or one per LoRA weight tensor, side by side."""
+    if layout == "layerwise":
         return datainf.layerwise_projector(
             model, settings.datainf.dim_per_layer, settings.projection.seed
         )
@@ -545,27 +543,6 @@ def _projector(model: Any, settings: ValuationSettings, method: str) -> projecti
     return projection.BlockHadamardProjector(
         sizes, settings.projection.dim, settings.projection.seed
     )
-
-
-def _pool_kind(method: str) -> str:
-    """Plain loss gradients of the pool for TracIn (as published), its self-influence and
-    influence functions; Adam features for LESS, tracin_adam, self_influence_adam and NICE."""
-    sgd = ("tracin", "self_influence", *LAYERWISE_METHODS)
-    return "sgd" if method in sgd else "adam"
-
-
-def _has_probes(method: str) -> bool:
-    """Self-influence values each pool record by itself: no probe features at all."""
-    return method not in SELF_INFLUENCE_METHODS
-
-
-def _probe_kind(method: str) -> str:
-    return "policy" if method in POLICY_METHODS else "sgd"
-
-
-def _checkpoints_used(method: str, checkpoints: Sequence[T]) -> list[T]:
-    """Every warmup checkpoint (TracIn, LESS, NICE), or the last one (influence functions)."""
-    return list(checkpoints[-1:] if method in LAYERWISE_METHODS else checkpoints)
 
 
 def _provenance(
@@ -609,7 +586,7 @@ def _ensure_feature_set(
     finished shards count as progress at once.
     """
     s = ctx.settings
-    projector = _projector(model, s, ctx.method)
+    projector = _projector(model, s, ctx.method.projection)
     provenance = _provenance(s, model, projector, ckpt_hash, fingerprint, kind)
     key = feature_key(
         provenance.to_dict(), dataset.content_hash, shard_size, s.adam_bias_correction
@@ -646,13 +623,13 @@ def _ensure_feature_set(
 def featurize_valuation(ctx: Context) -> None:
     """Warmup, then fan featurization out: one task per missing shard of every feature set.
 
-    NICE's probe features (sampling, rewards, policy gradients) are computed here first, with
-    the model this task already holds: probes are few, and the pool shards then need nothing
-    else to hand over to scoring. The influence-function methods (DataInf, NICE-IF) need
-    features at the last checkpoint only.
+    Which features, at which checkpoints, is the method's (``ctx.method``). Policy probe
+    features (NICE: sampling, rewards, policy gradients) are computed here first, with the
+    model this task already holds: probes are few, and the pool shards then need nothing else
+    to hand over to scoring.
     """
     s = ctx.settings
-    is_policy = ctx.method in POLICY_METHODS
+    probe_kind = ctx.method.probe_features
     ctx.job.stage("load model")
     model, tokenizer = load_model(ctx.model_source, s.dtype)
     fingerprint = models.model_fingerprint(ctx.model_source, model)
@@ -663,9 +640,9 @@ def featurize_valuation(ctx: Context) -> None:
     )
     truncated = {"pool": data.truncated_responses(pool_tok)}
     probe_skipped: list[data.SkippedExample] = []
-    if not _has_probes(ctx.method):
+    if probe_kind is None:
         n_probes, n_probe_records = 0, 0
-    elif is_policy:
+    elif probe_kind == "policy":
         probe_hash, probe_prompts, probe_skipped = _nice_probes(ctx, tokenizer)
         n_probes, n_probe_records = len(probe_prompts), len(ctx.probe_prompts[1])
     else:
@@ -702,7 +679,7 @@ def featurize_valuation(ctx: Context) -> None:
         raise EngineError(
             f"every pool record's response was truncated away at max_length={s.max_length}"
         )
-    if not n_probes and _has_probes(ctx.method):
+    if not n_probes and probe_kind is not None:
         raise EngineError(f"no probe fits in max_length={s.max_length} (see 'skipped')")
     if pool_skipped or probe_skipped:
         ctx.job.note(
@@ -714,7 +691,7 @@ def featurize_valuation(ctx: Context) -> None:
     saved = _warmup_checkpoints(ctx, peft_model, tokenizer, pool_tok, fingerprint)
     if ctx.warmup_eval is not None:
         _heldout_curve(ctx, peft_model, tokenizer, saved, heldout_tok, len(skipped["warmup_eval"]))
-    checkpoints = _checkpoints_used(ctx.method, saved)
+    checkpoints = ctx.method.checkpoints_used(saved)
 
     total = len(checkpoints) * (len(ctx.pool.examples) + n_probe_records)
     ctx.job.stage(FEATURIZE_STAGE, total=total)
@@ -722,7 +699,7 @@ def featurize_valuation(ctx: Context) -> None:
     todo: list[tuple[str, int]] = []
     for row_id, ckpt in checkpoints:
         ckpt_hash = features.checkpoint_hash(ckpt.adapter_state)  # once per checkpoint
-        if is_policy:
+        if probe_kind == "policy":
             feature_set_ids.append(
                 _policy_feature_set(
                     ctx,
@@ -737,11 +714,9 @@ def featurize_valuation(ctx: Context) -> None:
                     n_records=n_probe_records,
                 )
             )
-        sets = [(ctx.pool, _pool_kind(ctx.method), s.shard_size)]
-        if _has_probes(ctx.method) and not is_policy:  # policy ones: made above
-            sets.append(
-                (ctx.probes, _probe_kind(ctx.method), _probe_shard_size(len(ctx.probes.examples)))
-            )
+        sets = [(ctx.pool, ctx.method.pool_features, s.shard_size)]
+        if probe_kind == "sgd":  # policy ones: made above
+            sets.append((ctx.probes, probe_kind, _probe_shard_size(len(ctx.probes.examples))))
         for dataset, kind, shard_size in sets:
             set_id, missing = _ensure_feature_set(
                 ctx,
@@ -829,7 +804,7 @@ def _policy_feature_set(
     s = ctx.settings
     assert ctx.reward_spec is not None
     assisted = ctx.assisted_responses
-    projector = _projector(model, s, ctx.method)
+    projector = _projector(model, s, ctx.method.projection)
     provenance = _provenance(s, model, projector, ckpt_hash, fingerprint, "policy")
     key = feature_key(
         provenance.to_dict(),
@@ -1056,7 +1031,7 @@ def featurize_shard(ctx: Context, task: FeatureShardTask) -> None:
             tokenized,
             kind=row.kind,  # type: ignore[arg-type]
             checkpoint=ckpt,
-            projector=_projector(model, s, ctx.method),
+            projector=_projector(model, s, ctx.method.projection),
             provenance=provenance,
             batch_size=min(s.batch_size, _BATCH_SIZE_THAT_FITS.get(ctx.model_source, s.batch_size)),
             pad_token_id=tokenizer.pad_token_id,
@@ -1139,12 +1114,12 @@ def _cached_checkpoint(ctx: Context, checkpoint_id: str) -> warmup.Checkpoint:
 
 
 def _projector_matches(
-    method: str, settings: ValuationSettings, provenance: dict[str, Any]
+    layout: Projection, settings: ValuationSettings, provenance: dict[str, Any]
 ) -> bool:
-    """Whether stored features were projected the way this valuation's method projects."""
+    """Whether stored features were projected the way ``_projector`` projects for ``layout``."""
     if provenance["seed"] != settings.projection.seed:
         return False
-    if method in LAYERWISE_METHODS:
+    if layout == "layerwise":
         spec = provenance["projector"]
         if not spec.startswith(f"{projection.LAYERWISE_SPEC}:"):
             return False  # flat, or an older layer grouping (layerwise:v1: one per module)
@@ -1159,43 +1134,43 @@ def _projector_matches(
 
 
 def _feature_sets_by_epoch(
-    valuation_id: str, settings: ValuationSettings, assist_hash: str | None
+    valuation_id: str,
+    method: ValuationMethod,
+    settings: ValuationSettings,
+    assist_hash: str | None,
 ) -> tuple[list[float], list[FeatureSetRow], list[FeatureSetRow]]:
-    """Pool and probe feature-set rows for this valuation, one each per checkpoint it uses
-    (every checkpoint; the last one for influence functions) in epoch order, found by content
-    key (they may have been computed for an identical upload); no probe rows for the
-    self-influence methods."""
+    """Pool and probe feature-set rows for this valuation, one each per checkpoint its method
+    uses, in epoch order, found by content key (they may have been computed for an identical
+    upload); no probe rows for a method without probes."""
     with SessionLocal() as session:
         valuation = session.get(Valuation, valuation_id)
         if valuation is None:
             raise ResourceDeleted(f"valuation {valuation_id} was deleted")
-        method = valuation.method
         pool = session.get(Dataset, valuation.pool_dataset_id)
         assert pool is not None
         policy = None
-        if method in POLICY_METHODS:
+        if method.probe_features == "policy":
             spec = session.get(RewardSpecRow, valuation.reward_spec_id)
             if spec is None:
                 raise EngineError(f"reward spec {valuation.reward_spec_id} no longer exists")
             policy = _policy_inputs(dict(spec.spec), settings, assist_hash)
-        roles = {  # role -> (kind, dataset hash, shard size)
-            "pool": (_pool_kind(method), pool.content_hash, settings.shard_size),
+        roles: dict[str, tuple[str, str, int]] = {  # role -> (kind, dataset hash, shard size)
+            "pool": (method.pool_features, pool.content_hash, settings.shard_size),
         }
-        if _has_probes(method):
+        if method.probe_features is not None:
             probes = session.get(Dataset, valuation.probe_dataset_id)
             assert probes is not None
             roles["probes"] = (
-                _probe_kind(method),
+                method.probe_features,
                 probes.content_hash,
                 _probe_shard_size(probes.n_records),
             )
-        ckpts = _checkpoints_used(
-            method,
+        ckpts = method.checkpoints_used(
             session.scalars(
                 select(CheckpointRow)
                 .where(CheckpointRow.warmup_run_id == valuation.warmup_run_id)
                 .order_by(CheckpointRow.epoch)
-            ).all(),
+            ).all()
         )
         lrs: list[float] = []
         found: dict[str, list[FeatureSetRow]] = {role: [] for role in roles}
@@ -1218,7 +1193,7 @@ def _feature_sets_by_epoch(
                         settings.adam_bias_correction,
                         policy=policy,
                     )
-                    and _projector_matches(method, settings, row.provenance)
+                    and _projector_matches(method.projection, settings, row.provenance)
                     and row.provenance["max_length"] == settings.max_length
                     and row.provenance.get("system_prompt") == settings.system_prompt
                 ]
@@ -1273,67 +1248,12 @@ def _stream_pool(
             ctx.job.advance(1)
 
 
-def _tracin_scores(
-    ctx: Context,
-    lrs: list[float],
-    pool_sets: Sequence[FeatureSetRow],
-    probes: list[features.FeatureSet],
-    n_shards: int,
-) -> Iterator[influence.ShardScores]:
-    """LESS / TracIn / NICE: one pass, each shard against the probes at every checkpoint."""
-    ctx.job.stage("score", total=n_shards)
-    device = compute_device()
-    # NICE aggregates exactly like LESS, tracin_adam like TracIn; only their features differ
-    aggregation = {"nice": "less", "tracin_adam": "tracin"}.get(ctx.method, ctx.method)
-    for pool in _stream_pool(ctx, pool_sets, n_shards):
-        yield influence.score_shard(
-            pool,
-            probes,
-            lrs,
-            method=aggregation,  # type: ignore[arg-type]
-            device=device,
-        )
-
-
-def _self_influence_scores(
-    ctx: Context, lrs: list[float], pool_sets: Sequence[FeatureSetRow], n_shards: int
-) -> Iterator[influence.ShardScores]:
-    """Self-influence: one pass, each shard's own features at every checkpoint, no probes."""
-    ctx.job.stage("score", total=n_shards)
-    device = compute_device()
-    for pool in _stream_pool(ctx, pool_sets, n_shards):
-        yield self_influence.self_influence(pool, lrs, device=device)
-
-
-def _datainf_scores(
-    ctx: Context,
-    pool_set: FeatureSetRow,
-    probes: features.FeatureSet,
-    n_shards: int,
-) -> Iterator[influence.ShardScores]:
-    """DataInf / NICE-IF: three passes over the pool (λ, the correction, the scores)."""
-    spec = ctx.settings.datainf
-    scorer = datainf.DataInfScorer(
-        probes, damping=spec.damping, relative_damping=spec.relative_damping
-    )
-    ctx.job.stage("score", total=3 * n_shards)
-    for pool in _stream_pool(ctx, [pool_set], n_shards):
-        scorer.add_norms(pool[0])
-    lambdas = scorer.lambdas
-    ctx.job.note(
-        f"DataInf damping λ over {len(lambdas)} layers: min {min(lambdas):.3g}, "
-        f"max {max(lambdas):.3g}"
-    )
-    for pool in _stream_pool(ctx, [pool_set], n_shards):
-        scorer.add_corrections(pool[0])
-    for pool in _stream_pool(ctx, [pool_set], n_shards):
-        yield scorer.score(pool[0])
-
-
 def score_valuation(ctx: Context) -> None:
-    assisted = ctx.assisted_responses if ctx.method in POLICY_METHODS else None
+    """Stream the stored pool features through the method's scorer; store ranked scores."""
+    method = ctx.method
+    assisted = ctx.assisted_responses if method.probe_features == "policy" else None
     lrs, pool_sets, probe_sets = _feature_sets_by_epoch(
-        ctx.valuation_id, ctx.settings, assisted[0] if assisted else None
+        ctx.valuation_id, method, ctx.settings, assisted[0] if assisted else None
     )
     probes = [
         features.FeatureSet.concat([_load_features(ctx.blobs, row, i) for i in range(row.n_shards)])
@@ -1342,12 +1262,17 @@ def score_valuation(ctx: Context) -> None:
     n_shards = pool_sets[0].n_shards
     if any(row.n_shards != n_shards for row in pool_sets):
         raise EngineError("pool feature sets disagree on sharding across checkpoints")
-    if ctx.method in SELF_INFLUENCE_METHODS:
-        shards = _self_influence_scores(ctx, lrs, pool_sets, n_shards)
-    elif ctx.method in LAYERWISE_METHODS:
-        shards = _datainf_scores(ctx, pool_sets[-1], probes[-1], n_shards)
-    else:
-        shards = _tracin_scores(ctx, lrs, pool_sets, probes, n_shards)
+    ctx.job.stage("score", total=method.pool_passes * n_shards)
+    shards = method.score(
+        ScoringInput(
+            pool=lambda: _stream_pool(ctx, pool_sets, n_shards),
+            probes=probes,
+            mean_lrs=lrs,
+            settings={name: getattr(ctx.settings, name).model_dump() for name in method.settings},
+            device=compute_device(),
+            note=ctx.job.note,
+        )
+    )
     record_ids: list[str] = []
     scores: list[float] = []
     per_subtask: dict[str, list[float]] = {}
@@ -1386,7 +1311,7 @@ def score_valuation(ctx: Context) -> None:
     ctx.blobs.put_bytes(score_key, ("\n".join(lines) + "\n").encode())
     summary = summaries.column_summary(scores)  # the distribution view: as score sets have
     plot_key = f"scores/{ctx.valuation_id}-hist.png"
-    figure = plots.histogram_figure(summary, column="score", title=f"{ctx.method} scores")
+    figure = plots.histogram_figure(summary, column="score", title=f"{method.name} scores")
     ctx.blobs.put_bytes(plot_key, plots.render(figure, "png"))
     with _writing() as session:  # replace, never append: a re-run writes the same rows
         try:
