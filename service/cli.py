@@ -1,4 +1,5 @@
-"""``sift`` command line: serve the API, run a worker, migrate, or run the demo.
+"""``sift`` command line: serve the API, run a worker, migrate, run the demo, or drive a running
+API (upload, value, select, export: the commands built on ``service.client``).
 
 The embedded default (no environment set) is SQLite in ``.sift/``, a blob folder beside it and
 an in-process Celery worker on the in-memory broker: the same tasks and code paths as production,
@@ -22,9 +23,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from service.client.cli import add_api_commands
 from service.config import MULTIPROCESS_DIR_ENV, get_settings
+from service.integrations import cli as integrations_cli
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
+
+MAIN_EPILOG = """\
+a whole valuation against a running API (sift serve prints the key; SIFT_URL, SIFT_API_KEY):
+  POOL=$(sift datasets upload service/demo_data/pool.jsonl --name pool --json | jq -r .id)
+  PROBES=$(sift datasets upload service/demo_data/probes.jsonl --name probes --json | jq -r .id)
+  MODEL=$(sift models register builtin:tiny-llama --name tiny --reuse --json | jq -r .id)
+  VAL=$(sift valuations start --model $MODEL --pool $POOL --probes $PROBES --wait --json \\
+        | jq -r .id)
+  sift valuations scores $VAL --limit 10
+  SEL=$(sift valuations select $VAL --top-k 40 --json | jq -r .id)
+  sift selections export $SEL --output top40.jsonl
+each subcommand's --help has its options and an example."""
 
 
 def _prepare_local_storage() -> None:
@@ -422,7 +437,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="sift", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sift",
+        description=" ".join(__doc__.split("\n\n")[0].split()).replace("``", ""),
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve", help="run the API (with an in-process worker on the embedded default)"
@@ -479,7 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("secret-key", help="print a new SIFT_SECRET_KEY (Fernet key)").set_defaults(
         func=cmd_secret_key
     )
-    data = sub.add_parser("datasets", help="import a local table into a running API")
+    data = sub.add_parser(
+        "datasets", help="upload, import (a local table), list, get, delete datasets (API)"
+    )
     data_sub = data.add_subparsers(dest="action", required=True)
     imp = data_sub.add_parser(
         "import",
@@ -503,10 +525,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     imp.add_argument("--url", default=None, help="the API (default SIFT_URL or 127.0.0.1:8000)")
     imp.add_argument("--api-key", default=None, help="default SIFT_API_KEY, or .sift/api-key")
-    data.set_defaults(func=cmd_datasets_import)
+    imp.set_defaults(func=cmd_datasets_import)
+    add_api_commands(sub, data_sub)
     demo = sub.add_parser("demo", help="value the bundled synthetic pool on the builtin tiny model")
     demo.add_argument("--top", type=int, default=40)
     demo.set_defaults(func=cmd_demo)
+    integrations_cli.register(sub)  # sift label-studio ..., sift argilla ...
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -68,6 +68,40 @@ class Settings(BaseSettings):
         default=True, description="`sift serve` also runs a worker in-process (development)"
     )
     page_size_max: int = Field(default=1000, ge=1)
+    # webhook deliveries (workers.tasks.webhooks)
+    webhook_retry_base_s: float = Field(
+        default=10.0, gt=0, description="wait before a webhook's 2nd attempt; doubled after each"
+    )
+    webhook_retry_max_interval_s: float = Field(
+        default=3600.0, gt=0, description="the longest delay between two webhook attempts"
+    )
+    webhook_retry_for_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="a webhook delivery not accepted (2xx) this long after its event is given "
+        "up (status failed); about 30 attempts with the defaults",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="one webhook attempt's timeout"
+    )
+    webhook_redispatch_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a due delivery whose task was sent this long ago and that no attempt "
+        "holds is sent again by the recovery sweep (its task was lost)",
+    )
+    webhook_countdown_max_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="a webhook retry due within this is sent at once with a countdown; later "
+        "ones by the recovery sweep when due (keep it below the broker's visibility timeout)",
+    )
+    webhook_rotation_grace_s: float = Field(
+        default=86400.0,
+        ge=0,
+        description="after POST /v1/webhook-secret rotates the callback secret, deliveries "
+        "carry a signature with the previous secret too, for this long",
+    )
     # Load limits (service/limits.py sizes the request threads and the database pool from these)
     api_workers: int = Field(
         default=1,

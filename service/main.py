@@ -25,6 +25,7 @@ from service.errors import (
     install_error_handlers,
 )
 from service.evaluations.endpoints import router as evaluations_router
+from service.integrations.label_studio_backend import router as label_studio_router
 from service.limits import install_limits
 from service.models.endpoints import router as models_router
 from service.observability import install_observability
@@ -35,8 +36,10 @@ from service.score_sets.endpoints import router as score_sets_router
 from service.selections.endpoints import router as selections_router
 from service.studies.endpoints import router as studies_router
 from service.tenant_secrets.endpoints import router as secrets_router
+from service.ui import mount_ui
 from service.valuations.endpoints import router as valuations_router
 from service.warmup_runs.endpoints import router as warmup_runs_router
+from service.webhooks.endpoints import router as webhooks_router
 
 API_PREFIX = "/v1"
 
@@ -85,10 +88,13 @@ def create_app() -> FastAPI:
         curations_router,
         evaluations_router,
         warmup_runs_router,
+        webhooks_router,
     ):
         v1.include_router(router)
     app.include_router(v1)
+    app.include_router(label_studio_router)  # Label Studio ML backend: Bearer or Basic key
     app.include_router(health.router)
+    mount_ui(app)  # the web view at /ui: static files that call /v1 with an API key
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document plus what no single route can declare: this deployment's page

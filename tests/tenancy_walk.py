@@ -92,6 +92,18 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/evaluations/{evaluation_id}/cancel"): "404",
     ("GET", "/v1/evaluations/{evaluation_id}/examples"): "404",
     ("GET", "/v1/evaluations/{evaluation_id}/plot.{fmt}"): "404",
+    ("GET", "/v1/label-studio/valuations/{valuation_id}/health"): "404",
+    ("POST", "/v1/label-studio/valuations/{valuation_id}/setup"): "404",
+    ("POST", "/v1/label-studio/valuations/{valuation_id}/predict"): "404",
+    ("POST", "/v1/label-studio/valuations/{valuation_id}/webhook"): "404",
+    ("POST", "/v1/webhooks"): "own",
+    ("GET", "/v1/webhooks"): "page",
+    ("GET", "/v1/webhooks/{webhook_id}"): "404",
+    ("DELETE", "/v1/webhooks/{webhook_id}"): "404",
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): "404",
+    ("GET", "/v1/webhook-deliveries"): "page",
+    ("GET", "/v1/webhook-secret"): "own",
+    ("POST", "/v1/webhook-secret"): "own",
 }
 
 PATH_IDS = {
@@ -105,6 +117,7 @@ PATH_IDS = {
     "curation_id": "curation",
     "warmup_run_id": "warmup_run",
     "evaluation_id": "evaluation",
+    "webhook_id": "webhook",
     "key_id": "key",
     "name": "secret",
 }
@@ -178,6 +191,9 @@ def request_for(
             "json": {"strategy": "cot", "examples": [{"query": "q?", "pair": "1"}]}
         },
         ("POST", "/v1/score-sets"): {"json": {"scorer": "text", "dataset_id": a["dataset"]}},
+        ("POST", "/v1/webhooks"): {
+            "json": {"url": "https://b.example.com/hook", "event_types": ["job.succeeded"]}
+        },
         ("POST", "/v1/curations"): {
             "json": {
                 "dataset_id": a["dataset"],

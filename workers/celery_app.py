@@ -22,6 +22,7 @@ celery_app.conf.update(
         "workers.tasks.score_set",
         "workers.tasks.curation",
         "workers.tasks.evaluation",
+        "workers.tasks.webhooks",
     ]
 )
 celery_app.loader.import_default_modules()

@@ -46,6 +46,10 @@ CURATION_RUN = "sift.curation.run"
 EVALUATION_RUN = "sift.evaluation.run"
 """An evaluation: fine-tune LoRA on each arm's training set, score the target set, the table."""
 
+WEBHOOK_DELIVER = "sift.webhook.deliver"
+"""One attempt of one webhook delivery (a job event to an endpoint or a callback_url): a POST,
+no model, so the CPU queue (``workers.tasks.webhooks``)."""
+
 TASK_QUEUES: dict[str, str] = {
     VALUATION_FEATURIZE: GPU_QUEUE,
     VALUATION_FEATURIZE_SHARD: GPU_QUEUE,
@@ -54,6 +58,7 @@ TASK_QUEUES: dict[str, str] = {
     SCORE_SET_RUN: GPU_QUEUE,
     CURATION_RUN: GPU_QUEUE,
     EVALUATION_RUN: GPU_QUEUE,
+    WEBHOOK_DELIVER: CPU_QUEUE,
 }
 
 
@@ -87,6 +92,14 @@ class ScoreSetTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     score_set_id: str
+
+
+class WebhookDeliveryTask(BaseModel):
+    """Payload of ``sift.webhook.deliver``: the row says the rest (``webhook_deliveries``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delivery_id: str
 
 
 # --- Valuation settings: the wire format the API validates and the worker resolves. ------------

@@ -1,11 +1,12 @@
 """One guard for every URL the workers or the API call on a client's behalf (SSRF).
 
-A client names URLs that a worker then POSTs to: an ``http_judge`` reward's ``url`` and a NICE
-``assist_endpoint``'s ``base_url`` (later: webhooks). Unguarded, a client could make the worker
-call what only the worker can reach (cloud metadata at 169.254.169.254, the database, Redis,
-an admin port on loopback, other hosts of the private network) and read part of the answer back
-through the job's error text. The rules, applied by ``check_url`` (statically, also at the API)
-and by ``guarded_client`` (on every request and at connect time):
+A client names URLs that a worker then POSTs to: an ``http_judge`` reward's ``url``, a NICE
+``assist_endpoint``'s ``base_url`` and webhook destinations (``workers.tasks.webhooks``).
+Unguarded, a client could make the worker call what only the worker can reach (cloud metadata
+at 169.254.169.254, the database, Redis, an admin port on loopback, other hosts of the private
+network) and read part of the answer back through the job's error text. The rules, applied
+by ``check_url`` (statically, also at the API) and by ``guarded_client`` (on every request and
+at connect time):
 
 * https only; plain http only to an allowlisted destination. No userinfo (``user:pw@``) in URLs.
 * Literal IPs must be public: loopback, private, link-local, multicast, unspecified, reserved,

@@ -13,6 +13,7 @@ is not in the :class:`~service.auth.keys.KeyCache`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -43,20 +44,31 @@ async def get_principal(
     (:class:`~service.auth.keys.KeyCache`), else read in a thread on the request's session."""
     if credentials is None:
         raise Unauthorized("an API key is required: send `Authorization: Bearer <key>`")
-    key = credentials.credentials
+    principal = await principal_of_key(request, session, credentials.credentials)
+    if principal.role == "read_only" and request.method not in READ_METHODS:
+        raise Forbidden("this API key is read_only: it may only read")
+    request.state.principal = principal
+    return principal
+
+
+async def principal_of_key(
+    request: Request,
+    session: Session,
+    key: str,
+    refuse: Callable[[str], Exception] = Unauthorized,
+) -> Principal:
+    """The principal of ``key``, from the app's key cache or (in a thread) the database;
+    ``refuse(message)`` is raised for a malformed, unknown or revoked key."""
     if not well_formed(key):
-        raise Unauthorized("the API key is unknown or revoked")
+        raise refuse("the API key is unknown or revoked")
     cache = key_cache(request.app)
     principal = cache.get(key)
     if principal is None:
         generation = cache.generation()
         principal = await run_in_threadpool(_look_up, session, key)
         if principal is None:
-            raise Unauthorized("the API key is unknown or revoked")
+            raise refuse("the API key is unknown or revoked")
         cache.put(key, principal, generation)
-    if principal.role == "read_only" and request.method not in READ_METHODS:
-        raise Forbidden("this API key is read_only: it may only read")
-    request.state.principal = principal
     return principal
 
 

@@ -14,6 +14,7 @@ from service.pagination import Page, PaginationDep
 from service.queue import QueueDep
 from service.selections import service as selections
 from service.selections.schemas import ExportFormat
+from service.webhooks.callbacks import SettingsDep, attach_callback
 from workers.contracts import CURATION_RUN, CurationTask
 
 router = APIRouter(prefix="/curations", tags=["curations"])
@@ -22,11 +23,14 @@ router = APIRouter(prefix="/curations", tags=["curations"])
 @router.post(
     "", status_code=202, response_model=CurationRead, responses=error_responses(ServiceUnavailable)
 )
-def create_curation(body: CurationCreate, session: SessionDep, queue: QueueDep) -> Any:
+def create_curation(
+    body: CurationCreate, session: SessionDep, queue: QueueDep, settings: SettingsDep
+) -> Any:
     """Compose score sets into a selection: keep the records passing every filter (thresholds,
     eq. 4; percentiles, eq. 5), then rank them by a score or pick with a diversity algorithm,
     at most ``quota.max_per_group`` per group, up to the budget."""
     curation = service.create_curation(session, body)
+    attach_callback(session, curation.job_id, body.callback_url, settings)
     session.commit()
     jobs.enqueue_committed(
         session,

@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.valuations.schemas import ProgressRead
+from service.webhooks.schemas import callback_url_field
 from workers.contracts import JSON_INT_MAX, CurationSettings, Pick, Quota, ScoreFilter
 
 
@@ -51,6 +52,7 @@ class CurationCreate(BaseModel):
     model_id: str | None = Field(
         None, description="diversity picks with settings.embedding 'lm' embed with this model"
     )
+    callback_url: str | None = callback_url_field()
     settings: CurationSettings = Field(default_factory=lambda: CurationSettings.model_validate({}))
 
 

@@ -88,7 +88,9 @@ def create_curation(session: Session, body: CurationCreate) -> Curation:
     if body.model_id is not None and not models.exists(session, body.model_id):
         raise InvalidInput(f"model {body.model_id} does not exist", field="body.model_id")
     job = jobs.new_job(session, JOB_KIND)
-    recipe = body.model_dump(mode="json", exclude={"name", "dataset_id", "model_id"})
+    recipe = body.model_dump(
+        mode="json", exclude={"name", "dataset_id", "model_id", "callback_url"}
+    )
     curation = Curation(
         job_id=job.id,
         name=body.name,

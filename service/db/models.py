@@ -532,3 +532,109 @@ class TaskDelivery(Base):
     """Last sign of life: a beat of the running delivery, or the last (re)send."""
     resent: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """How often the recovery sweep sent it again."""
+
+
+# --- webhooks: endpoints, the callback signing secret, the event outbox and its deliveries -----
+
+WEBHOOK_EVENT_TYPES = ("job.started", "job.succeeded", "job.failed", "job.cancelled")
+"""As ``service.webhooks.schemas.EventType``; callback_urls get the last three only."""
+WEBHOOK_DELIVERY_STATUSES = ("pending", "succeeded", "failed")
+
+
+class WebhookEndpoint(TenantOwned, Base):
+    """A URL a tenant registered for job events; its signing secret is stored sealed and
+    shown once, at creation."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    url: Mapped[str] = mapped_column(String(2000))
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(String(200))
+    secret_ciphertext: Mapped[str] = mapped_column(Text)
+    """The Fernet token of the endpoint's ``whsec_...`` secret."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebhookSigningSecret(TenantOwned, Base):
+    """The tenant's secret signing deliveries to the ``callback_url`` of its jobs: created or
+    rotated by ``POST /v1/webhook-secret`` (shown once); after a rotation the previous secret
+    signs too (a second signature) until ``previous_until``."""
+
+    __tablename__ = "webhook_signing_secrets"
+    __table_args__ = (UniqueConstraint("tenant_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    previous_ciphertext: Mapped[str | None] = mapped_column(Text)
+    previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class JobCallback(TenantOwned, Base):
+    """The ``callback_url`` a job-creating request named: told when the job finishes."""
+
+    __tablename__ = "job_callbacks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+
+
+class WebhookEvent(TenantOwned, Base):
+    """The outbox: one row per job event that has somewhere to go, written in the transaction
+    that changed the job's status (``service.webhooks.outbox``). ``payload`` is the exact body
+    every delivery of it sends. No foreign key to the job: the log outlives a deleted job."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    type: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebhookDelivery(TenantOwned, Base):
+    """One event to one destination (an endpoint, or the job's callback_url), at least once:
+    attempted by ``sift.webhook.deliver`` (``workers.tasks.webhooks``), retried with backoff
+    until ``SIFT_WEBHOOK_RETRY_FOR_S`` after it was created; the recovery sweep sends again
+    what is due and in nobody's hands. Its ``id`` is the ``webhook-id`` of every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("status", WEBHOOK_DELIVERY_STATUSES), name="status"),
+        Index(None, "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    event_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True
+    )
+    endpoint_id: Mapped[str | None] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    """None for a delivery to the job's callback_url (signed with the tenant's secret)."""
+    url: Mapped[str] = mapped_column(String(2000))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When it is due (pending only)."""
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """An attempt holds it until then: in flight; a lease that ran out lost its worker."""
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """When its task was last sent (or is due to arrive, for a delayed send)."""
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    response_excerpt: Mapped[str | None] = mapped_column(String(500))
+    """At most the first 500 characters of the receiver's last answer; nothing more is kept."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    event: Mapped[WebhookEvent] = relationship()
+    """(So a flush writes the event before its deliveries.)"""
+
+
+# Job status changes write their webhook events in the same transaction (an ORM flush event).
+import service.webhooks.outbox  # noqa: E402, F401

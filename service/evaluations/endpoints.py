@@ -12,6 +12,7 @@ from service.evaluations import service
 from service.evaluations.schemas import EvaluationCreate, EvaluationRead, ExampleRead
 from service.pagination import Page, PaginationDep
 from service.queue import QueueDep
+from service.webhooks.callbacks import SettingsDep, attach_callback
 from workers.contracts import EVALUATION_RUN, EvaluationTask
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
@@ -24,7 +25,11 @@ router = APIRouter(prefix="/evaluations", tags=["evaluations"])
     responses=error_responses(Conflict, ServiceUnavailable),
 )
 def create_evaluation(
-    body: EvaluationCreate, session: SessionDep, blobs: BlobStoreDep, queue: QueueDep
+    body: EvaluationCreate,
+    session: SessionDep,
+    blobs: BlobStoreDep,
+    queue: QueueDep,
+    settings: SettingsDep,
 ) -> Any:
     """Does training on your selection help? Fine-tune fresh LoRA adapters on each arm's
     training set — the same budget, settings and training seed for every arm — then score the
@@ -37,6 +42,7 @@ def create_evaluation(
     before its task is sent; if the broker refuses it, the reply is 503.
     """
     evaluation = service.create_evaluation(session, blobs, body)
+    attach_callback(session, evaluation.job_id, body.callback_url, settings)
     session.commit()
     jobs.enqueue_committed(
         session,

@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.valuations.schemas import ProgressRead
+from service.webhooks.schemas import callback_url_field
 from workers.contracts import JSON_INT_MAX, Arm, EvaluationSettings, Metric
 
 
@@ -62,6 +63,7 @@ class EvaluationCreate(BaseModel):
         description="a task metric besides the response loss: a reward of each greedy response "
         "(reward spec), or multiple-choice accuracy by log-likelihood",
     )
+    callback_url: str | None = callback_url_field()
     settings: EvaluationSettings = Field(
         default_factory=lambda: EvaluationSettings.model_validate({})
     )

@@ -19,6 +19,7 @@ from service.score_sets.schemas import (
     ScoreSetCreate,
     ScoreSetRead,
 )
+from service.webhooks.callbacks import SettingsDep, attach_callback
 from workers.contracts import SCORE_SET_RUN, ScoreSetTask
 
 router = APIRouter(prefix="/score-sets", tags=["score sets"])
@@ -31,7 +32,9 @@ ColumnQuery = Annotated[
 @router.post(
     "", status_code=202, response_model=ScoreSetRead, responses=error_responses(ServiceUnavailable)
 )
-def create_score_set(body: ScoreSetCreate, session: SessionDep, queue: QueueDep) -> Any:
+def create_score_set(
+    body: ScoreSetCreate, session: SessionDep, queue: QueueDep, settings: SettingsDep
+) -> Any:
     """Score every record of a dataset with one seed 003 scorer: quality (model losses and
     uncertainty, IFD), text statistics, knn distance (plus a dataset-level diversity report),
     importance against probes (random, bm25, dsir, rds), or each response's reward under a
@@ -44,6 +47,7 @@ def create_score_set(body: ScoreSetCreate, session: SessionDep, queue: QueueDep)
     broker refuses it, the reply is 503.
     """
     score_set = service.create_score_set(session, body)
+    attach_callback(session, score_set.job_id, body.callback_url, settings)
     session.commit()
     jobs.enqueue_committed(
         session,

@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.valuations.schemas import ProgressRead
+from service.webhooks.schemas import callback_url_field
 from workers.contracts import Scorer, ScoreSetSettings
 
 Order = Literal["asc", "desc"]
@@ -63,6 +64,7 @@ class ScoreSetCreate(BaseModel):
         "numeric) compare with the record's metadata.label, which every record must then have, "
         "python_tests runs the record's metadata.test and metadata.entry_point",
     )
+    callback_url: str | None = callback_url_field()
     settings: ScoreSetSettings = Field(default_factory=lambda: ScoreSetSettings.model_validate({}))
 
 

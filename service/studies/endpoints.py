@@ -17,6 +17,7 @@ from service.studies.schemas import (
     StudyCreate,
     StudyRead,
 )
+from service.webhooks.callbacks import SettingsDep, attach_callback
 from workers.contracts import STUDY_RUN, StudyTask
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -25,7 +26,9 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 @router.post(
     "", status_code=202, response_model=StudyRead, responses=error_responses(ServiceUnavailable)
 )
-def create_study(body: StudyCreate, session: SessionDep, queue: QueueDep) -> Any:
+def create_study(
+    body: StudyCreate, session: SessionDep, queue: QueueDep, settings: SettingsDep
+) -> Any:
     """Start a strategy study (seed 001): does training on each probe set Z'_k move the
     evaluation set Z, paired (s_in) and unpaired (s_cross), at each checkpoint?
 
@@ -33,6 +36,7 @@ def create_study(body: StudyCreate, session: SessionDep, queue: QueueDep) -> Any
     study is committed before its task is sent; if the broker refuses it, the reply is 503.
     """
     study = service.create_study(session, body)
+    attach_callback(session, study.job_id, body.callback_url, settings)
     session.commit()
     jobs.enqueue_committed(
         session,

@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.valuations.schemas import ProgressRead
+from service.webhooks.schemas import callback_url_field
 from workers.contracts import StudySettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]*$"
@@ -63,6 +64,7 @@ class StudyCreate(BaseModel):
     reference: str | None = Field(
         None, description="name of the probe set the others are compared with (the baseline)"
     )
+    callback_url: str | None = callback_url_field()
     settings: StudySettings = Field(default_factory=lambda: StudySettings.model_validate({}))
 
 

@@ -18,6 +18,7 @@ from service.valuations.schemas import (
     ValuationCreate,
     ValuationRead,
 )
+from service.webhooks.callbacks import attach_callback
 from workers.contracts import VALUATION_FEATURIZE, ValuationTask
 
 router = APIRouter(prefix="/valuations", tags=["valuations"])
@@ -45,6 +46,7 @@ def create_valuation(
     with `warmup_ratio` > 0 takes that step at learning rate 0.
     """
     valuation = service.create_valuation(session, body, settings)
+    attach_callback(session, valuation.job_id, body.callback_url, settings)
     session.commit()
     jobs.enqueue_committed(
         session,

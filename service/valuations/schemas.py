@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.webhooks.schemas import callback_url_field
 from workers.contracts import Method, ValuationSettings
 
 
@@ -65,6 +66,7 @@ class ValuationCreate(BaseModel):
         "response loss at every warmup checkpoint is stored on the warmup run's "
         "curve.heldout and plotted next to the training loss",
     )
+    callback_url: str | None = callback_url_field()
     settings: ValuationSettings = Field(
         default_factory=lambda: ValuationSettings.model_validate({})
     )

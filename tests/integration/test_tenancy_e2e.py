@@ -149,6 +149,9 @@ def test_tenants_are_isolated_on_the_production_stack(
         "score_set": score_set_id,
         "curation": curation["id"],
         "evaluation": evaluation.json()["id"],
+        "webhook": a.post(
+            "/v1/webhooks", json={"url": "https://a.example.com/h", "event_types": ["job.failed"]}
+        ).json()["id"],
         "key": a.get("/v1/me").json()["key_id"],
         "secret": NAMES["secret"],
     }

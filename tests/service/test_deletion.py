@@ -497,7 +497,7 @@ def test_unknown_ids_are_404_and_reads_may_not_delete(
 def test_every_delete_is_documented(app: FastAPI) -> None:
     paths = app.openapi()["paths"]
     deletes = {p: ops["delete"] for p, ops in paths.items() if "delete" in ops}
-    assert len(deletes) == 12  # ten resources, keys and secrets
+    assert len(deletes) == 13  # ten resources, keys, secrets and webhooks
     cascading = {"datasets", "models", "reward-specs", "score-sets", "warmup-runs"}
     for path, op in deletes.items():
         assert {"204", "404"} <= set(op["responses"]), path

@@ -97,6 +97,9 @@ def tenant_a_resources(a: TestClient, db: Session, names: dict[str, str]) -> dic
         "score_set": score_set["id"],
         "curation": curation["id"],
         "evaluation": evaluation["id"],
+        "webhook": a.post(
+            "/v1/webhooks", json={"url": "https://a.example.com/h", "event_types": ["job.failed"]}
+        ).json()["id"],
         "key": key_id,
         "secret": names["secret"],
     }

@@ -24,6 +24,7 @@ from service.db.models import FINISHED_STATUSES, Job, TaskDelivery
 from service.db.session import SessionLocal, for_writes, get_engine
 from service.observability import bind_log_fields
 from service.tenancy import tenant_scope
+from service.webhooks.outbox import record_job_event
 from workers.engine.errors import Cancelled, EngineError
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ class JobTracker:
                 .where(Job.id == self.job_id, Job.status == "queued")
                 .values(status="running", started_at=_now(), error=None)
             ).rowcount
+            if moved:  # job.started webhook events commit with it (service.webhooks.outbox)
+                record_job_event(session, self.job_id, "running")
             session.commit()
         return bool(moved) or self.read().status == "running"
 

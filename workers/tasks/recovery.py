@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,6 +47,7 @@ from service.db.models import (
 )
 from service.db.session import SessionLocal
 from service.queue import enqueue, send
+from service.webhooks.outbox import record_job_event
 from workers.contracts import (
     CURATION_RUN,
     EVALUATION_RUN,
@@ -79,9 +80,11 @@ class Repairs:
     restarted: list[str]
     cancelled: list[str]
     failed: list[str]
+    webhooks: list[str] = field(default_factory=list)
+    """Webhook deliveries due and in nobody's hands, sent again (``workers.tasks.webhooks``)."""
 
     def __bool__(self) -> bool:
-        return bool(self.resent or self.restarted or self.cancelled or self.failed)
+        return bool(self.resent or self.restarted or self.cancelled or self.failed or self.webhooks)
 
 
 def _now() -> datetime:
@@ -121,6 +124,9 @@ def sweep(
             in_flight.setdefault(row.job_id, []).append(row)
         for job in jobs:
             _repair_job(session, job, in_flight.get(job.id, []), now, stale, lost, repairs)
+    from workers.tasks.webhooks import resend_due  # the task module registers on celery_app
+
+    repairs.webhooks.extend(resend_due(now=now, redispatch_s=lost_s))
     if repairs:
         log.warning("recovery sweep: %s", repairs)
     record_sweep(repairs)
@@ -229,6 +235,8 @@ def _cancel(session: Session, job: Job, repairs: Repairs) -> None:
         .where(Job.id == job.id, Job.status.in_((JobStatus.queued.value, JobStatus.running.value)))
         .values(status=JobStatus.cancelled.value, finished_at=_now())
     ).rowcount
+    if moved:  # its webhook events commit with it (service.webhooks.outbox)
+        record_job_event(session, job, JobStatus.cancelled.value)
     session.execute(delete(TaskDelivery).where(TaskDelivery.job_id == job.id))
     session.commit()
     if moved:
@@ -241,6 +249,8 @@ def _fail(session: Session, job: Job, message: str, repairs: Repairs) -> None:
         .where(Job.id == job.id, Job.status.in_((JobStatus.queued.value, JobStatus.running.value)))
         .values(status=JobStatus.failed.value, error=message, finished_at=_now())
     ).rowcount
+    if moved:
+        record_job_event(session, job, JobStatus.failed.value, error=message)
     session.commit()
     if moved:
         repairs.failed.append(job.id)
