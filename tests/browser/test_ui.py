@@ -20,16 +20,14 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.servers import _process, free_port, wait_for
+from tests.embedded import VALUATION_SETTINGS, embedded_sift
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "service" / "demo_data"
@@ -43,15 +41,6 @@ XSS_PROMPT = '<img src=x onerror="window.__siftXss=2"> What is 2+2?'
 XSS_RESPONSE = "<script>window.__siftXss=3</script>4"
 XSS_SUBTASK = '<i>beta</i><img src=x onerror="window.__siftXss=4">'
 XSS_STUDY = '<b onmouseover="window.__siftXss=6">study</b>'
-
-VALUATION_SETTINGS: dict[str, Any] = {
-    "warmup": {"fraction": 0.5, "epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "seed": 0},
-    "lora": {"r": 8, "alpha": 32},
-    "projection": {"dim": 512, "seed": 0},
-    "max_length": 96,
-    "batch_size": 16,
-    "shard_size": 40,
-}
 
 
 def _chromium() -> str | None:
@@ -191,22 +180,6 @@ def _paired_sets() -> dict[str, list[dict[str, Any]]]:
     return sets
 
 
-@contextlib.contextmanager
-def _sift_serve(root: Path) -> Iterator[tuple[str, str, Path]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIFT_", "AWS_"))}
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    port = free_port()
-    log = root / "serve.log"
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
-    with _process(cmd, log, env=env, cwd=root):
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for(lambda: httpx.get(f"{base}/readyz").raise_for_status(), "sift serve", 90)
-        except RuntimeError:
-            raise AssertionError(log.read_text()[-3000:]) from None
-        yield base, (root / ".sift" / "api-key").read_text().strip(), log
-
-
 def _artifacts(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("SIFT_TEST_ARTIFACTS") or tmp_path / "artifacts")
     folder.mkdir(parents=True, exist_ok=True)
@@ -265,10 +238,9 @@ def test_web_view_in_a_browser(tmp_path: Path, capsys: pytest.CaptureFixture[str
     started = time.monotonic()
     artifacts = _artifacts(tmp_path)
     with contextlib.ExitStack() as stack:
-        base, key, log = stack.enter_context(_sift_serve(tmp_path))
-        api = stack.enter_context(
-            httpx.Client(base_url=base, timeout=60, headers={"authorization": f"Bearer {key}"})
-        )
+        sift = stack.enter_context(embedded_sift(tmp_path, env={"OMP_NUM_THREADS": "1"}))
+        base, key, log = sift.url, sift.api_key, sift.log
+        api = stack.enter_context(sift.client())
         driver = _driver(chromium, tmp_path)
         stack.callback(driver.quit)
         wait = WebDriverWait(driver, 30, poll_frequency=0.2)

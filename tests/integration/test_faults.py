@@ -4,75 +4,27 @@ is stored) with the scores of an undisturbed run, and a cancel of a job nothing 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.integration.servers import _process, free_port, wait_for
-from tests.integration.test_valuation_e2e import SETTINGS, _jsonl, _records
+from tests.embedded import VALUATION_SETTINGS, embedded_sift, finished, start_valuation
+from tests.integration.test_valuation_e2e import _jsonl, _records
 
-REPO = Path(__file__).resolve().parents[2]
-QUICK = {**SETTINGS, "warmup": {**SETTINGS["warmup"], "epochs": 1}, "shard_size": 8}
-
-
-@contextlib.contextmanager
-def serve(state: Path, log: str) -> Iterator[tuple[Any, httpx.Client]]:
-    """`sift serve` on the embedded default in ``state`` (its ./.sift), with its admin key."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIFT_", "AWS_"))}
-    env |= {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
-    with _process(cmd, state / log, env=env, cwd=state) as proc:
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for(lambda: httpx.get(f"{base}/readyz").raise_for_status(), "sift serve", 90)
-        except RuntimeError:
-            raise AssertionError((state / log).read_text()[-3000:]) from None
-        key = (state / ".sift" / "api-key").read_text().strip()
-        headers = {"authorization": f"Bearer {key}"}
-        with httpx.Client(base_url=base, timeout=60, headers=headers) as api:
-            yield proc, api
+QUICK = {**VALUATION_SETTINGS, "shard_size": 8}
 
 
 def _start(api: httpx.Client) -> str:
-    pool = api.post(
-        "/v1/datasets",
-        files={"file": ("p.jsonl", _jsonl(_records("pool.jsonl", per_task=12)))},
-        data={"name": "pool"},
-    ).json()
-    probes = api.post(
-        "/v1/datasets", json={"name": "probes", "records": _records("probes.jsonl")}
-    ).json()
-    model = api.post("/v1/models", json={"name": "tiny", "source": "builtin:tiny-llama"}).json()
-    response = api.post(
-        "/v1/valuations",
-        json={
-            "model_id": model["id"],
-            "pool_dataset_id": pool["id"],
-            "probe_dataset_id": probes["id"],
-            "settings": QUICK,
-        },
-    )
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
+    pool = _jsonl(_records("pool.jsonl", per_task=12))
+    return start_valuation(api, pool, _records("probes.jsonl"), QUICK)[0]
 
 
-def _finish(api: httpx.Client, valuation_id: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (body := api.get(f"/v1/valuations/{valuation_id}").json())["status"] in (
-        "queued",
-        "running",
-    ):
-        assert time.monotonic() < deadline, body
-        time.sleep(0.3)
-    return body
+def _finish(api: httpx.Client, valuation_id: str) -> dict[str, Any]:
+    return finished(api, valuation_id, timeout=300, interval=0.3)
 
 
 def _scores(api: httpx.Client, valuation_id: str) -> list[tuple[str, float]]:
@@ -84,12 +36,12 @@ def test_embedded_server_killed_mid_featurize_resumes_on_restart(tmp_path: Path)
     undisturbed, killed = tmp_path / "undisturbed", tmp_path / "killed"
     undisturbed.mkdir()
     killed.mkdir()
-    with serve(undisturbed, "serve.log") as (_, api):
+    with embedded_sift(undisturbed) as sift, sift.client() as api:
         reference = _finish(api, _start(api))
         assert reference["status"] == "succeeded", reference["error"]
         expected = _scores(api, reference["id"])
 
-    with serve(killed, "first.log") as (proc, api):
+    with embedded_sift(killed, log="first.log") as sift, sift.client() as api:
         valuation_id = _start(api)
         deadline = time.monotonic() + 300
         while True:  # some shards stored, not all
@@ -100,10 +52,10 @@ def test_embedded_server_killed_mid_featurize_resumes_on_restart(tmp_path: Path)
             assert body["status"] == "running" or body["status"] == "queued", body
             assert time.monotonic() < deadline, body
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    with serve(killed, "second.log") as (_, api):
+        os.killpg(sift.proc.pid, signal.SIGKILL)
+        sift.proc.wait()
+    with embedded_sift(killed, log="second.log") as sift, sift.client() as api:
         body = _finish(api, valuation_id)
-        assert body["status"] == "succeeded", (body, (killed / "second.log").read_text()[-3000:])
+        assert body["status"] == "succeeded", (body, sift.log_tail())
         assert _scores(api, valuation_id) == expected
-        assert "resumed unfinished jobs" in (killed / "second.log").read_text()
+        assert "resumed unfinished jobs" in sift.log.read_text()

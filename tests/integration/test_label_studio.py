@@ -34,8 +34,9 @@ import httpx
 import pytest
 
 from service.integrations.label_studio import DEFAULT_LABEL_CONFIG
+from tests.embedded import VALUATION_SETTINGS, embedded_sift, finished, start_valuation
 from tests.integration.servers import _process, free_port, wait_for
-from tests.integration.test_valuation_e2e import SETTINGS, _jsonl, _records
+from tests.integration.test_valuation_e2e import _jsonl, _records
 
 pytestmark = pytest.mark.integration
 
@@ -121,15 +122,6 @@ def _start_label_studio(
     return f"http://127.0.0.1:{port}", started
 
 
-def _start_sift(stack: ExitStack, root: Path) -> tuple[str, float]:
-    port = free_port()
-    env = _clean_env() | {"PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
-    started = time.monotonic()
-    stack.enter_context(_process(cmd, root / "sift.log", env=env, cwd=root))
-    return f"http://127.0.0.1:{port}", started
-
-
 def _log_tail(path: Path) -> str:
     return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
 
@@ -143,16 +135,13 @@ def servers(
     root = tmp_path_factory.mktemp("label-studio")
     with ExitStack() as stack:
         ls_url, ls_started = _start_label_studio(stack, root, executable, timings)
-        sift_url, sift_started = _start_sift(stack, root)
-        try:
-            wait_for(lambda: httpx.get(f"{sift_url}/readyz").raise_for_status(), "sift", 120)
-        except RuntimeError:
-            raise AssertionError(_log_tail(root / "sift.log")) from None
-        timings["sift_ready"] = round(time.monotonic() - sift_started, 1)
-        key = (root / ".sift" / "api-key").read_text().strip()
-        sift = stack.enter_context(
-            httpx.Client(base_url=sift_url, timeout=120, headers={"authorization": f"Bearer {key}"})
+        sift_started = time.monotonic()
+        embedded = stack.enter_context(
+            embedded_sift(root, base_env=_clean_env(), log="sift.log", timeout=120, tail=4000)
         )
+        timings["sift_ready"] = round(time.monotonic() - sift_started, 1)
+        sift_url, key = embedded.url, embedded.api_key
+        sift = stack.enter_context(embedded.client(timeout=120))
         valuation_started = time.monotonic()
         valuation, pool = _value_a_pool(sift, root)
         timings["sift_valuation"] = round(time.monotonic() - valuation_started, 1)
@@ -185,30 +174,9 @@ def servers(
 
 
 def _value_a_pool(sift: httpx.Client, root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    pool_rows = _records("pool.jsonl", per_task=4)
-    pool = sift.post(
-        "/v1/datasets", files={"file": ("p.jsonl", _jsonl(pool_rows))}, data={"name": "pool"}
-    ).json()
-    probes = sift.post(
-        "/v1/datasets", json={"name": "probes", "records": _records("probes.jsonl")}
-    ).json()
-    model = sift.post("/v1/models", json={"name": "tiny", "source": "builtin:tiny-llama"}).json()
-    settings = {**SETTINGS, "warmup": {**SETTINGS["warmup"], "epochs": 1}}
-    created = sift.post(
-        "/v1/valuations",
-        json={
-            "model_id": model["id"],
-            "pool_dataset_id": pool["id"],
-            "probe_dataset_id": probes["id"],
-            "settings": settings,
-        },
-    )
-    assert created.status_code == 202, created.text
-    vid = created.json()["id"]
-    deadline = time.monotonic() + 400
-    while (body := sift.get(f"/v1/valuations/{vid}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, body
-        time.sleep(0.5)
+    pool_file = _jsonl(_records("pool.jsonl", per_task=4))
+    vid, pool = start_valuation(sift, pool_file, _records("probes.jsonl"), VALUATION_SETTINGS)
+    body = finished(sift, vid, timeout=400)
     assert body["status"] == "succeeded", (body, _log_tail(root / "sift.log"))
     return body, pool
 

@@ -5,8 +5,6 @@ worker (Postgres, Redis, S3), is announced to a loopback receiver with a signed 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +13,8 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.integration.conftest import REPO, Stack
-from tests.integration.servers import _process, free_port, wait_for
+from tests.embedded import embedded_sift
+from tests.integration.conftest import Stack
 from tests.webhook_receiver import serving
 
 pytestmark = pytest.mark.integration
@@ -121,36 +119,24 @@ def test_a_valuation_with_a_callback_url_gets_a_signed_delivery(
 def test_the_embedded_default_delivers_the_same_way(tmp_path: Path) -> None:
     """`sift serve` on SQLite with its in-process worker: a score set's callback_url gets the
     signed job.succeeded delivery, through the same outbox, task and guard."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIFT_", "AWS_"))}
-    env |= {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    env["SIFT_OUTBOUND_ALLOW"] = "127.0.0.1/32"  # the receiver below, as an operator would
-    port = free_port()
-    sift = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    allow = {"SIFT_OUTBOUND_ALLOW": "127.0.0.1/32"}  # the receiver below, as an operator would
     with (
-        _process(sift, tmp_path / "serve.log", env=env, cwd=tmp_path),
+        embedded_sift(tmp_path, env=allow) as sift,
         serving() as receiver,
+        sift.client() as api,
     ):
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for(lambda: httpx.get(f"{base}/readyz").raise_for_status(), "sift serve", 90)
-        except RuntimeError:
-            raise AssertionError((tmp_path / "serve.log").read_text()[-3000:]) from None
-        key = (tmp_path / ".sift" / "api-key").read_text().strip()
-        with httpx.Client(
-            base_url=base, timeout=60, headers={"authorization": f"Bearer {key}"}
-        ) as api:
-            secret = api.post("/v1/webhook-secret").json()["secret"]
-            dataset = _upload(api, "wh-embedded", _rows("pool.jsonl", 6))
-            created = api.post(
-                "/v1/score-sets",
-                json={"scorer": "text", "dataset_id": dataset, "callback_url": receiver.url},
-            )
-            assert created.status_code == 202, created.text
-            deadline = time.monotonic() + 120
-            while not receiver.requests:
-                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(0.3)
-            [(_, headers, body)] = receiver.requests
-            payload = Webhook(secret).verify(body, headers)
-            assert payload["type"] == "job.succeeded"
-            assert payload["data"]["resource_url"] == f"/v1/score-sets/{created.json()['id']}"
+        secret = api.post("/v1/webhook-secret").json()["secret"]
+        dataset = _upload(api, "wh-embedded", _rows("pool.jsonl", 6))
+        created = api.post(
+            "/v1/score-sets",
+            json={"scorer": "text", "dataset_id": dataset, "callback_url": receiver.url},
+        )
+        assert created.status_code == 202, created.text
+        deadline = time.monotonic() + 120
+        while not receiver.requests:
+            assert time.monotonic() < deadline, sift.log_tail()
+            time.sleep(0.3)
+        [(_, headers, body)] = receiver.requests
+        payload = Webhook(secret).verify(body, headers)
+        assert payload["type"] == "job.succeeded"
+        assert payload["data"]["resource_url"] == f"/v1/score-sets/{created.json()['id']}"

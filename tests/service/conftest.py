@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from service.auth import keys
 from service.blobs import BlobStore, FilesystemBlobStore, TenantBlobStore, get_blob_store
+from service.client import Client
 from service.config import Settings, get_settings
 from service.db.base import utcnow
 from service.db.migrate import upgrade_head
@@ -188,6 +189,13 @@ def tenant_blobs(client: TestClient, blob_store: FilesystemBlobStore, db: Sessio
 
 
 @pytest.fixture()
+def sift(app: FastAPI, db: Session) -> Iterator[Client]:
+    """Sift's client of the app in process, with a key of the ``client`` fixture's tenant."""
+    with TestClient(app, raise_server_exceptions=True) as http:
+        yield Client(api_key=api_key(db), http=http)
+
+
+@pytest.fixture()
 def anonymous(app: FastAPI) -> Iterator[TestClient]:
     """A client with no API key."""
     with TestClient(app, raise_server_exceptions=True) as client:
@@ -243,6 +251,23 @@ def make_valuation(
         response = client.post("/v1/valuations", json=payload)
         assert response.status_code == 202, response.text
         return response.json()
+
+    return make
+
+
+@pytest.fixture()
+def make_scored(
+    db: Session,
+    make_dataset: Callable[..., dict[str, Any]],
+    make_valuation: Callable[..., dict[str, Any]],
+) -> Callable[[list[dict[str, Any]], list[tuple[str, float]]], dict[str, Any]]:
+    """``make_scored(recs, ranked)``: a succeeded valuation of a pool of ``recs`` whose scores
+    are ``ranked`` (``(record_id, score)``, best first)."""
+
+    def make(recs: list[dict[str, Any]], ranked: list[tuple[str, float]]) -> dict[str, Any]:
+        valuation = make_valuation(pool=make_dataset(name="pool", recs=recs))
+        finish_valuation(db, valuation["id"], ranked)
+        return valuation
 
     return make
 

@@ -7,19 +7,17 @@ from __future__ import annotations
 import json
 import math
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service.client import Client, ConflictError
 from service.db.models import Curation, Job, JobStatus
 from service.integrations import argilla_export
-from tests.service.conftest import api_key, finish_valuation
 
 rg = pytest.importorskip("argilla")
 
@@ -42,19 +40,8 @@ RECORDS = [
 
 
 @pytest.fixture()
-def sift(app: FastAPI, db: Session) -> Iterator[Client]:
-    """Sift's client of the app in process, with a key of the ``client`` fixture's tenant."""
-    with TestClient(app, raise_server_exceptions=True) as http:
-        yield Client(api_key=api_key(db), http=http)
-
-
-@pytest.fixture()
-def scored(
-    db: Session, make_dataset: Callable[..., dict[str, Any]], make_valuation: Any
-) -> dict[str, Any]:
-    valuation = make_valuation(pool=make_dataset(name="pool", recs=RECORDS))
-    finish_valuation(db, valuation["id"], RANKED)
-    return valuation
+def scored(make_scored: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    return make_scored(RECORDS, RANKED)
 
 
 @pytest.fixture()

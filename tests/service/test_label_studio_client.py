@@ -7,20 +7,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session
 
 from service.client import Client, ConflictError, models
 from service.integrations import argilla_export, cli, label_studio
 from service.integrations.records import split_messages
-from tests.service.conftest import api_key, finish_valuation
 
 RANKED = [("p2", 0.5), ("p0", 0.25), ("p1", -0.5)]
 RECORDS = [
@@ -70,19 +67,8 @@ class FakeLabelStudio:
 
 
 @pytest.fixture()
-def sift(app: FastAPI, db: Session) -> Iterator[Client]:
-    """Sift's client of the app in process, with a key of the ``client`` fixture's tenant."""
-    with TestClient(app, raise_server_exceptions=True) as http:
-        yield Client(api_key=api_key(db), http=http)
-
-
-@pytest.fixture()
-def scored(
-    db: Session, make_dataset: Callable[..., dict[str, Any]], make_valuation: Any
-) -> dict[str, Any]:
-    valuation = make_valuation(pool=make_dataset(name="pool", recs=RECORDS))
-    finish_valuation(db, valuation["id"], RANKED)
-    return valuation
+def scored(make_scored: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    return make_scored(RECORDS, RANKED)
 
 
 def test_push_imports_the_pool_best_first(sift: Client, scored: dict[str, Any]) -> None:
