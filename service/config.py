@@ -53,7 +53,8 @@ class Settings(BaseSettings):
         default=3600.0,
         gt=0,
         description="a task sent but never started this long was lost by the broker (e.g. "
-        "Redis restarted without persistence): it is sent again",
+        "Redis restarted without persistence): it is sent again; so is a webhook delivery's "
+        "task that no attempt took up (it may wait behind long jobs on sift.cpu)",
     )
     sweep_interval_s: float = Field(
         default=15.0, gt=0, description="how often each worker runs the recovery sweep"
@@ -82,13 +83,18 @@ class Settings(BaseSettings):
         "up (status failed); about 30 attempts with the defaults",
     )
     webhook_timeout_s: float = Field(
-        default=10.0, gt=0, le=300, description="one webhook attempt's timeout"
+        default=10.0,
+        gt=0,
+        le=300,
+        description="one webhook attempt's timeout, in all (name lookup, connects, sending, "
+        "the answer's headers), not per phase",
     )
     webhook_redispatch_s: float = Field(
         default=60.0,
         gt=0,
-        description="a due delivery whose task was sent this long ago and that no attempt "
-        "holds is sent again by the recovery sweep (its task was lost)",
+        description="a due delivery whose attempt started and died (its lease, the timeout "
+        "plus 30 s, ran out) is sent again by the recovery sweep once its task was sent this "
+        "long ago; one whose task no attempt took up yet waits task_lost_s instead",
     )
     webhook_countdown_max_s: float = Field(
         default=300.0,

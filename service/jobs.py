@@ -18,6 +18,7 @@ from service.db.base import utcnow
 from service.db.models import FINISHED_STATUSES, Job, JobStatus, TaskDelivery
 from service.errors import Conflict, ServiceUnavailable
 from service.queue import TaskQueue
+from service.webhooks.outbox import record_job_event
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +125,25 @@ def delete_resources(
     then the resources' own rows (``parts``: columns naming the resource), the resources and
     the jobs. A worker running the job finds its rows gone at its next update and drops its
     work without writing more (``workers.tasks.jobs.ResourceDeleted``); nothing waits for it.
-    The locks are taken in the order a worker's heartbeat takes them (its task row, then its
-    job), so the two never deadlock.
+    A live job's ``job.cancelled`` event (``service.webhooks.outbox``) commits with the
+    deletion, so its callback_url and endpoints hear of its end. The locks are taken in the
+    order a worker's heartbeat takes them (its task row, then its job), so the two never
+    deadlock.
     """
     if not ids:
         return []
     job_ids = list(session.scalars(select(table.job_id).where(table.id.in_(ids))))
     fetch = {"synchronize_session": "fetch"}
     session.execute(delete(TaskDelivery).where(TaskDelivery.job_id.in_(job_ids)))
-    session.execute(select(Job.id).where(Job.id.in_(job_ids)).with_for_update()).all()
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.id.in_(job_ids))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    for job in jobs:
+        if job.status in LIVE_STATUSES:  # events have no foreign key to the job: they stay
+            record_job_event(session, job, JobStatus.cancelled.value)
     session.execute(select(table.id).where(table.id.in_(ids)).with_for_update()).all()
     for column in parts:
         session.execute(delete(column.class_).where(column.in_(ids)).execution_options(**fetch))

@@ -37,6 +37,8 @@ import ipaddress
 import logging
 import re
 import socket
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -185,18 +187,21 @@ def check_url(url: str | httpx.URL, policy: OutboundPolicy) -> httpx.URL:
     return parsed
 
 
-def resolve_checked(host: str, port: int, policy: OutboundPolicy) -> list[str]:
+def resolve_checked(
+    host: str, port: int, policy: OutboundPolicy, timeout: float | None = None
+) -> list[str]:
     """The addresses to dial for ``host``, after every one of them passed ``policy``.
 
     Raises OutboundRefused for a forbidden host or address, httpcore.ConnectError when the name
-    does not resolve (a transient failure the caller may retry).
+    does not resolve (a transient failure the caller may retry), httpcore.ConnectTimeout when
+    the lookup takes longer than ``timeout`` (None: as long as the resolver does).
     """
     host = host.lower().removesuffix(".")
     ip = _check_host(host, policy)
     if ip is not None:
         return [str(ip)]
     try:
-        answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        answers = _getaddrinfo(host, port, timeout)
     except (socket.gaierror, UnicodeError) as exc:
         raise httpcore.ConnectError(f"cannot resolve host {host!r}: {exc}") from exc
     addresses: list[str] = []
@@ -215,11 +220,79 @@ def resolve_checked(host: str, port: int, policy: OutboundPolicy) -> list[str]:
     return addresses
 
 
-class GuardedBackend(httpcore.SyncBackend):
-    """Resolves and checks at connect time, then dials the checked IP itself (no re-resolving)."""
+def _getaddrinfo(host: str, port: int, timeout: float | None) -> list[Any]:
+    """``socket.getaddrinfo``, given up on after ``timeout`` (it has no timeout of its own; the
+    lookup left behind ends in its daemon thread when the resolver gives up)."""
+    if timeout is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    result: dict[str, Any] = {}
 
-    def __init__(self, policy: OutboundPolicy) -> None:
+    def lookup() -> None:
+        try:
+            result["answers"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except Exception as exc:  # noqa: BLE001 - raised in the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=lookup, name="sift-getaddrinfo", daemon=True)
+    thread.start()
+    thread.join(max(timeout, 0.0))
+    if thread.is_alive():
+        raise httpcore.ConnectTimeout(f"resolving host {host!r} took too long")
+    if "error" in result:
+        raise result["error"]
+    return result["answers"]
+
+
+class _Deadline:
+    """A monotonic instant by which every network wait must be over."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def cap(self, timeout: float | None, expired: type[Exception]) -> float:
+        """``timeout``, cut to the time left; raises ``expired`` once none is left."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise expired("the call's overall deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read, write and TLS handshake ends by the deadline: a server
+    that trickles its answer a byte at a time cannot keep the caller past it."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._stream, self._deadline = stream, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._deadline.cap(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._deadline.cap(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        timeout = self._deadline.cap(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, timeout), self._deadline
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class GuardedBackend(httpcore.SyncBackend):
+    """Resolves and checks at connect time, then dials the checked IP itself (no re-resolving).
+    With a ``deadline`` (a ``time.monotonic()`` instant), the lookup, every connect (one per
+    address tried), read and write wait at most until then."""
+
+    def __init__(self, policy: OutboundPolicy, deadline: float | None = None) -> None:
         self.policy = policy
+        self.deadline = _Deadline(deadline) if deadline is not None else None
 
     def connect_tcp(
         self,
@@ -229,12 +302,21 @@ class GuardedBackend(httpcore.SyncBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
+        deadline = self.deadline
+        if deadline is None:
+            addresses = resolve_checked(host, port, self.policy)
+        else:
+            lookup = deadline.cap(timeout, httpcore.ConnectTimeout)
+            addresses = resolve_checked(host, port, self.policy, lookup)
         last: Exception = httpcore.ConnectError(f"host {host!r} has no address")
-        for address in resolve_checked(host, port, self.policy):
+        for address in addresses:
+            wait = timeout if deadline is None else deadline.cap(timeout, httpcore.ConnectTimeout)
             try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+                stream = super().connect_tcp(address, port, wait, local_address, socket_options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
+                continue
+            return stream if deadline is None else _DeadlineStream(stream, deadline)
         raise last
 
     def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
@@ -244,7 +326,7 @@ class GuardedBackend(httpcore.SyncBackend):
 class GuardedTransport(httpx.HTTPTransport):
     """httpx's transport with the guarded backend, the URL rules on every request, no 3xx."""
 
-    def __init__(self, policy: OutboundPolicy) -> None:
+    def __init__(self, policy: OutboundPolicy, deadline: float | None = None) -> None:
         super().__init__(trust_env=False)
         self.policy = policy
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's
@@ -255,7 +337,7 @@ class GuardedTransport(httpx.HTTPTransport):
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(policy),
+            network_backend=GuardedBackend(policy, deadline),
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -271,11 +353,21 @@ class GuardedTransport(httpx.HTTPTransport):
 
 
 def guarded_client(
-    policy: OutboundPolicy, *, timeout: float, headers: dict[str, str] | None = None
+    policy: OutboundPolicy,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    total_s: float | None = None,
 ) -> httpx.Client:
-    """An httpx client for client-supplied URLs: every request and connection is checked."""
+    """An httpx client for client-supplied URLs: every request and connection is checked.
+
+    ``timeout`` is httpx's, per phase (each connect, each read). ``total_s`` also bounds the
+    client's whole use from now: the name lookup, each connect, read and write wait at most
+    the time left, then fail with httpx's ``ConnectTimeout``/``ReadTimeout``/``WriteTimeout``.
+    """
+    deadline = None if total_s is None else time.monotonic() + total_s
     return httpx.Client(
-        transport=GuardedTransport(policy),
+        transport=GuardedTransport(policy, deadline),
         timeout=timeout,
         headers=headers,
         trust_env=False,

@@ -245,7 +245,7 @@ class DeliveryRead(BaseModel):
     response_excerpt: Annotated[
         str | None,
         Field(
-            description="at most the first 500 characters of the receiver's last answer",
+            description="always null: no part of a receiver's answer is stored (its status code and a short error are); kept for compatibility",
             title="Response Excerpt",
         ),
     ]

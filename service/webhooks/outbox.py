@@ -90,6 +90,10 @@ def record_job_event(
             select(WebhookEndpoint)
             .where(WebhookEndpoint.tenant_id == tenant_id)
             .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+            # Postgres: FOR KEY SHARE, so an endpoint deleted meanwhile is either not read or
+            # waits for this commit (its deliveries go with it): the job's status change never
+            # fails on a delivery whose endpoint vanished (SQLite writes one at a time)
+            .with_for_update(read=True, key_share=True)
         )
         if event_type in (endpoint.event_types or [])
     ]

@@ -92,7 +92,8 @@ class DeliveryRead(BaseModel):
     last_status_code: int | None
     last_error: str | None
     response_excerpt: str | None = Field(
-        description="at most the first 500 characters of the receiver's last answer"
+        description="always null: no part of a receiver's answer is stored (its status code "
+        "and a short error are); kept for compatibility"
     )
     created_at: datetime
     finished_at: datetime | None

@@ -197,7 +197,7 @@ def _delivery_read(d: WebhookDelivery, e: WebhookEvent, now: datetime) -> Delive
         last_attempt_at=d.last_attempt_at,
         last_status_code=d.last_status_code,
         last_error=d.last_error,
-        response_excerpt=d.response_excerpt,
+        response_excerpt=None,  # a receiver's answer is never shown (nor stored now)
         created_at=d.created_at,
         finished_at=d.finished_at,
     )

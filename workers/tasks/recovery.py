@@ -126,7 +126,7 @@ def sweep(
             _repair_job(session, job, in_flight.get(job.id, []), now, stale, lost, repairs)
     from workers.tasks.webhooks import resend_due  # the task module registers on celery_app
 
-    repairs.webhooks.extend(resend_due(now=now, redispatch_s=lost_s))
+    repairs.webhooks.extend(resend_due(now=now, redispatch_s=lost_s, lost_s=lost_s))
     if repairs:
         log.warning("recovery sweep: %s", repairs)
     record_sweep(repairs)
