@@ -341,6 +341,18 @@ class AsyncSecrets(_AsyncResource):
         await self._c._none("DELETE", path("/v1/secrets/{}", name))
 
 
+def _record_filter(record_ids: Sequence[str] | None) -> list[str] | None:
+    """``record_ids`` as the repeated ``record_id`` query parameter. An empty list is refused:
+    sent, it would be no parameter at all, and so every record."""
+    if record_ids is None:
+        return None
+    if isinstance(record_ids, str):
+        raise TypeError("record_ids is a sequence of ids, not one string")
+    if not record_ids:
+        raise ValueError("record_ids names no record (None lists every record)")
+    return list(record_ids)
+
+
 class AsyncDatasets(_AsyncResource):
     async def upload(self, file: str | Path, *, name: str | None = None) -> models.DatasetRead:
         """Upload a JSONL file (one record a line), streamed from disk: neither this process
@@ -411,21 +423,33 @@ class AsyncDatasets(_AsyncResource):
         )
 
     async def records(
-        self, dataset_id: Any, *, limit: int | None = None, offset: int = 0
+        self,
+        dataset_id: Any,
+        *,
+        record_ids: Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> models.PageRecordRead:
+        """A page of records in upload order; with ``record_ids`` (at most 200 a request),
+        only those records (ids the dataset lacks are left out; ``total`` counts the found)."""
         return await self._c._model(
             "GET",
             path("/v1/datasets/{}/records", dataset_id),
             models.PageRecordRead,
-            query=params(limit=limit, offset=offset),
+            query=params(record_id=_record_filter(record_ids), limit=limit, offset=offset),
         )
 
     async def iter_records(
-        self, dataset_id: Any, *, page_size: int | None = None
+        self,
+        dataset_id: Any,
+        *,
+        record_ids: Sequence[str] | None = None,
+        page_size: int | None = None,
     ) -> AsyncIterator[models.RecordRead]:
-        """Every record in upload order."""
+        """Every record in upload order; with ``record_ids`` (at most 200), those records."""
         url = path("/v1/datasets/{}/records", dataset_id)
-        async for item in self._c._iterate(url, models.PageRecordRead, page_size):
+        query = params(record_id=_record_filter(record_ids))
+        async for item in self._c._iterate(url, models.PageRecordRead, page_size, query):
             yield item
 
 

@@ -4,10 +4,10 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from typing import IO, Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import StringConstraints, ValidationError
 from sqlalchemy.orm import Session
 
 from service.auth.dependencies import BlobStoreDep, PrincipalDep, SessionDep
@@ -49,6 +49,8 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 MAX_NAME_LENGTH = 200
+MAX_RECORD_ID_FILTER = 200
+"""How many ``record_id`` values one records request may name."""
 
 _EXAMPLE_JSONL = "\n".join(
     [
@@ -531,11 +533,28 @@ def delete_dataset(
     return Response(status_code=204)
 
 
+RecordIdQuery = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=255)]] | None,
+    Query(
+        max_length=MAX_RECORD_ID_FILTER,
+        description=f"only the records with these ids (repeat it, at most "
+        f"{MAX_RECORD_ID_FILTER}); ids the dataset lacks are left out",
+    ),
+]
+
+
 @router.get(
     "/{dataset_id}/records",
     response_model=Page[RecordRead],
     responses=error_responses(NotFound),
 )
-def list_records(dataset_id: str, session: SessionDep, page: PaginationDep) -> Any:
-    """Records in upload order (``position``)."""
-    return service.list_records(session, dataset_id, page)
+def list_records(
+    dataset_id: str, session: SessionDep, page: PaginationDep, record_id: RecordIdQuery = None
+) -> Any:
+    """Records in upload order (``position``).
+
+    With ``record_id`` (repeated: ``?record_id=a&record_id=b``), only the records with those
+    ids, still in upload order and paged the same way: ids the dataset lacks are left out, and
+    ``total`` counts the records found.
+    """
+    return service.list_records(session, dataset_id, page, record_id)

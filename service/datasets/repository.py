@@ -41,19 +41,19 @@ def subtask_counts(session: Session, dataset_ids: Sequence[str]) -> dict[str, di
 
 
 def records_page(
-    session: Session, dataset_id: str, limit: int, offset: int
+    session: Session,
+    dataset_id: str,
+    limit: int,
+    offset: int,
+    record_ids: Sequence[str] | None = None,
 ) -> tuple[Sequence[Record], int]:
-    total = (
-        session.scalar(
-            select(func.count()).select_from(Record).where(Record.dataset_id == dataset_id)
-        )
-        or 0
-    )
+    """One page of a dataset's records in ``position`` order, and how many there are; with
+    ``record_ids``, only the records with those ids (ids the dataset lacks are left out)."""
+    where = [Record.dataset_id == dataset_id]
+    if record_ids is not None:
+        where.append(Record.record_id.in_(set(record_ids)))
+    total = session.scalar(select(func.count()).select_from(Record).where(*where)) or 0
     rows = session.scalars(
-        select(Record)
-        .where(Record.dataset_id == dataset_id)
-        .order_by(Record.position)
-        .limit(limit)
-        .offset(offset)
+        select(Record).where(*where).order_by(Record.position).limit(limit).offset(offset)
     ).all()
     return rows, total

@@ -115,9 +115,15 @@ def list_datasets(session: Session, page: Pagination) -> Page[DatasetRead]:
     return Page(items=read_many(session, rows), total=total, limit=page.limit, offset=page.offset)
 
 
-def list_records(session: Session, dataset_id: str, page: Pagination) -> Page[RecordRead]:
+def list_records(
+    session: Session,
+    dataset_id: str,
+    page: Pagination,
+    record_ids: Sequence[str] | None = None,
+) -> Page[RecordRead]:
+    """A page of the dataset's records; with ``record_ids``, of those records only."""
     get_dataset(session, dataset_id)
-    rows, total = repository.records_page(session, dataset_id, page.limit, page.offset)
+    rows, total = repository.records_page(session, dataset_id, page.limit, page.offset, record_ids)
     return Page(
         items=[_record_read(r) for r in rows], total=total, limit=page.limit, offset=page.offset
     )

@@ -391,7 +391,13 @@ def test_web_view_in_a_browser(tmp_path: Path, capsys: pytest.CaptureFixture[str
         subtasks = sorted(scores["items"][0]["per_subtask"])
         assert subtasks == sorted(["alpha", XSS_SUBTASK])
         assert headers[:4] == ["Rank", "Score", *subtasks]  # the hostile subtask as text
-        # the records' text is read from the pool's pages (a later scan fills it in)
+        # the records' text is looked up by id: one request for the page's rows, no scan
+        lookups = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+            ".filter(n => n.includes('/records?'))"
+        )
+        assert len(lookups) == 1, lookups
+        assert lookups[0].count("record_id=") == len(scores["items"]), lookups
         by_id = {str(r["id"]): r for r in pool_rows}
         rows = cells("table.ranked")
         for row, item in zip(rows, scores["items"], strict=True):

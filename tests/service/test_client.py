@@ -63,6 +63,14 @@ def test_upload_from_a_path_then_page_through_the_records(sift: Client, tmp_path
     assert [r.position for r in every] == list(range(7))
     assert every[0].messages[0].content == rows[0]["prompt"]
 
+    # By id: those records, in upload order, paged as the rest; an empty filter is refused.
+    some = sift.datasets.records(dataset, record_ids=["p5", "p1", "nope"], limit=1)
+    assert (some.total, [r.record_id for r in some.items]) == (2, ["p1"])
+    found = sift.datasets.iter_records(dataset, record_ids=("p6", "p2", "p4"), page_size=2)
+    assert [r.record_id for r in found] == ["p2", "p4", "p6"]
+    with pytest.raises(ValueError, match="names no record"):
+        sift.datasets.records(dataset, record_ids=[])
+
     # A second dataset; iteration over the collection sees both, newest first.
     sift.datasets.create("probes", records(2, prefix="q"))
     assert [d.name for d in sift.datasets.iter(page_size=1)] == ["probes", "pool"]

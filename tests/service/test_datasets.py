@@ -652,6 +652,43 @@ def test_records_in_order_paged(client: TestClient) -> None:
     }
 
 
+def test_records_by_id(client: TestClient, make_client: Callable[..., TestClient]) -> None:
+    ds = client.post("/v1/datasets", json={"name": "r", "records": records(7)}).json()
+    url = f"/v1/datasets/{ds['id']}/records"
+
+    def ids(params: dict[str, Any]) -> tuple[list[str], int]:
+        response = client.get(url, params=params)
+        assert response.status_code == 200, response.text
+        return [r["record_id"] for r in response.json()["items"]], response.json()["total"]
+
+    # only the ids asked for, in upload order whatever the order asked; unknown ids absent
+    assert ids({"record_id": ["r5", "r1", "nope", "r3"]}) == (["r1", "r3", "r5"], 3)
+    assert ids({"record_id": ["r4", "r4"]}) == (["r4"], 1)
+    assert ids({"record_id": "missing"}) == ([], 0)
+    # paged like the unfiltered list; total counts the matches
+    wanted = {"record_id": ["r6", "r0", "r2", "r4", "r5"]}
+    assert ids({**wanted, "limit": 2}) == (["r0", "r2"], 5)
+    assert ids({**wanted, "limit": 2, "offset": 2}) == (["r4", "r5"], 5)
+    assert ids({**wanted, "limit": 2, "offset": 4}) == (["r6"], 5)
+    assert ids({**wanted, "offset": 5}) == ([], 5)
+    page = client.get(url, params={"record_id": "r2"}).json()
+    assert page["items"] == client.get(url, params={"limit": 1, "offset": 2}).json()["items"]
+
+    # bounds: at most 200 ids, each 1..255 characters
+    assert ids({"record_id": [f"r{i}" for i in range(200)]}) == ([f"r{i}" for i in range(7)], 7)
+    too_many = _error(client.get(url, params={"record_id": [f"x{i}" for i in range(201)]}), 422)
+    assert too_many["field"] == "query.record_id" and too_many["code"] == "validation_error"
+    assert ids({"record_id": ["y" * 255]}) == ([], 0)
+    for bad in ("", "y" * 256):
+        error = _error(client.get(url, params={"record_id": ["r1", bad]}), 422)
+        assert error["field"] == "query.record_id.1", error
+        assert error["message"].startswith("query.record_id.1: ")
+
+    # another tenant's dataset is still not found, filter or not
+    other = make_client("team-b")
+    assert _error(other.get(url, params={"record_id": "r1"}), 404)["code"] == "not_found"
+
+
 def test_delete_dataset_cascades_records(
     client: TestClient, db: Session, make_dataset: Callable[..., dict[str, Any]]
 ) -> None:

@@ -11,7 +11,8 @@
 const KEY_STORAGE = "sift.apiKey";
 const POLL_MS = 1500;
 const LIVE = new Set(["queued", "running"]);
-const RECORD_SCAN_BUDGET = 20000; // records read per view to find the text of ranked records
+const RECORD_ID_CHUNK = 200; // record ids per records request (the API takes at most 200)
+const RECORD_ID_URL_CHARS = 6000; // and at most this much of a URL (servers cap request lines)
 // Where the API is: the path this page was served under, without its /ui/ part (so a proxy
 // that serves Sift under a prefix serves the page and the API under it alike).
 const API_ROOT = location.pathname.replace(/\/ui(\/.*)?$/, "");
@@ -183,7 +184,11 @@ async function request(path, as = "json", key = apiKey()) {
 
 function qs(params) {
   const search = new URLSearchParams();
-  for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined) search.set(k, v);
+  for (const [k, v] of Object.entries(params)) {
+    if (v === null || v === undefined) continue;
+    if (Array.isArray(v)) for (const item of v) search.append(k, item); // ?k=a&k=b
+    else search.set(k, v);
+  }
   const s = search.toString();
   return s ? "?" + s : "";
 }
@@ -311,39 +316,56 @@ function splitMessages(messages) {
   return { prompt, response: hasResponse ? last.content : null };
 }
 
-const recordCaches = new Map(); // dataset id -> {byId, scanned, total, limit}
+const recordCaches = new Map(); // dataset id -> Map(record id -> record)
 
-// The records with these ids, read by scanning the dataset's pages (the API lists records in
-// upload order only); what was read is kept for the session's next views.
+// The records with these ids, looked up by id (`?record_id=`, one request per chunk of at most
+// RECORD_ID_CHUNK ids: one for a page of rows); what was read is kept for the session's next
+// views (a dataset's records never change).
 async function recordsById(datasetId, ids) {
   let cache = recordCaches.get(datasetId);
   if (!cache) {
-    cache = { byId: new Map(), scanned: 0, total: null, limit: 1000 };
+    cache = new Map();
     recordCaches.set(datasetId, cache);
   }
-  let budget = RECORD_SCAN_BUDGET;
-  while (ids.some((id) => !cache.byId.has(id)) && (cache.total === null || cache.scanned < cache.total) && budget > 0) {
-    let page;
-    try {
-      page = await request(`/v1/datasets/${encodeURIComponent(datasetId)}/records${qs({ limit: cache.limit, offset: cache.scanned })}`);
-    } catch (err) {
-      if (err.status === 422 && cache.limit !== null) {
-        cache.limit = null; // this deployment's page size is smaller: take its default
-        continue;
-      }
-      throw err;
+  const chunks = [];
+  let chars = 0;
+  for (const id of new Set(ids)) {
+    if (cache.has(id)) continue;
+    const size = new URLSearchParams({ record_id: id }).toString().length + 1; // "&record_id=…"
+    const last = chunks[chunks.length - 1];
+    if (last && last.length < RECORD_ID_CHUNK && chars + size <= RECORD_ID_URL_CHARS) {
+      last.push(id);
+      chars += size;
+    } else {
+      chunks.push([id]);
+      chars = size;
     }
-    for (const record of page.items) cache.byId.set(record.record_id, record);
-    cache.scanned += page.items.length;
-    cache.total = page.total;
-    budget -= page.items.length;
-    if (!page.items.length) break;
   }
-  return cache.byId;
+  const path = `/v1/datasets/${encodeURIComponent(datasetId)}/records`;
+  for (const chunk of chunks) {
+    let limit = chunk.length;
+    let offset = 0;
+    for (;;) {
+      let page;
+      try {
+        page = await request(path + qs({ record_id: chunk, limit, offset }));
+      } catch (err) {
+        if (err.status === 422 && err.field === "query.limit" && limit !== null) {
+          limit = null; // this deployment's page size is smaller: take its default, and page on
+          continue;
+        }
+        throw err;
+      }
+      for (const record of page.items) cache.set(record.record_id, record);
+      offset += page.items.length;
+      if (!page.items.length || offset >= page.total) break;
+    }
+  }
+  return cache;
 }
 
 function recordCells(record) {
-  if (!record) return [el("span", { class: "muted" }, "—"), el("span", { class: "muted" }, "(text not loaded)"), ""];
+  if (!record) return [el("span", { class: "muted" }, "—"), el("span", { class: "muted" }, "—"), ""];
   const { prompt, response } = splitMessages(record.messages);
   return [record.subtask ?? "—", textBlock(prompt), response === null ? el("span", { class: "muted" }, "(no response)") : textBlock(response)];
 }
