@@ -152,9 +152,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{kind} features epoch {ckpt.epoch}: {time.time() - t0:.0f}s", file=sys.stderr)
     t_feat = time.time() - t0 - t_warm
     lrs = [c.mean_lr for c in ckpts]
+    plain = self_influence(by_kind["sgd"], lrs).scores
+    # ℓ is the mean over the T response tokens, so ‖∇ℓ_sum‖² = T² ‖∇ℓ_mean‖²: the summed-token
+    # loss's self-influence (and the geometric middle, T ‖∇ℓ_mean‖²) from the same features
+    tokens = torch.tensor([sum(t != -100 for t in ex.labels) for ex in pool], dtype=torch.float64)
     scores: dict[str, list[float]] = {
-        "self_influence": self_influence(by_kind["sgd"], lrs).scores.tolist(),
+        "self_influence": plain.tolist(),
         "self_influence_adam": self_influence(by_kind["adam"], lrs).scores.tolist(),
+        "self_influence_summed_loss": (plain * tokens**2).tolist(),
+        "self_influence_times_tokens": (plain * tokens).tolist(),
+        "response_tokens": tokens.tolist(),
     }
     for label, ckpt in (("last", ckpts[-1]), ("first", ckpts[0])):
         load_adapter_state(peft, ckpt.adapter_state)
@@ -167,6 +174,11 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps(
             {
                 "auroc": auroc,
+                "records": [
+                    {"record_id": ex.record_id, "swapped": bool(t)}
+                    | {name: values[i] for name, values in scores.items()}
+                    for i, (ex, t) in enumerate(zip(pool, truth, strict=True))
+                ],
                 "pool": len(pool),
                 "swapped": sum(truth),
                 "skipped": len(skipped),
