@@ -85,7 +85,9 @@ def local_api_key() -> str:
 
 @contextlib.contextmanager
 def embedded_worker() -> Iterator[None]:
-    """Run the production Celery app in a thread of this process (embedded default only).
+    """Run the production Celery app in threads of this process (embedded default only): one
+    worker for the model queues and one for ``sift.events``, as production deploys them, so a
+    webhook does not wait behind a long job here either.
 
     Importing the tasks imports torch into this process; the API modules themselves never do.
     """
@@ -96,7 +98,8 @@ def embedded_worker() -> Iterator[None]:
     # transformers deprecation chatter from inside peft; not actionable for a user of Sift
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
-    from workers.celery_app import QUEUES, celery_app
+    from workers.celery_app import celery_app
+    from workers.contracts import CPU_QUEUE, EVENTS_QUEUE, GPU_QUEUE
     from workers.tasks.recovery import resume_after_restart, start_sweeper
 
     if get_settings().broker_url.startswith("memory://"):
@@ -104,15 +107,24 @@ def embedded_worker() -> Iterator[None]:
         if repairs:
             print(f"resumed unfinished jobs after a restart: {repairs}")
     start_sweeper()
-    with start_worker(
-        celery_app,
-        pool="solo",
-        concurrency=1,
-        perform_ping_check=False,
-        queues=list(QUEUES),
-        loglevel="WARNING",
-        shutdown_timeout=60.0,
-        hostname="sift-embedded@localhost",
+    common: dict[str, Any] = dict(
+        pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING"
+    )
+    with (
+        start_worker(
+            celery_app,
+            queues=[GPU_QUEUE, CPU_QUEUE],
+            shutdown_timeout=60.0,
+            hostname="sift-embedded@localhost",
+            **common,
+        ),
+        start_worker(
+            celery_app,
+            queues=[EVENTS_QUEUE],
+            shutdown_timeout=30.0,
+            hostname="sift-embedded-events@localhost",
+            **common,
+        ),
     ):
         yield
 

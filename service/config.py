@@ -54,7 +54,7 @@ class Settings(BaseSettings):
         gt=0,
         description="a task sent but never started this long was lost by the broker (e.g. "
         "Redis restarted without persistence): it is sent again; so is a webhook delivery's "
-        "task that no attempt took up (it may wait behind long jobs on sift.cpu)",
+        "task that no attempt took up (no worker on sift.events, or one that lost it)",
     )
     sweep_interval_s: float = Field(
         default=15.0, gt=0, description="how often each worker runs the recovery sweep"

@@ -1,10 +1,13 @@
 """The worker process's Celery app: the API's app (``service.queue``) plus the task modules.
 
-Start a production worker with::
+Production runs (as ``sift worker``, see docker-compose.yml) GPU workers on the model queues
+and one small worker on the events queue, so a webhook never waits behind a long job::
 
-    celery -A workers.celery_app worker -Q sift.gpu,sift.cpu --pool solo
+    sift worker --queues sift.gpu,sift.cpu
+    sift worker --queues sift.events
 
-The embedded default (``sift serve``) runs the same app in a thread of the API process.
+The embedded default (``sift serve``) runs the same app, all three queues, in one thread of
+the API process.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from celery.signals import worker_ready
 
 from service.queue import celery_app
 from workers import observability  # noqa: F401 - metrics and log context on Celery signals
-from workers.contracts import CPU_QUEUE, GPU_QUEUE
+from workers.contracts import CPU_QUEUE, EVENTS_QUEUE, GPU_QUEUE
 
 celery_app.conf.update(
     include=[
@@ -36,7 +39,7 @@ def _start_recovery_sweep(**_: object) -> None:
     start_sweeper()
 
 
-QUEUES = (GPU_QUEUE, CPU_QUEUE)
+QUEUES = (GPU_QUEUE, CPU_QUEUE, EVENTS_QUEUE)
 app = celery_app
 
 __all__ = ["QUEUES", "app", "celery_app"]

@@ -23,6 +23,9 @@ GPU_QUEUE = "sift.gpu"
 """Warmup training and gradient featurization: needs the model (and a GPU in production)."""
 CPU_QUEUE = "sift.cpu"
 """Streaming score computation over stored feature shards: matmuls, no model."""
+EVENTS_QUEUE = "sift.events"
+"""Webhook deliveries: short POSTs (each bounded by ``SIFT_WEBHOOK_TIMEOUT_S``) that must not
+wait behind an hour of training or scoring, so production runs a worker of its own on it."""
 
 VALUATION_FEATURIZE = "sift.valuation.featurize"
 """Stage 1 of a valuation: warmup checkpoints, then pool (Adam) and probe (SGD) features."""
@@ -48,7 +51,7 @@ EVALUATION_RUN = "sift.evaluation.run"
 
 WEBHOOK_DELIVER = "sift.webhook.deliver"
 """One attempt of one webhook delivery (a job event to an endpoint or a callback_url): a POST,
-no model, so the CPU queue (``workers.tasks.webhooks``)."""
+no model and never behind a long job: the events queue (``workers.tasks.webhooks``)."""
 
 TASK_QUEUES: dict[str, str] = {
     VALUATION_FEATURIZE: GPU_QUEUE,
@@ -58,7 +61,7 @@ TASK_QUEUES: dict[str, str] = {
     SCORE_SET_RUN: GPU_QUEUE,
     CURATION_RUN: GPU_QUEUE,
     EVALUATION_RUN: GPU_QUEUE,
-    WEBHOOK_DELIVER: CPU_QUEUE,
+    WEBHOOK_DELIVER: EVENTS_QUEUE,
 }
 
 

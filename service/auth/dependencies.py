@@ -94,7 +94,8 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 async def require_admin(principal: PrincipalDep) -> Principal:
     if principal.role != "admin":
         raise Forbidden(
-            f"managing API keys and secrets needs an admin key; this key is {principal.role}"
+            "managing API keys, secrets and webhook endpoints needs an admin key; "
+            f"this key is {principal.role}"
         )
     return principal
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from service.auth.dependencies import AdminDep, SessionDep
 from service.config import Settings, get_settings
-from service.errors import Conflict, NotFound, error_responses
+from service.errors import Conflict, Forbidden, NotFound, error_responses
 from service.pagination import Page, PaginationDep
 from service.webhooks import service
 from service.webhooks.schemas import (
@@ -27,10 +27,17 @@ StatusQuery = Annotated[DeliveryStatus | None, Query(description="only deliverie
 
 
 @router.post(
-    "/webhooks", status_code=201, response_model=WebhookCreated, responses=error_responses(Conflict)
+    "/webhooks",
+    status_code=201,
+    response_model=WebhookCreated,
+    responses=error_responses(Conflict, Forbidden),
 )
-def create_webhook(body: WebhookCreate, session: SessionDep, settings: SettingsDep) -> Any:
-    """Register a URL for job events of this tenant. The reply holds the endpoint's signing
+def create_webhook(
+    _: AdminDep, body: WebhookCreate, session: SessionDep, settings: SettingsDep
+) -> Any:
+    """Register a URL for job events of this tenant (an admin key: it receives every member's
+    job events, where a job's `callback_url` hears of that job only). The reply holds the
+    endpoint's signing
     secret, shown only now: each delivery carries `webhook-id` (the same on every retry),
     `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
     "{id}.{timestamp}.{body}">`, Standard Webhooks). A URL the outbound policy refuses is a
@@ -56,10 +63,11 @@ def get_webhook(webhook_id: str, session: SessionDep) -> Any:
     "/webhooks/{webhook_id}",
     status_code=204,
     response_class=Response,
-    responses=error_responses(NotFound),
+    responses=error_responses(NotFound, Forbidden),
 )
-def delete_webhook(webhook_id: str, session: SessionDep) -> Response:
-    """Delete an endpoint and its delivery log; its pending deliveries are not attempted."""
+def delete_webhook(_: AdminDep, webhook_id: str, session: SessionDep) -> Response:
+    """Delete an endpoint and its delivery log; its pending deliveries are not attempted (an
+    admin key)."""
     service.delete_endpoint(session, webhook_id)
     session.commit()
     return Response(status_code=204)

@@ -8,9 +8,9 @@ event's type, and, for the three terminal events, the job's ``callback_url``. An
 nowhere to go writes nothing. A change made through the ORM (``job.status = ...`` then a flush)
 is caught by a ``before_flush`` listener; the few Core ``UPDATE``s of a job's status call
 :func:`record_job_event` themselves. After the commit each new delivery's task is sent
-(``sift.webhook.deliver`` on the CPU queue); a send that fails, or a worker that dies, is made
-good by the recovery sweep (``workers.tasks.webhooks.resend_due``): nothing is lost between the
-status change and the receiver, and a delivery is at least once.
+(``sift.webhook.deliver`` on the events queue, ``sift.events``); a send that fails, or a
+worker that dies, is made good by the recovery sweep (``workers.tasks.webhooks.resend_due``):
+nothing is lost between the status change and the receiver, and a delivery is at least once.
 """
 
 from __future__ import annotations

@@ -36,15 +36,17 @@ STACK_API_WORKERS = 2
 class WorkerProcess:
     """The stack's Celery worker, which a test may kill (SIGKILL, no warm shutdown) and restart."""
 
-    def __init__(self, env: dict[str, str], logs: Path, name: str) -> None:
-        self.env, self.logs, self.name = env, logs, name
+    def __init__(
+        self, env: dict[str, str], logs: Path, name: str, queues: str = "sift.gpu,sift.cpu"
+    ) -> None:
+        self.env, self.logs, self.name, self.queues = env, logs, name, queues
         self.starts = 0
         self._running = contextlib.ExitStack()
 
     def start(self) -> None:
         self.starts += 1
         cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker"]
-        cmd += ["--queues", "sift.gpu,sift.cpu", "--pool", "solo", "--concurrency", "1"]
+        cmd += ["--queues", self.queues, "--pool", "solo", "--concurrency", "1"]
         cmd += ["--loglevel", "INFO", "--hostname", f"{self.name}-{self.starts}@%h"]
         log = self.logs / f"worker-{self.name}-{self.starts}.log"
         self.log = log
@@ -67,10 +69,13 @@ class Stack:
     env: dict[str, str]
     logs: Path
     worker: WorkerProcess
+    """The GPU worker (``sift.gpu``, ``sift.cpu``), as docker-compose's ``worker``."""
     api_key: str
     """An admin key of tenant ``integration``, made with ``sift keys create``."""
     api_metrics_dir: Path
     """Where the API processes share their Prometheus samples (one file set per process)."""
+    events_worker: WorkerProcess
+    """The worker of ``sift.events`` (webhook deliveries), as docker-compose's ``events``."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -148,9 +153,15 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     metrics_dir = tmp_path_factory.mktemp("api-metrics")  # the API processes' samples
     api_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     worker = WorkerProcess(env, logs, f"it-{suffix}")
+    events_worker = WorkerProcess(env, logs, f"it-events-{suffix}", queues="sift.events")
     try:
         worker.start()
-        with contextlib.closing(worker), _process(api_cmd, logs / "api.log", env=api_env):
+        events_worker.start()
+        with (
+            contextlib.closing(worker),
+            contextlib.closing(events_worker),
+            _process(api_cmd, logs / "api.log", env=api_env),
+        ):
             api = f"http://127.0.0.1:{port}"
             wait_for(lambda: httpx.get(f"{api}/readyz").raise_for_status(), "the API", timeout=60)
             yield Stack(
@@ -163,6 +174,7 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 worker,
                 api_key,
                 metrics_dir,
+                events_worker,
             )
     finally:
         for path in sorted(logs.glob("*.log")):

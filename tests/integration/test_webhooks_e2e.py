@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from standardwebhooks import Webhook
 
 from tests.embedded import embedded_sift
 from tests.integration.conftest import Stack
-from tests.webhook_receiver import serving
+from tests.webhook_receiver import Receiver, serving
 
 pytestmark = pytest.mark.integration
 
@@ -116,27 +117,98 @@ def test_a_valuation_with_a_callback_url_gets_a_signed_delivery(
     assert entry["response_excerpt"] is None and entry["event_type"] == "job.succeeded"
 
 
+def test_deliveries_do_not_wait_for_the_gpu_worker(api: httpx.Client, stack: Stack) -> None:
+    """Webhooks have a queue and a worker of their own (``sift.events``): with the GPU worker
+    down, a cancelled job's callback still arrives, signed, from the events worker."""
+    key = api.post("/v1/webhook-secret").json()["secret"]
+    pool = _upload(api, "wh-gpu-down-pool", _rows("pool.jsonl", 8))
+    probes = _upload(api, "wh-gpu-down-probes", _rows("probes.jsonl", 2))
+    stack.worker.kill()
+    try:
+        with serving() as receiver:
+            created = api.post(
+                "/v1/valuations",
+                json={
+                    "model_id": _model(api),
+                    "pool_dataset_id": pool,
+                    "probe_dataset_id": probes,
+                    "settings": TINY,
+                    "callback_url": receiver.url,
+                },
+            )
+            assert created.status_code == 202, created.text
+            valuation = created.json()
+            assert api.get(f"/v1/valuations/{valuation['id']}").json()["status"] == "queued"
+            deleted = api.delete(f"/v1/valuations/{valuation['id']}")
+            assert deleted.status_code == 204, deleted.text
+            deadline = time.monotonic() + 60
+            while not receiver.requests:
+                assert time.monotonic() < deadline, stack.events_worker.log.read_text()[-3000:]
+                time.sleep(0.2)
+            [(_, headers, body)] = receiver.requests
+    finally:
+        stack.worker.start()
+    payload = Webhook(key).verify(body, headers)
+    assert (payload["type"], payload["data"]["resource_id"]) == ("job.cancelled", valuation["id"])
+    assert "Task sift.webhook.deliver[" in stack.events_worker.log.read_text()
+
+
 def test_the_embedded_default_delivers_the_same_way(tmp_path: Path) -> None:
-    """`sift serve` on SQLite with its in-process worker: a score set's callback_url gets the
-    signed job.succeeded delivery, through the same outbox, task and guard."""
+    """`sift serve` on SQLite with its in-process workers: a score set's callback_url gets the
+    signed job.succeeded delivery, through the same outbox, task and guard; and webhooks have a
+    worker thread of their own, so while a long valuation holds the model worker another job's
+    cancellation is delivered at once."""
     allow = {"SIFT_OUTBOUND_ALLOW": "127.0.0.1/32"}  # the receiver below, as an operator would
-    with (
-        embedded_sift(tmp_path, env=allow) as sift,
-        serving() as receiver,
-        sift.client() as api,
-    ):
+    with embedded_sift(tmp_path, env=allow) as sift, sift.client() as api:
         secret = api.post("/v1/webhook-secret").json()["secret"]
-        dataset = _upload(api, "wh-embedded", _rows("pool.jsonl", 6))
-        created = api.post(
-            "/v1/score-sets",
-            json={"scorer": "text", "dataset_id": dataset, "callback_url": receiver.url},
-        )
-        assert created.status_code == 202, created.text
-        deadline = time.monotonic() + 120
-        while not receiver.requests:
-            assert time.monotonic() < deadline, sift.log_tail()
-            time.sleep(0.3)
-        [(_, headers, body)] = receiver.requests
+        with serving() as receiver:
+            dataset = _upload(api, "wh-embedded", _rows("pool.jsonl", 6))
+            created = api.post(
+                "/v1/score-sets",
+                json={"scorer": "text", "dataset_id": dataset, "callback_url": receiver.url},
+            )
+            assert created.status_code == 202, created.text
+            (headers, body) = _first_delivery(receiver, sift.log_tail)
         payload = Webhook(secret).verify(body, headers)
         assert payload["type"] == "job.succeeded"
         assert payload["data"]["resource_url"] == f"/v1/score-sets/{created.json()['id']}"
+
+        # 800 records x 100 epochs at batch 4: a warmup of minutes, in one task (cancelled
+        # below, which it notices within a step)
+        rows = [
+            r | {"id": f"{r['id']}-{i}", "prompt": f"{r['prompt']} ({i})"}
+            for i in range(20)
+            for r in _rows("pool.jsonl", 40)
+        ]
+        pool = _upload(api, "wh-busy", rows)
+        probes = _upload(api, "wh-busy-probes", _rows("probes.jsonl", 4))
+        job = {"model_id": _model(api), "pool_dataset_id": pool, "probe_dataset_id": probes}
+        long_run = TINY | {"warmup": TINY["warmup"] | {"fraction": 1.0, "epochs": 100}}
+        busy = api.post("/v1/valuations", json=job | {"settings": long_run}).json()
+        deadline = time.monotonic() + 120
+        while api.get(f"/v1/valuations/{busy['id']}").json()["status"] != "running":
+            assert time.monotonic() < deadline, sift.log_tail()
+            time.sleep(0.2)
+        with serving() as receiver:
+            waiting = api.post(
+                "/v1/valuations",
+                json=job | {"settings": TINY, "callback_url": receiver.url},
+            ).json()
+            assert api.delete(f"/v1/valuations/{waiting['id']}").status_code == 204
+            (headers, body) = _first_delivery(receiver, sift.log_tail, within_s=60)
+        assert api.get(f"/v1/valuations/{busy['id']}").json()["status"] == "running"
+        payload = Webhook(secret).verify(body, headers)
+        assert (payload["type"], payload["data"]["resource_id"]) == ("job.cancelled", waiting["id"])
+        assert api.delete(f"/v1/valuations/{busy['id']}").status_code == 204
+
+
+def _first_delivery(
+    receiver: Receiver, diagnose: Callable[[], str], within_s: float = 120
+) -> tuple[dict[str, str], bytes]:
+    """The receiver's one request (headers, body), waited for ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while not receiver.requests:
+        assert time.monotonic() < deadline, diagnose()
+        time.sleep(0.2)
+    [(_, headers, body)] = receiver.requests
+    return headers, body

@@ -129,6 +129,23 @@ def test_signing_secret_is_admin_only_shown_once_and_rotates(
     assert state["exists"] is True and "secret" not in state
 
 
+def test_endpoints_are_managed_by_admin_keys_and_read_by_members(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A tenant endpoint hears every member's jobs, so only an admin may point one somewhere;
+    a member still names a callback_url for a job of its own."""
+    admin, member = make_client(), make_client(role="member")
+    refused = member.post("/v1/webhooks", json={"url": HOOK, "event_types": ["job.succeeded"]})
+    assert refused.status_code == 403
+    assert "admin" in refused.json()["error"]["message"]
+    endpoint = _webhook(admin)
+    assert member.get("/v1/webhooks").json()["items"][0]["id"] == endpoint["id"]
+    assert "secret" not in member.get(f"/v1/webhooks/{endpoint['id']}").json()
+    assert member.delete(f"/v1/webhooks/{endpoint['id']}").status_code == 403
+    assert admin.get(f"/v1/webhooks/{endpoint['id']}").status_code == 200
+    assert admin.delete(f"/v1/webhooks/{endpoint['id']}").status_code == 204
+
+
 def test_callback_url_needs_a_signing_secret_and_passes_the_guard(
     client: TestClient, db: Session, make_valuation: Any
 ) -> None:

@@ -224,7 +224,7 @@ def test_queue_depth_is_read_from_redis(tmp_path: Path) -> None:
         broker.send_task(OK, queue="sift.cpu")
         families = {f.name: f for f in observability.QueueDepthCollector(url).collect()}
         depth = {s.labels["queue"]: s.value for s in families["sift_queue_depth"].samples}
-        assert depth == {"sift.cpu": 1, "sift.gpu": 3}  # the prioritised one counted too
+        assert depth == {"sift.cpu": 1, "sift.events": 0, "sift.gpu": 3}  # prioritised ones too
         assert families["sift_broker_up"].samples[0].value == 1
         assert families["sift_broker_unacked_messages"].samples[0].value == 0
         with broker.connection_for_read() as connection:  # a worker takes one: it runs
