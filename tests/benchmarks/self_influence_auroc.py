@@ -11,12 +11,15 @@ block SRHT). Scores, each ranked "most suspicious first", against the swapped re
 
 - ``self_influence``      Σ_e η̄_e ‖Π∇ℓ_e(z)‖²   (``workers.engine.self_influence``)
 - ``self_influence_adam`` Σ_e η̄_e ‖ΠΓ_e(z)‖²
+- ``self_influence_times_tokens``, ``self_influence_summed_loss``: T and T² times
+  ``self_influence``, T the record's response tokens (the token-mean warmup loss moves θ by
+  T_z ∇ℓ(z) per record; ∇ℓ_sum = T ∇ℓ), and ``response_tokens`` T alone
 - ``loss``, ``el2n``       the response NLL and EL2N (``workers.engine.quality``) at the last
   checkpoint and at the first
 
     .venv/bin/python -m tests.benchmarks.self_influence_auroc --model <SmolLM2 folder>
 
-prints one JSON object (AUROC per score, the pool, timings); about 4 minutes on 2 CPU cores.
+prints one JSON object (AUROC per score, the pool, timings); about 8 minutes on one CPU core.
 """
 
 from __future__ import annotations
