@@ -123,13 +123,20 @@ Method = Literal[
     "nice_if",
     "self_influence",
     "self_influence_adam",
+    "self_influence_token_weighted",
 ]
 """``tracin``: TracIn as published (plain gradients on both sides); ``tracin_adam``: LESS's
 Adam pool features against plain probe gradients, inner product (what ``tracin`` meant before
 migration 0012, which renamed the valuations computed that way); ``self_influence`` and
 ``self_influence_adam``: TracIn's self-influence Σ_e η̄_e ‖φ_e(z)‖² of each pool record, on its
-plain gradients or its Adam features (no probes; ``workers.engine.self_influence``)."""
-SELF_INFLUENCE_METHODS: tuple[str, ...] = ("self_influence", "self_influence_adam")
+plain gradients or its Adam features (no probes; ``workers.engine.self_influence``);
+``self_influence_token_weighted``: each record's plain self-influence times its response tokens,
+as the token-mean warmup loss weighs the record's training step."""
+SELF_INFLUENCE_METHODS: tuple[str, ...] = (
+    "self_influence",
+    "self_influence_adam",
+    "self_influence_token_weighted",
+)
 """Methods that value each pool record by itself: they take no probe dataset, and reuse the
 pool features of a ``tracin`` (SGD) or ``less`` / ``tracin_adam`` (Adam) valuation."""
 POLICY_METHODS: tuple[str, ...] = ("nice", "nice_if")

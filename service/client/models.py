@@ -2632,7 +2632,7 @@ class ValuationCreate(BaseModel):
     probe_dataset_id: Annotated[
         str | None,
         Field(
-            description="the target-task examples (validation set); required by every method but self_influence and self_influence_adam, which take none",
+            description="the target-task examples (validation set); required by every method but the self_influence methods, which take none",
             title="Probe Dataset Id",
         ),
     ] = None
@@ -2646,10 +2646,11 @@ class ValuationCreate(BaseModel):
             "nice_if",
             "self_influence",
             "self_influence_adam",
+            "self_influence_token_weighted",
         ]
         | None,
         Field(
-            description="less (LESS: Σ_e w_e cos(Adam pool feature, probe gradient)) | tracin (TracIn as published: Σ_e η̄_e <pool gradient, probe gradient>, plain SGD gradients on both sides) | tracin_adam (Σ_e η̄_e <Adam pool feature, probe gradient>: LESS's inner product, what 'tracin' computed before migration 0012) | nice (policy gradient of a reward on the probe side) | datainf | nice_if (influence functions at the last checkpoint, loss or policy gradient on the probe side) | self_influence (TracIn's self-influence Σ_e η̄_e ‖pool gradient‖², no probes: the highest ranks first are the likeliest mislabelled or harmful records) | self_influence_adam (Σ_e η̄_e ‖Adam pool feature‖²); both reuse the stored pool features of a tracin (SGD) or less / tracin_adam (Adam) valuation with the same model, pool and settings",
+            description="less (LESS: Σ_e w_e cos(Adam pool feature, probe gradient)) | tracin (TracIn as published: Σ_e η̄_e <pool gradient, probe gradient>, plain SGD gradients on both sides) | tracin_adam (Σ_e η̄_e <Adam pool feature, probe gradient>: LESS's inner product, what 'tracin' computed before migration 0012) | nice (policy gradient of a reward on the probe side) | datainf | nice_if (influence functions at the last checkpoint, loss or policy gradient on the probe side) | self_influence (TracIn's self-influence Σ_e η̄_e ‖pool gradient‖², no probes: the highest ranks first are the likeliest mislabelled or harmful records) | self_influence_adam (Σ_e η̄_e ‖Adam pool feature‖²) | self_influence_token_weighted (each record's self_influence times its response tokens, as the warmup's token-mean loss weighs it: far better at finding swapped responses); they reuse the stored pool features of a tracin (SGD) or less / tracin_adam (Adam) valuation with the same model, pool and settings",
             title="Method",
         ),
     ] = "less"

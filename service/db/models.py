@@ -192,6 +192,7 @@ METHODS = (
     "nice_if",
     "self_influence",
     "self_influence_adam",
+    "self_influence_token_weighted",
 )
 
 

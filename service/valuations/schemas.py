@@ -34,7 +34,7 @@ class ValuationCreate(BaseModel):
     probe_dataset_id: str | None = Field(
         None,
         description="the target-task examples (validation set); required by every method but "
-        "self_influence and self_influence_adam, which take none",
+        "the self_influence methods, which take none",
     )
     method: Method = Field(
         "less",
@@ -46,7 +46,9 @@ class ValuationCreate(BaseModel):
         "checkpoint, loss or policy gradient on the probe side) | self_influence (TracIn's "
         "self-influence Σ_e η̄_e ‖pool gradient‖², no probes: the highest ranks first are the "
         "likeliest mislabelled or harmful records) | self_influence_adam (Σ_e η̄_e ‖Adam pool "
-        "feature‖²); both reuse the stored pool features of a tracin (SGD) or less / "
+        "feature‖²) | self_influence_token_weighted (each record's self_influence times its "
+        "response tokens, as the warmup's token-mean loss weighs it: far better at finding "
+        "swapped responses); they reuse the stored pool features of a tracin (SGD) or less / "
         "tracin_adam (Adam) valuation with the same model, pool and settings",
     )
     reward_spec_id: str | None = Field(

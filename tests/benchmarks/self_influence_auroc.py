@@ -11,15 +11,15 @@ block SRHT). Scores, each ranked "most suspicious first", against the swapped re
 
 - ``self_influence``      Σ_e η̄_e ‖Π∇ℓ_e(z)‖²   (``workers.engine.self_influence``)
 - ``self_influence_adam`` Σ_e η̄_e ‖ΠΓ_e(z)‖²
-- ``self_influence_times_tokens``, ``self_influence_summed_loss``: T and T² times
-  ``self_influence``, T the record's response tokens (the token-mean warmup loss moves θ by
-  T_z ∇ℓ(z) per record; ∇ℓ_sum = T ∇ℓ), and ``response_tokens`` T alone
+- ``self_influence_token_weighted`` Σ_e η̄_e T_z ‖Π∇ℓ_e(z)‖², T_z the record's response tokens
+  (the token-mean warmup loss moves θ by T_z ∇ℓ(z) per record); ``self_influence_summed_loss``
+  T² times ``self_influence`` (∇ℓ_sum = T ∇ℓ on both sides), and ``response_tokens`` T alone
 - ``loss``, ``el2n``       the response NLL and EL2N (``workers.engine.quality``) at the last
   checkpoint and at the first
 
     .venv/bin/python -m tests.benchmarks.self_influence_auroc --model <SmolLM2 folder>
 
-prints one JSON object (AUROC per score, the pool, timings); about 8 minutes on one CPU core.
+prints one JSON object (AUROC per score, the pool, timings); about 10 minutes on one CPU core.
 """
 
 from __future__ import annotations
@@ -159,11 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     # ℓ is the mean over the T response tokens, so ‖∇ℓ_sum‖² = T² ‖∇ℓ_mean‖²: the summed-token
     # loss's self-influence (and the geometric middle, T ‖∇ℓ_mean‖²) from the same features
     tokens = torch.tensor([sum(t != -100 for t in ex.labels) for ex in pool], dtype=torch.float64)
+    weighted = self_influence(by_kind["sgd"], lrs, token_weighted=True).scores
+    torch.testing.assert_close(weighted, plain * tokens)  # the method is T x SI, as derived
     scores: dict[str, list[float]] = {
         "self_influence": plain.tolist(),
         "self_influence_adam": self_influence(by_kind["adam"], lrs).scores.tolist(),
         "self_influence_summed_loss": (plain * tokens**2).tolist(),
-        "self_influence_times_tokens": (plain * tokens).tolist(),
+        "self_influence_token_weighted": weighted.tolist(),
         "response_tokens": tokens.tolist(),
     }
     for label, ckpt in (("last", ckpts[-1]), ("first", ckpts[0])):

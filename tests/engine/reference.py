@@ -16,8 +16,11 @@ from workers.engine.data import TokenizedExample
 from workers.engine.lora import lora_parameters
 
 
-def reference_gradient(model: torch.nn.Module, example: TokenizedExample) -> Tensor:
-    """∇θ L(z; θ) [P] with L = -P⁻¹ Σ_p log softmax(logits)[next token] over response tokens."""
+def reference_gradient(
+    model: torch.nn.Module, example: TokenizedExample, *, summed: bool = False
+) -> Tensor:
+    """∇θ L(z; θ) [P] with L = -P⁻¹ Σ_p log softmax(logits)[next token] over response tokens
+    (``summed``: without the P⁻¹, the sequence loss -log f(y|x))."""
     params = [p for _, p in lora_parameters(model)]
     ids = torch.tensor([example.input_ids])
     with torch.enable_grad():
@@ -27,7 +30,7 @@ def reference_gradient(model: torch.nn.Module, example: TokenizedExample) -> Ten
         for t in range(1, len(example.input_ids)):
             if example.labels[t] != -100:
                 terms.append(-log_probs[t - 1, example.labels[t]])
-        loss = torch.stack(terms).sum() / len(terms)
+        loss = torch.stack(terms).sum() / (1 if summed else len(terms))
         grads = torch.autograd.grad(loss, params)
     return torch.cat([g.reshape(-1) for g in grads])
 

@@ -3,6 +3,8 @@ one example at a time, plain autograd, unprojected (``tests.engine.reference``),
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -59,6 +61,53 @@ def test_self_influence_matches_the_sum_written_out(warmed: Warmed, kind: str) -
     torch.testing.assert_close(
         got.scores, torch.tensor(_reference(warmed, kind), dtype=torch.float64), rtol=1e-4, atol=0
     )
+
+
+def test_token_weighted_self_influence_is_tracin_of_the_summed_step(warmed: Warmed) -> None:
+    """SI_T(z) = Σ_e η̄_e ⟨∇ℓ_sum(z), ∇ℓ(z)⟩: the training side as the token-mean warmup loss
+    weighs z, written out with two autograd gradients per example (no token counting)."""
+    p = sum(q.numel() for _, q in lora_parameters(warmed.model))
+    sets = [_features(warmed, "sgd", e, IdentityProjector(p)) for e in range(2)]
+    pool = warmed.pool[:6]
+    want = [0.0] * len(pool)
+    for ckpt in warmed.checkpoints:
+        load_adapter_state(warmed.model, ckpt.adapter_state)
+        warmed.model.eval()
+        for i, example in enumerate(pool):
+            summed = reference_gradient(warmed.model, example, summed=True).double()
+            mean = reference_gradient(warmed.model, example).double()
+            want[i] += ckpt.mean_lr * float(summed @ mean)
+    lrs = [c.mean_lr for c in warmed.checkpoints]
+    got = self_influence(sets, lrs, token_weighted=True)
+    torch.testing.assert_close(
+        got.scores, torch.tensor(want, dtype=torch.float64), rtol=1e-4, atol=0
+    )
+    plain = self_influence(sets, lrs).scores
+    assert sets[0].target_tokens is not None and len(set(sets[0].target_tokens)) > 1
+    assert got.scores.argsort().tolist() != plain.argsort().tolist()  # the weighting matters
+
+
+def test_target_tokens_survive_storage_and_concatenation(warmed: Warmed) -> None:
+    p = sum(q.numel() for _, q in lora_parameters(warmed.model))
+    whole = _features(warmed, "sgd", 0, IdentityProjector(p))
+    assert whole.target_tokens == [ex.n_response_tokens for ex in warmed.pool[:6]]
+    stored = FeatureSet.from_safetensors(whole.to_safetensors())
+    assert stored.target_tokens == whole.target_tokens
+    halves = [
+        FeatureSet(whole.provenance, whole.record_ids[a:b], whole.subtasks[a:b],
+                   whole.features[a:b], whole.target_tokens[a:b])
+        for a, b in ((0, 3), (3, 6))
+    ]  # fmt: skip
+    assert FeatureSet.concat(halves).target_tokens == whole.target_tokens
+    uncounted = dataclasses.replace(halves[1], target_tokens=None)  # stored before they were
+    assert FeatureSet.concat([halves[0], uncounted]).target_tokens is None
+    old = dataclasses.replace(whole, target_tokens=None)
+    assert FeatureSet.from_safetensors(old.to_safetensors()).target_tokens is None
+    with pytest.raises(InvalidInput, match="response token counts"):
+        self_influence([old], [1.0], token_weighted=True)
+    assert self_influence([old], [1.0]).scores.shape == (6,)  # the plain sum needs none
+    with pytest.raises(InvalidInput, match="target_tokens"):
+        dataclasses.replace(whole, target_tokens=[0] * 6)
 
 
 def test_projected_self_influence_estimates_the_exact_one(warmed: Warmed) -> None:

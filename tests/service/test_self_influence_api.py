@@ -48,7 +48,9 @@ def scored(
     return valuation
 
 
-@pytest.mark.parametrize("method", ["self_influence", "self_influence_adam"])
+@pytest.mark.parametrize(
+    "method", ["self_influence", "self_influence_adam", "self_influence_token_weighted"]
+)
 def test_self_influence_needs_no_probes(
     client: TestClient, model: dict[str, Any], pool: dict[str, Any], method: str
 ) -> None:

@@ -21,12 +21,21 @@ from torch import Tensor
 
 from service.blobs import TenantBlobStore, blob_store_from_settings
 from service.config import get_settings
-from service.db.models import Checkpoint, FeatureSet, Model, RewardSpec, Sample, Score, Valuation
+from service.db.models import (
+    Checkpoint,
+    FeatureSet,
+    Model,
+    Record,
+    RewardSpec,
+    Sample,
+    Score,
+    Valuation,
+)
 from service.db.session import SessionLocal
 from service.tenancy import DEFAULT_TENANT_ID
 from tests.engine.reference import reference_cosine, reference_datainf
 from tests.workers.conftest import insert_dataset, run_valuation
-from workers.engine import features, models
+from workers.engine import data, features, models
 from workers.engine.projection import layer_input_sizes, layer_widths
 from workers.engine.synthetic import planted_tasks
 
@@ -54,6 +63,7 @@ READS: dict[str, tuple[str, str | None, str]] = {
     "nice_if": ("sgd", "policy", "last"),
     "self_influence": ("sgd", None, "all"),
     "self_influence_adam": ("adam", None, "all"),
+    "self_influence_token_weighted": ("sgd", None, "all"),
 }
 
 
@@ -176,6 +186,9 @@ def _expected(
         scores = torch.zeros(N_POOL, dtype=torch.float64)
         for lr, p in zip(lrs, pool, strict=True):
             scores += lr * (p.features.double() ** 2).sum(dim=1)
+        if method == "self_influence_token_weighted":  # times T_z, from a tokenization here
+            tokens = _response_tokens(made["pool"])
+            scores *= torch.tensor([tokens[r] for r in record_ids], dtype=torch.float64)
         return record_ids, scores, {}
     probe_lrs, probes = _stored_features(valuation_id, made["probes"], probe_kind, checkpoints)
     assert probe_lrs == lrs
@@ -196,6 +209,18 @@ def _expected(
     }
     scores = torch.stack([per_subtask[name] for name in SUBTASKS], dim=1).max(dim=1).values
     return record_ids, scores, per_subtask
+
+
+def _response_tokens(dataset_id: str) -> dict[str, int]:
+    """Each record's response tokens at SETTINGS' max_length, as the builtin tokenizer and the
+    chat template give them (``n_response_tokens``), not as the feature blobs record them."""
+    with SessionLocal() as session:
+        rows = session.scalars(select(Record).where(Record.dataset_id == dataset_id)).all()
+        examples = [data.Example(r.record_id, tuple(r.messages), r.subtask) for r in rows]
+    _, tokenizer = models.load_model_and_tokenizer(models.TINY_LLAMA)
+    tokenized, skipped = data.tokenize_examples(tokenizer, examples, SETTINGS["max_length"])
+    assert not skipped and all(not t.truncated for t in tokenized)
+    return {t.record_id: t.n_response_tokens for t in tokenized}
 
 
 def _close(got: list[float], want: Tensor) -> None:

@@ -61,8 +61,11 @@ def _value(
     )
 
 
-def _stored_self_influence(valuation_id: str, kind: str) -> dict[str, float]:
-    """Σ_e η̄_e ‖φ_e(z)‖² from the stored shards of ``kind`` pool features, written out."""
+def _stored_self_influence(
+    valuation_id: str, kind: str, *, token_weighted: bool = False
+) -> dict[str, float]:
+    """Σ_e η̄_e ‖φ_e(z)‖² from the stored shards of ``kind`` pool features, written out
+    (``token_weighted``: each term times the record's response tokens the shard recorded)."""
     blobs = TenantBlobStore(blob_store_from_settings(get_settings()), DEFAULT_TENANT_ID)
     out: dict[str, float] = {}
     with SessionLocal() as session:
@@ -77,15 +80,22 @@ def _stored_self_influence(valuation_id: str, kind: str) -> dict[str, float]:
                 shard = features.FeatureSet.from_safetensors(
                     blobs.get_bytes(f"{row.blob_prefix}/shard-{i:05d}.safetensors")
                 )
-                for record_id, phi in zip(shard.record_ids, shard.features, strict=True):
+                tokens = shard.target_tokens or [1] * len(shard.record_ids)
+                rows = zip(shard.record_ids, shard.features, tokens, strict=True)
+                for record_id, phi, n_tokens in rows:
                     total = sum(float(x) ** 2 for x in phi.double().tolist())
+                    total *= n_tokens if token_weighted else 1
                     out[record_id] = out.get(record_id, 0.0) + ckpt.mean_lr * total
     return out
 
 
 @pytest.mark.parametrize(
     ("first", "method", "kind"),
-    [("tracin", "self_influence", "sgd"), ("less", "self_influence_adam", "adam")],
+    [
+        ("tracin", "self_influence", "sgd"),
+        ("less", "self_influence_adam", "adam"),
+        ("tracin", "self_influence_token_weighted", "sgd"),
+    ],
 )
 def test_self_influence_reuses_the_stored_pool_features(
     made: dict[str, str], monkeypatch: pytest.MonkeyPatch, first: str, method: str, kind: str
@@ -106,7 +116,9 @@ def test_self_influence_reuses_the_stored_pool_features(
     assert any(note.startswith("reused warmup run") for note in notes), notes
     reused = [n for n in notes if n.startswith(f"reused {kind} features of dataset {made['pool']}")]
     assert len(reused) == 2, notes  # one per checkpoint
-    expected = _stored_self_influence(valuation_id, kind)
+    expected = _stored_self_influence(
+        valuation_id, kind, token_weighted=method == "self_influence_token_weighted"
+    )
     assert set(scores) == set(expected) and len(scores) == 12
     got = torch.tensor([scores[r][1] for r in sorted(expected)], dtype=torch.float64)
     want = torch.tensor([expected[r] for r in sorted(expected)], dtype=torch.float64)

@@ -42,6 +42,7 @@ def test_features_checkpoints_and_projection_of_each_method() -> None:
         "nice_if": ("sgd", "policy", "last", "layerwise", 3),
         "self_influence": ("sgd", None, "all", "flat", 1),  # reads what tracin stores
         "self_influence_adam": ("adam", None, "all", "flat", 1),  # what less stores
+        "self_influence_token_weighted": ("sgd", None, "all", "flat", 1),
     }
     assert methods.get("datainf").checkpoints_used([1, 2, 3]) == [3]
     assert methods.get("self_influence").checkpoints_used([1, 2, 3]) == [1, 2, 3]

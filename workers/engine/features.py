@@ -24,7 +24,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from workers.engine.data import TokenizedExample, collate
+from workers.engine.data import IGNORE_INDEX, TokenizedExample, collate
 from workers.engine.errors import Cancelled, InvalidInput, ProvenanceMismatch
 from workers.engine.gradients import (
     AdamFeatureMap,
@@ -117,12 +117,18 @@ class Provenance:
 
 @dataclass
 class FeatureSet:
-    """Features [N, d] of N records, row i belonging to ``record_ids[i]``."""
+    """Features [N, d] of N records, row i belonging to ``record_ids[i]``.
+
+    ``target_tokens[i]``: how many response tokens record i's loss was taken over (T_i), so a
+    scorer can undo the mean over tokens (∇ℓ_sum = T ∇ℓ_mean, and Π(Tφ) = TΠφ); None for sets
+    stored before it was kept, and for NICE's policy rows.
+    """
 
     provenance: Provenance
     record_ids: list[str]
     subtasks: list[str | None]
     features: Tensor
+    target_tokens: list[int] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.record_ids)
@@ -137,16 +143,26 @@ class FeatureSet:
             raise InvalidInput(
                 f"features are {self.features.dtype}, provenance says {self.provenance.dtype}"
             )
+        if self.target_tokens is not None and (
+            len(self.target_tokens) != n
+            or any(
+                not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in self.target_tokens
+            )
+        ):
+            raise InvalidInput(f"target_tokens must be {n} integers >= 1")
 
     def to_safetensors(self) -> bytes:
-        """One tensor ``features``; provenance, ids and subtasks as JSON in the metadata."""
+        """One tensor ``features``; provenance, ids, subtasks (and target tokens) as JSON in
+        the metadata."""
+        metadata = {
+            "provenance": json.dumps(self.provenance.to_dict(), sort_keys=True),
+            "record_ids": json.dumps(self.record_ids),
+            "subtasks": json.dumps(self.subtasks),
+        }
+        if self.target_tokens is not None:
+            metadata["target_tokens"] = json.dumps(self.target_tokens)
         return save_safetensors(
-            {"features": self.features.detach().cpu().contiguous()},
-            metadata={
-                "provenance": json.dumps(self.provenance.to_dict(), sort_keys=True),
-                "record_ids": json.dumps(self.record_ids),
-                "subtasks": json.dumps(self.subtasks),
-            },
+            {"features": self.features.detach().cpu().contiguous()}, metadata=metadata
         )
 
     @classmethod
@@ -156,9 +172,11 @@ class FeatureSet:
             provenance = Provenance.from_dict(json.loads(meta["provenance"]))
             record_ids = json.loads(meta["record_ids"])
             subtasks = json.loads(meta["subtasks"])
+            target_tokens = json.loads(meta["target_tokens"]) if "target_tokens" in meta else None
         except (KeyError, ValueError) as exc:
             raise InvalidInput(f"feature blob lacks its metadata: {exc}") from exc
-        return cls(provenance, record_ids, subtasks, load_safetensors(blob)["features"])
+        features = load_safetensors(blob)["features"]
+        return cls(provenance, record_ids, subtasks, features, target_tokens)
 
     @staticmethod
     def concat(parts: Sequence[FeatureSet]) -> FeatureSet:
@@ -168,11 +186,15 @@ class FeatureSet:
         first = parts[0].provenance
         for part in parts[1:]:
             first.require_compatible(part.provenance, allow_kind_difference=False)
+        counted = all(part.target_tokens is not None for part in parts)
         return FeatureSet(
             provenance=first,
             record_ids=[rid for part in parts for rid in part.record_ids],
             subtasks=[sub for part in parts for sub in part.subtasks],
             features=torch.cat([part.features for part in parts]),
+            target_tokens=(
+                [t for part in parts for t in part.target_tokens or []] if counted else None
+            ),
         )
 
 
@@ -309,7 +331,14 @@ def featurize(
         record_ids=[ex.record_id for ex in examples],
         subtasks=[ex.subtask for ex in examples],
         features=features,
+        target_tokens=[target_tokens(ex) for ex in examples],
     )
+
+
+def target_tokens(example: TokenizedExample) -> int:
+    """The response tokens ``example``'s loss is taken over: the labels the shifted loss
+    counts (``gradients.response_losses``: label position 0 is never a target)."""
+    return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
 
 
 def _segment_moments(model: PeftModel, checkpoint: Checkpoint) -> list[tuple[Tensor, Tensor]]:

@@ -26,6 +26,7 @@ METHODS: dict[str, ValuationMethod] = {
         datainf.NICE_IF,
         self_influence.SELF_INFLUENCE,
         self_influence.SELF_INFLUENCE_ADAM,
+        self_influence.SELF_INFLUENCE_TOKEN_WEIGHTED,
     )
 }
 
