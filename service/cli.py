@@ -85,9 +85,9 @@ def local_api_key() -> str:
 
 @contextlib.contextmanager
 def embedded_worker() -> Iterator[None]:
-    """Run the production Celery app in threads of this process (embedded default only): one
-    worker for the model queues and one for ``sift.events``, as production deploys them, so a
-    webhook does not wait behind a long job here either.
+    """Run the production Celery tasks in threads of this process (embedded default only): one
+    worker for the model queues and one for ``sift.events`` (``workers.celery_app.events_app``),
+    as production deploys them, so a webhook does not wait behind a long job here either.
 
     Importing the tasks imports torch into this process; the API modules themselves never do.
     """
@@ -98,7 +98,7 @@ def embedded_worker() -> Iterator[None]:
     # transformers deprecation chatter from inside peft; not actionable for a user of Sift
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
-    from workers.celery_app import celery_app
+    from workers.celery_app import celery_app, events_app
     from workers.contracts import CPU_QUEUE, EVENTS_QUEUE, GPU_QUEUE
     from workers.tasks.recovery import resume_after_restart, start_sweeper
 
@@ -119,13 +119,15 @@ def embedded_worker() -> Iterator[None]:
             **common,
         ),
         start_worker(
-            celery_app,
+            events_app(),  # an app of its own: one app's workers share its queue selection
             queues=[EVENTS_QUEUE],
             shutdown_timeout=30.0,
             hostname="sift-embedded-events@localhost",
             **common,
         ),
     ):
+        celery_app.set_current()  # each start made its app the process's default: ours again
+        celery_app.set_default()
         yield
 
 

@@ -415,6 +415,23 @@ def test_a_lost_send_is_sent_again_by_the_sweep(sent: Sent) -> None:
     assert sent.retries == [(delivery_id, None)]
 
 
+def test_a_send_no_worker_takes_up_fails_with_its_window(sent: Sent) -> None:
+    """No worker on ``sift.events`` at all: the sweep re-sends once per ``task_lost_s`` while
+    the delivery's window lasts, then fails it instead of queueing a copy an hour for ever."""
+    _endpoint("https://hooks.example.com/x", "job.succeeded")
+    _, job_id = valuation_rows("running")
+    JobTracker(job_id).succeed()
+    [delivery_id] = sent.dispatched
+    now = datetime.now(UTC)
+    assert recovery.sweep(now=now + timedelta(hours=23)).webhooks == [delivery_id]
+    assert recovery.sweep(now=now + timedelta(hours=25)).webhooks == []  # past the day
+    assert sent.retries == [(delivery_id, None)]
+    with SessionLocal() as session:
+        row = session.get(WebhookDelivery, delivery_id)
+        assert row is not None and row.status == "failed" and row.attempts == 0
+        assert row.last_error is not None and "not delivered within 86400 s" in row.last_error
+
+
 def test_the_sweeps_compare_and_set_takes_the_write_lock_first(sent: Sent, migrated: str) -> None:
     """SQLite: another connection commits between the sweep's read and its write; the write
     must not then fail on a stale snapshot (its transaction begins IMMEDIATE)."""

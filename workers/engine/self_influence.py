@@ -84,9 +84,9 @@ def _target_tokens(pool_by_ckpt: Sequence[FeatureSet]) -> list[int]:
     if first is None or any(c is None for c in counts):
         raise InvalidInput(
             "these pool features were stored without their records' response token counts "
-            "(before Sift kept them); token-weighted self-influence needs features computed "
-            "anew: run it with other settings (e.g. another projection seed) or a copy of the "
-            "pool dataset"
+            "(before Sift kept them), and stored features are never rewritten: a valuation "
+            "whose feature settings differ (e.g. another settings.projection.seed) computes "
+            "them anew, with counts; self_influence needs no counts"
         )
     if any(c != first for c in counts[1:]):
         raise InvalidInput("the checkpoints' pool features disagree on response token counts")

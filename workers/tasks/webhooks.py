@@ -155,10 +155,11 @@ def _failed(
     return "pending"
 
 
-def _give_up_expired(delivery_id: str, ws: Settings) -> bool:
+def _give_up_expired(delivery_id: str, ws: Settings, now: datetime | None = None) -> bool:
     """Fail the delivery if it is pending, in nobody's hands and older than ``retry_for_s``:
-    an attempt that crashes every time (so never records its failure) stops with the window."""
-    now = _now()
+    an attempt that crashes every time (so never records its failure), or a send that no
+    worker ever takes up, stops with the window."""
+    now = now or _now()
     with SessionLocal(bind=for_writes(get_engine())) as session:
         row = session.scalars(
             select(WebhookDelivery).where(
@@ -333,20 +334,27 @@ def resend_due(
     old enough (or that was never sent): the recovery sweep's part. Old enough is
     ``redispatch_s`` (``webhook_redispatch_s``) after an attempt that started and died (its
     lease ran out; the resend clears it), ``lost_s`` (``task_lost_s``) for a send no attempt
-    took up yet: its message most likely waits behind a long task on the worker's queue, and a
-    copy every minute would only pile up there. Several sweepers at once: a compare-and-set on
-    ``dispatched_at`` lets one of them send. The embedded default's start passes 0 for both: its
-    in-memory broker lost every message with the last process."""
+    took up yet: its message most likely waits for a worker on ``sift.events`` (none running, or
+    all busy), and a copy every minute would only pile up there. A delivery past its window
+    (``webhook_retry_for_s``) is failed instead of sent: with no events worker at all, the
+    queue would otherwise grow by a copy an hour for ever. Several sweepers at once: a
+    compare-and-set on ``dispatched_at`` lets one of them send. The embedded default's start
+    passes 0 for both: its in-memory broker lost every message with the last process."""
     ws = get_settings()
     now = now or _now()
     redispatch_s = ws.webhook_redispatch_s if redispatch_s is None else redispatch_s
     lost_s = ws.task_lost_s if lost_s is None else lost_s
     died = now - timedelta(seconds=redispatch_s)
     lost = now - timedelta(seconds=lost_s)
+    expired = now - timedelta(seconds=ws.webhook_retry_for_s)
     sent: list[str] = []
     with SessionLocal(bind=for_writes(get_engine())) as session:
         rows = session.execute(
-            select(WebhookDelivery.id, WebhookDelivery.dispatched_at)
+            select(
+                WebhookDelivery.id,
+                WebhookDelivery.dispatched_at,
+                (WebhookDelivery.created_at <= expired).label("expired"),
+            )
             .where(
                 WebhookDelivery.status == "pending",
                 WebhookDelivery.next_attempt_at <= now,
@@ -361,7 +369,11 @@ def resend_due(
             .order_by(WebhookDelivery.next_attempt_at)
             .limit(limit)
         ).all()
-        for delivery_id, dispatched_at in rows:
+        for delivery_id, dispatched_at, past_window in rows:
+            if past_window:
+                session.commit()  # ends the read; the give-up takes its own write
+                _give_up_expired(delivery_id, ws, now)
+                continue
             unchanged = (
                 WebhookDelivery.dispatched_at.is_(None)
                 if dispatched_at is None
