@@ -85,9 +85,10 @@ def local_api_key() -> str:
 
 @contextlib.contextmanager
 def embedded_worker() -> Iterator[None]:
-    """Run the production Celery tasks in threads of this process (embedded default only): one
-    worker for the model queues and one for ``sift.events`` (``workers.celery_app.events_app``),
-    as production deploys them, so a webhook does not wait behind a long job here either.
+    """Run the production Celery app in a thread of this process (embedded default only), on
+    every queue: ``sift.events`` too, so here a webhook waits for the task in progress. (Two
+    worker threads of Celery in one process share its worker state: the model queues' thread
+    and an events thread raced at shutdown, and one app's workers share its queue selection.)
 
     Importing the tasks imports torch into this process; the API modules themselves never do.
     """
@@ -98,8 +99,7 @@ def embedded_worker() -> Iterator[None]:
     # transformers deprecation chatter from inside peft; not actionable for a user of Sift
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
-    from workers.celery_app import celery_app, events_app
-    from workers.contracts import CPU_QUEUE, EVENTS_QUEUE, GPU_QUEUE
+    from workers.celery_app import QUEUES, celery_app
     from workers.tasks.recovery import resume_after_restart, start_sweeper
 
     if get_settings().broker_url.startswith("memory://"):
@@ -107,27 +107,16 @@ def embedded_worker() -> Iterator[None]:
         if repairs:
             print(f"resumed unfinished jobs after a restart: {repairs}")
     start_sweeper()
-    common: dict[str, Any] = dict(
-        pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING"
-    )
-    with (
-        start_worker(
-            celery_app,
-            queues=[GPU_QUEUE, CPU_QUEUE],
-            shutdown_timeout=60.0,
-            hostname="sift-embedded@localhost",
-            **common,
-        ),
-        start_worker(
-            events_app(),  # an app of its own: one app's workers share its queue selection
-            queues=[EVENTS_QUEUE],
-            shutdown_timeout=30.0,
-            hostname="sift-embedded-events@localhost",
-            **common,
-        ),
+    with start_worker(
+        celery_app,
+        pool="solo",
+        concurrency=1,
+        perform_ping_check=False,
+        queues=list(QUEUES),
+        loglevel="WARNING",
+        shutdown_timeout=60.0,
+        hostname="sift-embedded@localhost",
     ):
-        celery_app.set_current()  # each start made its app the process's default: ours again
-        celery_app.set_default()
         yield
 
 

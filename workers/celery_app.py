@@ -6,16 +6,15 @@ and one small worker on the events queue, so a webhook never waits behind a long
     sift worker --queues sift.gpu,sift.cpu
     sift worker --queues sift.events
 
-The embedded default (``sift serve``) runs the same tasks in two threads of the API process:
-one worker of this app on the model queues and one of :func:`events_app` on ``sift.events``.
+The embedded default (``sift serve``) runs the same app in one thread of the API process, on
+all three queues.
 """
 
 from __future__ import annotations
 
-from celery import Celery
 from celery.signals import worker_ready
 
-from service.queue import _make_celery_app, celery_app
+from service.queue import celery_app
 from workers import observability  # noqa: F401 - metrics and log context on Celery signals
 from workers.contracts import CPU_QUEUE, EVENTS_QUEUE, GPU_QUEUE
 
@@ -43,19 +42,6 @@ def _start_recovery_sweep(**_: object) -> None:
 QUEUES = (GPU_QUEUE, CPU_QUEUE, EVENTS_QUEUE)
 
 
-def events_app() -> Celery:
-    """A second app on the same broker and settings, for the embedded default's events thread.
-
-    Two workers of *one* app in one process share its queue selection (``app.amqp.queues``):
-    the last to start sets it, and a worker whose consumer restarts (a broker reconnect)
-    re-reads it, so the model worker could end up consuming only ``sift.events``. Separate
-    processes (production) share nothing. Celery gives every app every task (``shared``), the
-    webhook task included; this one consumes only ``sift.events``.
-    """
-    visibility = celery_app.conf.broker_transport_options["visibility_timeout"]
-    return _make_celery_app(celery_app.conf.broker_url, visibility)
-
-
 app = celery_app
 
-__all__ = ["QUEUES", "app", "celery_app", "events_app"]
+__all__ = ["QUEUES", "app", "celery_app"]
