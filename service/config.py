@@ -52,9 +52,11 @@ class Settings(BaseSettings):
     task_lost_s: float = Field(
         default=3600.0,
         gt=0,
-        description="a task sent but never started this long was lost by the broker (e.g. "
-        "Redis restarted without persistence): it is sent again; so is a webhook delivery's "
-        "task that no attempt took up (no worker on sift.events, or one that lost it)",
+        description="a task sent but never started this long was lost by the broker: it is "
+        "sent again (on Redis, one that no queue holds is sent again after heartbeat_stale_s: "
+        "a worker killed just after popping it, Redis restarted without persistence); so is a "
+        "webhook delivery's task that no attempt took up (no worker on sift.events, or one "
+        "that lost it)",
     )
     sweep_interval_s: float = Field(
         default=15.0, gt=0, description="how often each worker runs the recovery sweep"

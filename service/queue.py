@@ -10,9 +10,12 @@ recorder -- the only mock in the service tests.
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Collection
 from typing import Annotated, Any, Protocol
 
+import redis
 from celery import Celery
 from fastapi import Depends
 from pydantic import BaseModel
@@ -83,6 +86,58 @@ def send(task_id: str, task_name: str, kwargs: dict[str, Any]) -> None:
     celery_app.send_task(
         task_name, kwargs=kwargs, task_id=task_id, queue=contracts.TASK_QUEUES[task_name]
     )
+
+
+BROKER_SCAN_LIMIT = 200_000
+"""Messages past which :func:`held_by_broker` does not read the queues (it answers ``None``)."""
+
+
+def held_by_broker(task_ids: Collection[str], queues: Collection[str]) -> set[str] | None:
+    """Which of ``task_ids`` the broker still holds: waiting in one of ``queues`` or taken by
+    a worker and not acknowledged yet. ``None`` when the transport cannot tell (anything but
+    Redis, or queues longer than :data:`BROKER_SCAN_LIMIT`).
+
+    Why: Redis loses a message for good when a worker pops it (BRPOP) and dies before recording
+    it as unacknowledged, and every queued message when it restarts without persistence; the
+    recovery sweep asks this instead of waiting ``task_lost_s`` to call an unstarted task lost.
+    One transaction reads every queue (all priority levels) and the unacknowledged set, so a
+    message moving from one to the other in between is not missed.
+    """
+    wanted = set(task_ids)
+    if not wanted:
+        return set()
+    with celery_app.connection_for_read() as connection:
+        if connection.transport.driver_type != "redis":
+            return None
+        channel = connection.default_channel
+        prefix = channel.global_keyprefix or ""
+        lists = sorted(
+            {prefix + channel._q_for_pri(q, pri) for q in queues for pri in channel.priority_steps}
+        )
+        client = redis.Redis(connection_pool=channel.client.connection_pool)  # keys as written
+        with client.pipeline(transaction=False) as sizes:
+            for name in lists:
+                sizes.llen(name)
+            sizes.hlen(prefix + channel.unacked_key)
+            if sum(sizes.execute()) > BROKER_SCAN_LIMIT:
+                return None
+        with client.pipeline(transaction=True) as snapshot:  # MULTI/EXEC: one instant
+            for name in lists:
+                snapshot.lrange(name, 0, -1)
+            snapshot.hvals(prefix + channel.unacked_key)
+            *queued, unacked = snapshot.execute()
+    held = set()
+    for raw in (message for messages in queued for message in messages):
+        held.add(_task_id(json.loads(raw)))
+    for raw in unacked:  # [message, exchange, routing key]
+        held.add(_task_id(json.loads(raw)[0]))
+    return wanted & held
+
+
+def _task_id(message: dict[str, Any]) -> str | None:
+    """A Celery message's own task id (headers ``id``; ``parent_id`` names its sender)."""
+    task_id = (message.get("headers") or {}).get("id")
+    return None if task_id is None else str(task_id)
 
 
 def ping_broker(app: Celery | None = None, timeout_s: float = 3.0) -> None:

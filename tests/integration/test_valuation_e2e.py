@@ -67,15 +67,36 @@ def _model(api: httpx.Client) -> str:
 
 
 def _wait(
-    api: httpx.Client, valuation_id: str, until: tuple[str, ...], timeout: float = 600
+    api: httpx.Client,
+    valuation_id: str,
+    until: tuple[str, ...],
+    timeout: float = 600,
+    stack: Stack | None = None,
 ) -> dict[str, Any]:
+    """The valuation once its status is in ``until``; stuck, it fails with what ``stack``'s
+    database says is in flight and the end of its workers' logs."""
     deadline = time.monotonic() + timeout
     while True:
         body = api.get(f"/v1/valuations/{valuation_id}").json()
         if body["status"] in until:
             return body
-        assert time.monotonic() < deadline, f"valuation stuck: {body}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"valuation stuck: {body}\n{_in_flight(stack, body['job_id'])}")
         time.sleep(0.5)
+
+
+def _in_flight(stack: Stack | None, job_id: str) -> str:
+    if stack is None:
+        return ""
+    engine = create_engine(stack.database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM task_deliveries WHERE job_id = :job"), {"job": job_id}
+        ).mappings()
+        tasks = [{k: str(v) for k, v in row.items() if k != "payload"} for row in rows]
+    engine.dispose()
+    logs = [f"{p.name}: ...{p.read_text()[-3000:]}" for p in sorted(stack.logs.glob("worker-*"))]
+    return "tasks in flight: " + json.dumps(tasks, indent=1) + "\n" + "\n".join(logs)
 
 
 @pytest.fixture(scope="module")
@@ -267,13 +288,45 @@ def test_worker_killed_mid_job_resumes_without_recomputing(
     assert api.get(f"/v1/valuations/{queued['id']}").json()["status"] == "running"
 
     stack.worker.start()
-    done = _wait(api, queued["id"], ("succeeded", "failed", "cancelled"), timeout=300)
+    done = _wait(api, queued["id"], ("succeeded", "failed", "cancelled"), 300, stack)
     assert done["status"] == "succeeded", done["error"]
     after = shards()
     assert {k: after[k] for k in written} == written, "finished shards were rewritten"
     assert len(after) > len(written)
     scores = api.get(f"/v1/valuations/{queued['id']}/scores", params={"limit": 1000}).json()
     assert scores["total"] == pool["n_records"]
+
+
+def test_a_message_redis_dropped_is_sent_again(
+    api: httpx.Client, stack: Stack, pool: dict[str, Any]
+) -> None:
+    """A worker that pops a message (BRPOP) and dies before Redis records it as unacknowledged
+    takes the message with it; so does a Redis restarted without persistence. The recovery
+    sweep finds the task in no queue and sends it again once it is heartbeat_stale_s old (5 s
+    here), instead of waiting task_lost_s (an hour) with the job stalled."""
+    import redis
+
+    broker = redis.Redis.from_url(stack.env["SIFT_BROKER_URL"])
+    probes = _upload(api, "it-probes-dropped", _records("probes.jsonl"))
+    stack.worker.kill()  # nobody consumes: the valuation's first message waits in sift.gpu
+    try:
+        queued = _value(api, pool["id"], probes["id"], {**SETTINGS, "shard_size": 64})
+        deadline = time.monotonic() + 60
+        while (message := broker.rpop("sift.gpu")) is None:  # what the dying worker's BRPOP did
+            assert time.monotonic() < deadline, "the valuation's task never reached sift.gpu"
+            time.sleep(0.1)
+        dropped = json.loads(message)["headers"]["id"]
+    finally:
+        stack.worker.start()
+    done = _wait(api, queued["id"], ("succeeded", "failed", "cancelled"), 300, stack)
+    assert done["status"] == "succeeded", done["error"]
+    sweeps = [
+        line
+        for log in stack.logs.glob("worker-*.log")
+        for line in log.read_text().splitlines()
+        if "recovery sweep: Repairs(resent=" in line
+    ]
+    assert any(dropped in line for line in sweeps), sweeps
 
 
 def test_shards_fan_out_over_several_workers(

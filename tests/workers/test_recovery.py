@@ -45,6 +45,30 @@ def outbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, ...]]]:
     yield sent
 
 
+class Broker:
+    """What ``held_by_broker`` answers: the task ids it holds, or None (it cannot tell)."""
+
+    def __init__(self) -> None:
+        self.holds: set[str] | None = None
+        self.reads = 0
+        self.error: Exception | None = None
+
+    def held_by_broker(self, task_ids: Any, queues: Any) -> set[str] | None:
+        self.reads += 1
+        if self.error is not None:
+            raise self.error
+        assert set(queues) <= {"sift.gpu", "sift.cpu"}
+        return None if self.holds is None else set(task_ids) & self.holds
+
+
+@pytest.fixture(autouse=True)
+def broker(monkeypatch: pytest.MonkeyPatch) -> Broker:
+    fake = Broker()
+    monkeypatch.setattr(recovery, "held_by_broker", fake.held_by_broker)
+    monkeypatch.setattr(recovery, "_last_broker_check", None)
+    return fake
+
+
 def _job(status: str = "running", **fields: Any) -> str:
     with SessionLocal() as session:
         job = Job(
@@ -106,6 +130,43 @@ def test_a_beating_task_and_a_young_queued_one_are_left_alone(
 def test_a_message_the_broker_lost_is_sent_again(outbox: list[tuple[str, ...]]) -> None:
     task_id = _task(_job(status="queued"), deliveries=0, beat=NOW - timedelta(hours=2))
     assert recovery.sweep(stale_s=60, lost_s=3600, now=NOW).resent == [task_id]
+
+
+def test_a_message_the_broker_dropped_is_sent_again_without_waiting_an_hour(
+    outbox: list[tuple[str, ...]], broker: Broker
+) -> None:
+    """Redis drops a message whose worker died between its pop and its unacked record: the
+    sweep sees it in no queue and resends it after heartbeat_stale_s, not task_lost_s."""
+    dropped = _task(_job(), deliveries=0, beat=NOW - timedelta(seconds=61))
+    waiting = _task(_job(), deliveries=0, beat=NOW - timedelta(seconds=61))
+    young = _task(_job(), deliveries=0, beat=NOW - timedelta(seconds=30))  # maybe not sent yet
+    broker.holds = {waiting}
+    assert recovery.sweep(stale_s=60, lost_s=3600, now=NOW).resent == [dropped]
+    assert [entry[1] for entry in outbox] == [dropped] and young != dropped
+    assert _row(TaskDelivery, dropped).resent == 1
+
+
+def test_a_broker_that_cannot_tell_leaves_waiting_tasks_to_task_lost_s(
+    outbox: list[tuple[str, ...]], broker: Broker
+) -> None:
+    _task(_job(), deliveries=0, beat=NOW - timedelta(seconds=61))
+    assert not recovery.sweep(stale_s=60, lost_s=3600, now=NOW) and broker.reads == 1
+    broker.error = ConnectionError("redis is down")
+    cancelled = _job(cancel_requested=True)  # the rest of the sweep still runs
+    assert recovery.sweep(stale_s=60, lost_s=3600, now=NOW + timedelta(seconds=61)).cancelled == [
+        cancelled
+    ]
+    assert outbox == []
+
+
+def test_the_broker_is_read_once_per_stale_interval(broker: Broker) -> None:
+    _task(_job(), deliveries=0, beat=NOW - timedelta(seconds=61))
+    broker.holds = {"another task"}
+    recovery.sweep(stale_s=60, lost_s=3600, now=NOW)
+    recovery.sweep(stale_s=60, lost_s=3600, now=NOW + timedelta(seconds=30))
+    assert broker.reads == 1
+    recovery.sweep(stale_s=60, lost_s=3600, now=NOW + timedelta(seconds=61))
+    assert broker.reads == 2
 
 
 def test_concurrent_sweeps_send_once(outbox: list[tuple[str, ...]]) -> None:

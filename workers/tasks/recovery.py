@@ -8,7 +8,10 @@ broker message or a crash between two stages left behind:
 1. a task whose delivery stopped beating for ``heartbeat_stale_s`` (its worker died) is sent
    again under the same id: it resumes from what is stored, and the delivery count bounds how
    often that happens to one task (``max_task_deliveries``);
-2. a task sent but not started for ``task_lost_s`` (the broker lost it) is sent again;
+2. a task sent but not started that the broker no longer holds (Redis drops a message whose
+   worker died between popping and recording it, and every queued one when it restarts
+   without persistence) is sent again once it is ``heartbeat_stale_s`` old; where the broker
+   cannot tell (:func:`service.queue.held_by_broker`), after ``task_lost_s``;
 3. a running job with no task in flight and a stale heartbeat (a crash between a stage's last
    task and the next stage's send) gets its current stage's task again; a queued job with no
    task (the API died between its commit and the send) gets its first task;
@@ -30,6 +33,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kombu.exceptions import OperationalError
+from redis import RedisError
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
@@ -46,13 +51,14 @@ from service.db.models import (
     Valuation,
 )
 from service.db.session import SessionLocal
-from service.queue import enqueue, send
+from service.queue import enqueue, held_by_broker, send
 from service.webhooks.outbox import record_job_event
 from workers.contracts import (
     CURATION_RUN,
     EVALUATION_RUN,
     SCORE_SET_RUN,
     STUDY_RUN,
+    TASK_QUEUES,
     VALUATION_FEATURIZE,
     VALUATION_SCORE,
     CurationTask,
@@ -113,7 +119,7 @@ def sweep(
                 | TaskDelivery.heartbeat_at.is_(None)
             )
         ).all()
-        for task in tasks:
+        for task in [*tasks, *_dropped_by_broker(session, stale, lost, now)]:
             _repair_task(session, task, now, repairs)
         unfinished = (JobStatus.queued.value, JobStatus.running.value)
         jobs = session.scalars(select(Job).where(Job.status.in_(unfinished))).all()
@@ -131,6 +137,41 @@ def sweep(
         log.warning("recovery sweep: %s", repairs)
     record_sweep(repairs)
     return repairs
+
+
+_last_broker_check: datetime | None = None
+
+
+def _dropped_by_broker(
+    session: Session, stale: datetime, lost: datetime, now: datetime
+) -> list[TaskDelivery]:
+    """Tasks sent at least ``heartbeat_stale_s`` ago (time enough for the send after the row's
+    commit), not started, and not in the broker: lost, no need to wait ``task_lost_s``. The
+    broker is read at most once per ``heartbeat_stale_s`` per process (it reads whole queues)."""
+    global _last_broker_check
+    waiting = [
+        task
+        for task in session.scalars(
+            select(TaskDelivery).where(
+                TaskDelivery.deliveries == 0,
+                TaskDelivery.heartbeat_at <= stale,
+                TaskDelivery.heartbeat_at > lost,  # older ones are resent as lost anyway
+            )
+        )
+        if task.task_name in TASK_QUEUES
+    ]
+    if not waiting or (_last_broker_check is not None and _last_broker_check > stale):
+        return []
+    _last_broker_check = now
+    queues = {TASK_QUEUES[t.task_name] for t in waiting}
+    try:
+        held = held_by_broker({t.task_id for t in waiting}, queues)
+    except (OSError, RedisError, OperationalError) as exc:  # the broker is down: sweep the rest
+        log.warning("recovery sweep: could not read the broker's queues: %s", exc)
+        return []
+    if held is None:
+        return []
+    return [t for t in waiting if t.task_id not in held]
 
 
 def _repair_task(session: Session, task: TaskDelivery, now: datetime, repairs: Repairs) -> None:
