@@ -88,55 +88,76 @@ def send(task_id: str, task_name: str, kwargs: dict[str, Any]) -> None:
     )
 
 
-BROKER_SCAN_LIMIT = 200_000
-"""Messages past which :func:`held_by_broker` does not read the queues (it answers ``None``)."""
+BROKER_SCAN_LIMIT = 50_000
+"""Messages past which :func:`held_by_broker` does not read the queues (it answers ``None``):
+one MULTI reads them all, and Redis serves nothing else meanwhile."""
+
+BROKER_SCAN_TIMEOUT_S = 5.0
+"""Connect and read timeout of that read: a broker that hangs must not stop the sweep."""
 
 
-def held_by_broker(task_ids: Collection[str], queues: Collection[str]) -> set[str] | None:
+def held_by_broker(
+    task_ids: Collection[str], queues: Collection[str], app: Celery | None = None
+) -> set[str] | None:
     """Which of ``task_ids`` the broker still holds: waiting in one of ``queues`` or taken by
     a worker and not acknowledged yet. ``None`` when the transport cannot tell (anything but
-    Redis, or queues longer than :data:`BROKER_SCAN_LIMIT`).
+    one Redis, or queues longer than :data:`BROKER_SCAN_LIMIT`).
 
     Why: Redis loses a message for good when a worker pops it (BRPOP) and dies before recording
     it as unacknowledged, and every queued message when it restarts without persistence; the
     recovery sweep asks this instead of waiting ``task_lost_s`` to call an unstarted task lost.
     One transaction reads every queue (all priority levels) and the unacknowledged set, so a
-    message moving from one to the other in between is not missed.
+    message moving from one to the other in between is not missed. Key names follow kombu's
+    Redis transport and its transport options (``sep``, ``priority_steps``, ``unacked_key``,
+    ``global_keyprefix``).
     """
+    from kombu.transport.redis import Channel
+
+    app = app or celery_app
+    url = str(app.conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://")) or ";" in url:  # not one Redis
+        return None
     wanted = set(task_ids)
     if not wanted:
         return set()
-    with celery_app.connection_for_read() as connection:
-        if connection.transport.driver_type != "redis":
-            return None
-        channel = connection.default_channel
-        prefix = channel.global_keyprefix or ""
-        lists = sorted(
-            {prefix + channel._q_for_pri(q, pri) for q in queues for pri in channel.priority_steps}
-        )
-        client = redis.Redis(connection_pool=channel.client.connection_pool)  # keys as written
+    options = {**app.conf.broker_transport_options}
+    prefix = options.get("global_keyprefix", Channel.global_keyprefix) or ""
+    sep = options.get("sep", Channel.sep)
+    steps = options.get("priority_steps", Channel.priority_steps)
+    unacked = prefix + options.get("unacked_key", Channel.unacked_key)
+    lists = sorted({prefix + (f"{q}{sep}{p}" if p else q) for q in queues for p in steps})
+    client = redis.Redis.from_url(
+        url, socket_timeout=BROKER_SCAN_TIMEOUT_S, socket_connect_timeout=BROKER_SCAN_TIMEOUT_S
+    )
+    try:
         with client.pipeline(transaction=False) as sizes:
             for name in lists:
                 sizes.llen(name)
-            sizes.hlen(prefix + channel.unacked_key)
+            sizes.hlen(unacked)
             if sum(sizes.execute()) > BROKER_SCAN_LIMIT:
                 return None
         with client.pipeline(transaction=True) as snapshot:  # MULTI/EXEC: one instant
             for name in lists:
                 snapshot.lrange(name, 0, -1)
-            snapshot.hvals(prefix + channel.unacked_key)
-            *queued, unacked = snapshot.execute()
-    held = set()
-    for raw in (message for messages in queued for message in messages):
-        held.add(_task_id(json.loads(raw)))
-    for raw in unacked:  # [message, exchange, routing key]
-        held.add(_task_id(json.loads(raw)[0]))
+            snapshot.hvals(unacked)
+            *queued, reserved = snapshot.execute()
+    finally:
+        client.close()
+    held = {_task_id(raw) for messages in queued for raw in messages}
+    held |= {_task_id(raw, reserved=True) for raw in reserved}
     return wanted & held
 
 
-def _task_id(message: dict[str, Any]) -> str | None:
-    """A Celery message's own task id (headers ``id``; ``parent_id`` names its sender)."""
-    task_id = (message.get("headers") or {}).get("id")
+def _task_id(raw: bytes, reserved: bool = False) -> str | None:
+    """A Celery message's own task id (headers ``id``; ``parent_id`` names its sender). An
+    unacknowledged entry is ``[message, exchange, routing key]``. Anything else: None."""
+    try:
+        message = json.loads(raw)
+        if reserved:
+            message = message[0]
+        task_id = message["headers"]["id"]
+    except (ValueError, TypeError, LookupError):  # not a Celery message: holds no task of ours
+        return None
     return None if task_id is None else str(task_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import time
@@ -315,7 +316,10 @@ def test_a_message_redis_dropped_is_sent_again(
         while (message := broker.rpop("sift.gpu")) is None:  # what the dying worker's BRPOP did
             assert time.monotonic() < deadline, "the valuation's task never reached sift.gpu"
             time.sleep(0.1)
-        dropped = json.loads(message)["headers"]["id"]
+        body = json.loads(message)
+        _, kwargs, _ = json.loads(base64.b64decode(body["body"]))
+        assert kwargs == {"valuation_id": queued["id"]}, kwargs  # this valuation's first task
+        dropped = body["headers"]["id"]
     finally:
         stack.worker.start()
     done = _wait(api, queued["id"], ("succeeded", "failed", "cancelled"), 300, stack)

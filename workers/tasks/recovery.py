@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kombu.exceptions import OperationalError
 from redis import RedisError
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -149,6 +148,8 @@ def _dropped_by_broker(
     commit), not started, and not in the broker: lost, no need to wait ``task_lost_s``. The
     broker is read at most once per ``heartbeat_stale_s`` per process (it reads whole queues)."""
     global _last_broker_check
+    if _last_broker_check is not None and _last_broker_check > stale:
+        return []
     waiting = [
         task
         for task in session.scalars(
@@ -160,13 +161,13 @@ def _dropped_by_broker(
         )
         if task.task_name in TASK_QUEUES
     ]
-    if not waiting or (_last_broker_check is not None and _last_broker_check > stale):
+    if not waiting:
         return []
     _last_broker_check = now
     queues = {TASK_QUEUES[t.task_name] for t in waiting}
     try:
         held = held_by_broker({t.task_id for t in waiting}, queues)
-    except (OSError, RedisError, OperationalError) as exc:  # the broker is down: sweep the rest
+    except (OSError, RedisError) as exc:  # the broker is down: sweep the rest
         log.warning("recovery sweep: could not read the broker's queues: %s", exc)
         return []
     if held is None:
