@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Collection
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated, Any, Protocol
 
 import redis
@@ -96,6 +98,49 @@ BROKER_SCAN_TIMEOUT_S = 5.0
 """Connect and read timeout of that read: a broker that hangs must not stop the sweep."""
 
 
+def is_redis_url(url: str) -> bool:
+    """One Redis (not ``memory://``, not a ``;``-separated failover list)."""
+    return url.startswith(("redis://", "rediss://", "unix://")) and ";" not in url
+
+
+@lru_cache(maxsize=8)
+def redis_client(url: str, timeout_s: float) -> redis.Redis:
+    """A plain client of the broker (keys as written) whose calls give up after ``timeout_s``."""
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+
+@dataclass(frozen=True)
+class RedisLayout:
+    """Where kombu's Redis transport keeps Celery's messages: a queue's lists (one per
+    priority step, ``<queue><sep><step>`` beside ``<queue>``) and the hash of messages taken
+    by a worker and not acknowledged yet, each under ``global_keyprefix``."""
+
+    prefix: str
+    sep: str
+    steps: tuple[int, ...]
+    unacked_name: str
+
+    @classmethod
+    def of(cls, app: Celery | None = None) -> RedisLayout:
+        """The layout ``app``'s transport options give (kombu's defaults where unset)."""
+        from kombu.transport.redis import Channel
+
+        options = (app or celery_app).conf.broker_transport_options or {}
+        return cls(
+            prefix=options.get("global_keyprefix", Channel.global_keyprefix) or "",
+            sep=options.get("sep", Channel.sep),
+            steps=tuple(options.get("priority_steps", Channel.priority_steps)),
+            unacked_name=options.get("unacked_key", Channel.unacked_key),
+        )
+
+    def lists(self, queue: str) -> list[str]:
+        return [self.prefix + (f"{queue}{self.sep}{p}" if p else queue) for p in self.steps]
+
+    @property
+    def unacked(self) -> str:
+        return self.prefix + self.unacked_name
+
+
 def held_by_broker(
     task_ids: Collection[str], queues: Collection[str], app: Celery | None = None
 ) -> set[str] | None:
@@ -107,42 +152,29 @@ def held_by_broker(
     it as unacknowledged, and every queued message when it restarts without persistence; the
     recovery sweep asks this instead of waiting ``task_lost_s`` to call an unstarted task lost.
     One transaction reads every queue (all priority levels) and the unacknowledged set, so a
-    message moving from one to the other in between is not missed. Key names follow kombu's
-    Redis transport and its transport options (``sep``, ``priority_steps``, ``unacked_key``,
-    ``global_keyprefix``).
+    message moving from one to the other in between is not missed.
     """
-    from kombu.transport.redis import Channel
-
     app = app or celery_app
     url = str(app.conf.broker_url or "")
-    if not url.startswith(("redis://", "rediss://")) or ";" in url:  # not one Redis
+    if not is_redis_url(url):
         return None
     wanted = set(task_ids)
     if not wanted:
         return set()
-    options = {**app.conf.broker_transport_options}
-    prefix = options.get("global_keyprefix", Channel.global_keyprefix) or ""
-    sep = options.get("sep", Channel.sep)
-    steps = options.get("priority_steps", Channel.priority_steps)
-    unacked = prefix + options.get("unacked_key", Channel.unacked_key)
-    lists = sorted({prefix + (f"{q}{sep}{p}" if p else q) for q in queues for p in steps})
-    client = redis.Redis.from_url(
-        url, socket_timeout=BROKER_SCAN_TIMEOUT_S, socket_connect_timeout=BROKER_SCAN_TIMEOUT_S
-    )
-    try:
-        with client.pipeline(transaction=False) as sizes:
-            for name in lists:
-                sizes.llen(name)
-            sizes.hlen(unacked)
-            if sum(sizes.execute()) > BROKER_SCAN_LIMIT:
-                return None
-        with client.pipeline(transaction=True) as snapshot:  # MULTI/EXEC: one instant
-            for name in lists:
-                snapshot.lrange(name, 0, -1)
-            snapshot.hvals(unacked)
-            *queued, reserved = snapshot.execute()
-    finally:
-        client.close()
+    layout = RedisLayout.of(app)
+    lists = sorted({name for queue in queues for name in layout.lists(queue)})
+    client = redis_client(url, BROKER_SCAN_TIMEOUT_S)
+    with client.pipeline(transaction=False) as sizes:
+        for name in lists:
+            sizes.llen(name)
+        sizes.hlen(layout.unacked)
+        if sum(sizes.execute()) > BROKER_SCAN_LIMIT:
+            return None
+    with client.pipeline(transaction=True) as snapshot:  # MULTI/EXEC: one instant
+        for name in lists:
+            snapshot.lrange(name, 0, -1)
+        snapshot.hvals(layout.unacked)
+        *queued, reserved = snapshot.execute()
     held = {_task_id(raw) for messages in queued for raw in messages}
     held |= {_task_id(raw, reserved=True) for raw in reserved}
     return wanted & held

@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from celery.signals import (
@@ -47,12 +46,11 @@ from prometheus_client.registry import Collector
 
 from service.config import get_settings
 from service.observability import close_log_scope, configure_logging, open_log_scope
+from service.queue import RedisLayout, is_redis_url, redis_client
 from workers.contracts import TASK_QUEUES
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
-
-    import redis
 
     from workers.tasks.recovery import Repairs
 
@@ -154,17 +152,6 @@ def record_sweep_error() -> None:
 # --- collectors sampled at each scrape --------------------------------------------------------
 
 QUEUES: tuple[str, ...] = tuple(sorted(set(TASK_QUEUES.values())))
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
-"""kombu's Redis transport keeps a queue's prioritised messages in ``<queue>\\x06\\x16<step>``
-lists beside ``<queue>`` (the default steps 0, 3, 6, 9): a queue's depth is their sum."""
-
-
-@lru_cache(maxsize=4)
-def _redis_client(url: str) -> redis.Redis:
-    import redis
-
-    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
 
 
 class QueueDepthCollector(Collector):
@@ -178,7 +165,7 @@ class QueueDepthCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         url = self._broker_url or get_settings().broker_url
-        if not url.startswith(("redis://", "rediss://", "unix://")):
+        if not is_redis_url(url):
             return  # memory:// has no queue to read outside the process
         up = GaugeMetricFamily("sift_broker_up", "1 if the broker answered the depth query")
         depth = GaugeMetricFamily(
@@ -188,20 +175,20 @@ class QueueDepthCollector(Collector):
             "sift_broker_unacked_messages",
             "Messages delivered to a worker and not yet acknowledged (running tasks)",
         )
+        layout = RedisLayout.of()
         try:
-            pipe = _redis_client(url).pipeline(transaction=False)
+            pipe = redis_client(url, 2.0).pipeline(transaction=False)
             for queue in self._queues:
-                pipe.llen(queue)
-                for step in PRIORITY_STEPS:
-                    pipe.llen(f"{queue}{PRIORITY_SEPARATOR}{step}")
-            pipe.hlen("unacked")
+                for name in layout.lists(queue):
+                    pipe.llen(name)
+            pipe.hlen(layout.unacked)
             counts = [int(n) for n in pipe.execute()]
         except Exception as exc:  # noqa: BLE001 - a scrape reports, it does not raise
             log.warning("queue depth: the broker did not answer: %s", exc)
             up.add_metric([], 0)
             yield up
             return
-        width = 1 + len(PRIORITY_STEPS)
+        width = len(layout.steps)
         for i, queue in enumerate(self._queues):
             depth.add_metric([queue], sum(counts[i * width : (i + 1) * width]))
         unacked.add_metric([], counts[-1])
